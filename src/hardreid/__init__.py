@@ -1,0 +1,37 @@
+"""hardreid: unsupervised re-identification with hard samples.
+
+    import hardreid as hr
+    data = hr.data.load("market1501", root="~/data/Market-1501-v15.09.15")
+    cfg = hr.config.load("configs/cluster_contrast/market1501.yaml")
+    model = hr.models.build("resnet50", weights="resnet50-imagenet.pth")
+    run = hr.train(cfg, data, output="runs/cc", model=model)
+    print(hr.evaluate(run.model, data).mAP)
+"""
+
+from __future__ import annotations
+
+from . import config, data, models
+from .errors import UserError
+
+__version__ = "0.1.0"
+
+
+def train(cfg, dataset, output, model=None, resume: bool = False):
+    """Train ``cfg``'s method on ``dataset`` into the run directory ``output`` (see ``hardreid.training.train``)."""
+    from .training import train as _train
+
+    return _train(cfg, dataset, output, model=model, resume=resume)
+
+
+def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto"):
+    """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol)."""
+    from .config import Config
+    from .evaluation.pipeline import evaluate_model
+    from .training import resolve_device
+
+    cfg = cfg or Config()
+    dev = resolve_device(device)
+    return evaluate_model(model.to(dev), dataset, cfg.data, cfg.eval, dev, rerank=rerank)
+
+
+__all__ = ["config", "data", "models", "train", "evaluate", "UserError", "__version__"]

@@ -1,0 +1,230 @@
+"""Typed configuration: dataclasses with the papers' defaults, YAML files that
+inherit (``_base_``), and dotted ``key=value`` overrides from the command line.
+
+Every hyperparameter is a key here; the defaults are the Cluster Contrast
+baseline of DESIGN.md section 3 (ResNet-50, 256x128, Jaccard k1 30 / k2 6,
+DBSCAN eps 0.5 / min_samples 4, memory momentum 0.1, temperature 0.05,
+Adam 3.5e-4, weight decay 5e-4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    format: str = "auto"  # market1501 | dukemtmc | msmt17 | cuhk03np | market | folder | auto
+    subset: str = "detected"  # CUHK03-NP: labeled | detected
+    camera_pattern: str = ""  # folder format: regex whose first group is the camera id
+    height: int = 256
+    width: int = 128
+    batch_size: int = 64  # P x K = 16 x 4
+    num_instances: int = 4  # K images per pseudo identity in a batch
+    workers: int = 4
+    flip_p: float = 0.5
+    pad: int = 10
+    erasing_p: float = 0.5
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenet_v2
+    last_stride: int = 1
+    pooling: str = "avg"  # avg | gem
+    gem_p: float = 3.0
+    weights: str = ""  # local torchvision-layout state dict; "" = random init
+    pretrained: bool = False  # torchvision download (fails offline with a clear message)
+
+
+@dataclass
+class ClusterConfig:
+    k1: int = 30
+    k2: int = 6
+    eps: float = 0.5  # 0.7 for MSMT17
+    min_samples: int = 4
+
+
+@dataclass
+class MemoryConfig:
+    temperature: float = 0.05
+    momentum: float = 0.1  # m <- momentum * m + (1 - momentum) * f, then renormalised
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    step_size: int = 20  # epochs between lr decays
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    iters: int = 400  # optimiser steps per epoch; 0 = one pass over the clustered images
+    eval_every: int = 10  # evaluate every N epochs (and after the last one); 0 = only at the end
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    bn_chunk: int = 0  # >0: normalise BatchNorm over chunks of this many images (emulates multi-GPU)
+    save_every: int = 1  # write last.pth every N epochs
+
+
+@dataclass
+class EvalConfig:
+    flip: bool = False  # average features of the image and its mirror
+    rerank: bool = False
+    batch_size: int = 128
+    max_rank: int = 10
+
+
+@dataclass
+class MethodConfig:
+    base: str = "cluster_contrast"
+    hard_samples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _section_types(cfg: Config) -> dict[str, type]:
+    return {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def _unknown(kind: str, name: str, choices: list[str], source: str) -> UserError:
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown config {kind} '{name}' in {source}.{hint} Valid: {', '.join(sorted(choices))}")
+
+
+def _coerce(value: Any, target: Any, key: str, source: str) -> Any:
+    """Convert ``value`` to the declared type of ``key`` (YAML scalars, CLI strings)."""
+    origin = getattr(target, "__origin__", None)
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "yes", "1", "on"):
+                    return True
+                if low in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if origin is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip() else []
+                if not isinstance(value, list):
+                    value = [value]
+            (item_type,) = target.__args__
+            return [_coerce(v, item_type, key, source) for v in value]
+        if target is str:
+            return "" if value is None else str(value)
+        return target(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key '{key}' in {source}: cannot use {value!r} as {getattr(target, '__name__', target)}") from None
+
+
+def apply_dict(cfg: Config, values: dict[str, Any], source: str) -> Config:
+    """Set the keys of a nested ``{section: {key: value}}`` dict on ``cfg`` (checked)."""
+    sections = _section_types(cfg)
+    for section, entries in values.items():
+        if section not in sections:
+            raise _unknown("section", section, list(sections), source)
+        if not isinstance(entries, dict):
+            raise UserError(f"config section '{section}' in {source} must be a mapping of keys, got {entries!r}")
+        obj = getattr(cfg, section)
+        hints = get_type_hints(type(obj))
+        for key, value in entries.items():
+            if key not in hints:
+                raise _unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in hints], source)
+            setattr(obj, key, _coerce(value, hints[key], f"{section}.{key}", source))
+    return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML file and merge it over its ``_base_`` chain (paths relative to the file)."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"config {path} inherits from itself through _base_")
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    bases = data.pop("_base_", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict[str, Any] = {}
+    for base in bases:
+        _deep_merge(merged, _read_yaml(path.parent / base, seen + (path,)))
+    _deep_merge(merged, data)
+    return merged
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["train.epochs=5", "model.backbone=resnet18"]`` -> nested dict of strings."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UserError(f"override '{item}' must look like section.key=value, e.g. train.epochs=5")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (with its bases), then command-line overrides."""
+    cfg = Config()
+    if path is not None:
+        apply_dict(cfg, _read_yaml(Path(path)), str(path))
+    if overrides:
+        apply_dict(cfg, parse_overrides(overrides), "command-line overrides")
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a checkpoint (unknown keys are an error)."""
+    return apply_dict(Config(), values, "checkpoint config")
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+load = load_config

@@ -1,0 +1,64 @@
+"""Torch datasets and loaders over lists of ``Sample``."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .images import read_image
+from .sampler import IdentitySampler
+from .types import Sample
+
+
+def _worker_init(_: int) -> None:
+    """One thread per loader worker: the main process already uses every core."""
+    torch.set_num_threads(1)
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label, camera, index) for each sample; ``labels`` overrides the identities."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, labels: Sequence[int] | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.labels = list(labels) if labels is not None else [s.pid for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        sample = self.samples[index]
+        image = self.transform(read_image(sample.path))
+        return image, self.labels[index], sample.camid, index
+
+
+def test_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: int) -> DataLoader:
+    """Ordered loader for feature extraction."""
+    return DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init)
+
+
+class InfiniteIdentityLoader:
+    """Endless P x K batches over pseudo labels (restarts the sampler when a pass ends)."""
+
+    def __init__(self, samples: Sequence[Sample], labels: Sequence[int], transform: Callable, batch_size: int,
+                 num_instances: int, workers: int, seed: int) -> None:
+        if batch_size % num_instances:
+            from ..errors import UserError
+            raise UserError(f"data.batch_size ({batch_size}) must be a multiple of data.num_instances ({num_instances})")
+        self.sampler = IdentitySampler(labels, num_instances, seed=seed, min_length=batch_size)
+        self.loader = DataLoader(ImageDataset(samples, transform, labels), batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers, drop_last=True, worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(),
+                                 persistent_workers=workers > 0)
+        self._it: Iterator | None = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            return next(self._it)

@@ -1,0 +1,47 @@
+"""P x K identity sampler over (pseudo) labels."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class IdentitySampler(Sampler[int]):
+    """Yields dataset indices in batches of P identities x K instances.
+
+    Each pass visits every identity once: K of its images (drawn without
+    replacement when it has at least K, with replacement otherwise), the
+    identities in random order. ``len`` is the number of indices in a pass,
+    always a multiple of K (with few identities, several passes are chained
+    to reach ``min_length``); a loader with ``batch_size = P * K`` and
+    ``drop_last=True`` then gives P x K batches. Labels < 0 (outliers) are
+    never sampled.
+    """
+
+    def __init__(self, labels: Sequence[int], num_instances: int, seed: int = 0, min_length: int = 0) -> None:
+        self.num_instances = num_instances
+        self.min_length = min_length
+        self.index_by_label: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels):
+            if label >= 0:
+                self.index_by_label[int(label)].append(index)
+        self.labels = sorted(self.index_by_label)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self._passes() * len(self.labels) * self.num_instances
+
+    def _passes(self) -> int:
+        """Whole shuffled passes needed to give at least ``min_length`` indices (few clusters)."""
+        per_pass = max(len(self.labels) * self.num_instances, 1)
+        return max(1, -(-self.min_length // per_pass))
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.concatenate([self.rng.permutation(len(self.labels)) for _ in range(self._passes())])
+        for position in order:
+            members = self.index_by_label[self.labels[position]]
+            replace = len(members) < self.num_instances
+            yield from (int(i) for i in self.rng.choice(members, self.num_instances, replace=replace))

@@ -1,0 +1,25 @@
+"""User-facing errors: raised for mistakes the user can fix, printed without a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input (files, config, arguments).
+
+    The message must name the offending file or value, say what was expected
+    and, where possible, how to fix it. The command line prints it as one
+    clear message instead of a traceback.
+    """
+
+
+def clean_message(exc: BaseException) -> str:
+    """Message of a UserError, also when it was re-raised from a DataLoader worker.
+
+    PyTorch re-raises worker exceptions as ``type(msg)`` with the worker's
+    traceback folded into the message; keep only the original text.
+    """
+    text = str(exc)
+    marker = "UserError: "
+    if "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()

@@ -1,0 +1,52 @@
+"""Score a model on a data set's query / gallery splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import DataConfig, EvalConfig
+from ..data.transforms import test_transform
+from ..data.types import ReidDataset
+from ..errors import UserError
+from .features import extract_features
+from .ranking import RankingResult, evaluate_ranking
+from .rerank import re_ranking
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance of unit vectors, 2 - 2 a.b (same ranking as cosine distance)."""
+    return (2.0 - 2.0 * (a @ b.t())).clamp_(min=0.0)
+
+
+def query_gallery_distances(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
+                            device: torch.device | str = "cpu", rerank: bool | None = None) -> torch.Tensor:
+    """Query x gallery distances (squared Euclidean of unit features, or re-ranked)."""
+    if not dataset.query or not dataset.gallery:
+        raise UserError(f"data set at {dataset.root} has no query or gallery images to evaluate on "
+                        f"(query {len(dataset.query)}, gallery {len(dataset.gallery)})")
+    transform = test_transform(data_cfg)
+    kwargs = dict(batch_size=eval_cfg.batch_size, workers=data_cfg.workers, device=device, flip=eval_cfg.flip)
+    qf = extract_features(model, dataset.query, transform, desc="query features", **kwargs)
+    gf = extract_features(model, dataset.gallery, transform, desc="gallery features", **kwargs)
+    dist = squared_distance(qf, gf)
+    if eval_cfg.rerank if rerank is None else rerank:
+        dist = torch.as_tensor(re_ranking(dist.numpy(), squared_distance(qf, qf).numpy(), squared_distance(gf, gf).numpy()))
+    return dist
+
+
+def score_distances(dist: torch.Tensor, dataset: ReidDataset, max_rank: int = 10) -> RankingResult:
+    """CMC / mAP of a query x gallery distance matrix on the Market-1501 protocol."""
+    q_pids = np.array([s.pid for s in dataset.query])
+    g_pids = np.array([s.pid for s in dataset.gallery])
+    q_cams = np.array([s.camid for s in dataset.query])
+    g_cams = np.array([s.camid for s in dataset.gallery])
+    return evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, max_rank=max(max_rank, 10))
+
+
+def evaluate_model(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
+                   device: torch.device | str = "cpu", rerank: bool | None = None) -> RankingResult:
+    """CMC / mAP of ``model`` on the Market-1501 protocol (optionally re-ranked, flip-averaged)."""
+    dist = query_gallery_distances(model, dataset, data_cfg, eval_cfg, device, rerank)
+    return score_distances(dist, dataset, eval_cfg.max_rank)

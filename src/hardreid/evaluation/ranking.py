@@ -1,0 +1,240 @@
+"""Market-1501 style ranking metrics (CMC and mAP), vectorised over query blocks.
+
+Protocol (as torchreid's ``eval_market1501``, plus the junk rule of the
+official Market-1501 code):
+
+* for every query, gallery entries with the same pid *and* the same camera
+  are removed, and so are gallery entries with pid ``-1`` (junk);
+  pid ``0`` is an ordinary identity (Market's distractors);
+* queries left without any true match are skipped (not counted);
+* CMC is multi-shot: ``cmc[r-1]`` is the fraction of valid queries with a true
+  match among the first ``r`` kept gallery entries (no single-gallery-shot
+  sampling);
+* AP is the mean, over the true matches, of the precision at each hit in the
+  kept ranked list.
+
+Ties: the gallery is ranked by ``(distance, gallery index)``, i.e. a stable
+sort of the distances, so equal distances keep gallery order. This makes the
+result deterministic and independent of ``block_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+
+from hardreid.errors import UserError
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[int]]
+
+#: Ranks reported by :meth:`RankingResult.to_dict` (those <= ``max_rank``).
+REPORTED_RANKS: tuple[int, ...] = (1, 5, 10, 20, 50)
+
+
+@dataclass
+class RankingResult:
+    """CMC curve and mAP of one query/gallery evaluation.
+
+    ``cmc[r-1]`` is the rank-``r`` accuracy and ``mAP`` the mean average
+    precision, both fractions in [0, 1] over the valid queries (those with at
+    least one cross-camera true match). ``all_ap`` holds the AP of each valid
+    query in query order; ``valid_query`` marks which queries were counted.
+    """
+
+    cmc: np.ndarray
+    mAP: float
+    num_valid_queries: int
+    all_ap: np.ndarray
+    num_query: int = 0
+    num_gallery: int = 0
+    valid_query: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    @property
+    def max_rank(self) -> int:
+        return int(len(self.cmc))
+
+    def rank(self, r: int) -> float:
+        """Rank-``r`` accuracy (fraction), ``1 <= r <= max_rank``."""
+        if not 1 <= r <= self.max_rank:
+            raise ValueError(f"rank must be in [1, {self.max_rank}], got {r}")
+        return float(self.cmc[r - 1])
+
+    def to_dict(self, percent: bool = True) -> dict[str, Any]:
+        """Plain summary: mAP, CMC at ranks 1/5/10/20/50 (those <= max_rank), counts.
+
+        Values are percentages when ``percent`` (default), else fractions.
+        """
+        scale = 100.0 if percent else 1.0
+        ranks = [r for r in REPORTED_RANKS if r <= self.max_rank]
+        return {
+            "mAP": float(self.mAP) * scale,
+            "cmc": {str(r): float(self.cmc[r - 1]) * scale for r in ranks},
+            "num_query": int(self.num_query),
+            "num_valid_query": int(self.num_valid_queries),
+            "num_gallery": int(self.num_gallery),
+            "max_rank": self.max_rank,
+        }
+
+
+def _as_long_tensor(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {tuple(t.shape)}")
+    if t.dtype == torch.bool or (t.is_floating_point() and not bool((t == t.round()).all())):
+        raise ValueError(f"{name} must hold integer ids, got dtype {t.dtype}")
+    return t.to(device=device, dtype=torch.long)
+
+
+def _as_dist_tensor(distmat: np.ndarray | torch.Tensor) -> torch.Tensor:
+    d = distmat if isinstance(distmat, torch.Tensor) else torch.from_numpy(np.asarray(distmat))
+    if d.dim() != 2:
+        raise ValueError(f"distmat must be 2-D (query x gallery), got shape {tuple(d.shape)}")
+    return d.detach()
+
+
+def evaluate_ranking(
+    distmat: np.ndarray | torch.Tensor,
+    q_pids: ArrayLike,
+    g_pids: ArrayLike,
+    q_camids: ArrayLike,
+    g_camids: ArrayLike,
+    max_rank: int = 10,
+    block_size: int = 256,
+) -> RankingResult:
+    """CMC and mAP under the Market-1501 protocol (see module docstring).
+
+    ``distmat`` is query x gallery (numpy or torch, on any device; smaller =
+    more similar). Queries are processed ``block_size`` at a time, so besides
+    the input only O(block_size x num_gallery) memory is used. The returned
+    ``cmc`` always has ``max_rank`` entries (it saturates once the kept list
+    is exhausted). Raises :class:`~hardreid.errors.UserError` if no query has a
+    cross-camera match in the gallery, or if ``distmat`` holds NaN.
+    """
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    d = _as_dist_tensor(distmat)
+    device = d.device
+    num_q, num_g = d.shape
+    qp = _as_long_tensor(q_pids, "q_pids", device)
+    gp = _as_long_tensor(g_pids, "g_pids", device)
+    qc = _as_long_tensor(q_camids, "q_camids", device)
+    gc = _as_long_tensor(g_camids, "g_camids", device)
+    if len(qp) != num_q or len(qc) != num_q:
+        raise ValueError(
+            f"distmat has {num_q} query rows but q_pids/q_camids have {len(qp)}/{len(qc)} entries"
+        )
+    if len(gp) != num_g or len(gc) != num_g:
+        raise ValueError(
+            f"distmat has {num_g} gallery columns but g_pids/g_camids have {len(gp)}/{len(gc)} entries"
+        )
+
+    first_hit = torch.empty(num_q, dtype=torch.long, device=device)  # kept rank of first true match
+    ap = torch.zeros(num_q, dtype=torch.float64, device=device)
+    valid = torch.zeros(num_q, dtype=torch.bool, device=device)
+    for start in range(0, num_q, block_size):
+        stop = min(start + block_size, num_q)
+        block = d[start:stop]
+        if block.dtype not in (torch.float32, torch.float64):
+            # integers: exact in float64; float16/bfloat16: order-preserving upcast
+            block = block.to(torch.float32 if block.is_floating_point() else torch.float64)
+        block = block.contiguous()
+        if torch.isnan(block).any():
+            raise UserError(
+                "The query-gallery distance matrix contains NaN values "
+                f"(query rows {start}..{stop - 1}); check the extracted features for NaN/inf."
+            )
+        fh, blk_ap, ok = _rank_block(block, qp[start:stop], qc[start:stop], gp, gc)
+        first_hit[start:stop] = fh
+        ap[start:stop] = blk_ap
+        valid[start:stop] = ok
+
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise UserError(
+            f"No query has a cross-camera match in the gallery ({num_q} queries, {num_g} gallery "
+            "images): under the Market-1501 protocol gallery images with the query's pid and camera, "
+            "and junk images (pid -1), are ignored. Check that query and gallery pids/camids are "
+            "loaded correctly and that the gallery holds the query identities from other cameras."
+        )
+    fh = first_hit[valid]
+    ranks = torch.arange(1, max_rank + 1, device=device)
+    cmc = (fh[None, :] <= ranks[:, None]).sum(dim=1).to(torch.float64) / num_valid
+    all_ap = ap[valid].cpu().numpy()
+    return RankingResult(
+        cmc=cmc.cpu().numpy(),
+        mAP=float(all_ap.mean()),
+        num_valid_queries=num_valid,
+        all_ap=all_ap,
+        num_query=int(num_q),
+        num_gallery=int(num_g),
+        valid_query=valid.cpu().numpy(),
+    )
+
+
+def _rank_block(
+    block: torch.Tensor, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First-hit rank, AP and validity for one block of queries.
+
+    Instead of sorting whole gallery rows, only the true matches ("hits") of
+    each query are sorted by (distance, index); every other kept gallery entry
+    is then located between consecutive hits with ``searchsorted`` and counted.
+    The kept rank of hit ``k`` (0-based) is ``k + 1 + #(kept non-hits before
+    it)``, which gives precision at each hit, AP and the CMC first-hit rank
+    exactly as a full stable sort would.
+    """
+    nb, num_g = block.shape
+    device = block.device
+    match = gp[None, :] == qp[:, None]
+    junk = (gp < 0)[None, :] | (match & (gc[None, :] == qc[:, None]))
+    hit = match & ~junk
+    other = ~(match | junk)  # kept entries that are not true matches
+    del match, junk
+    nh = hit.sum(dim=1)
+    ok = nh > 0
+    h_max = int(nh.max()) if nb > 0 and num_g > 0 else 0
+    if h_max == 0:
+        return (torch.zeros(nb, dtype=torch.long, device=device),
+                torch.zeros(nb, dtype=torch.float64, device=device), ok)
+
+    # Hits of each query, padded to h_max: distance +inf and index >= num_g,
+    # so pads sort after every real entry (also after real +inf distances).
+    rows, cols = hit.nonzero(as_tuple=True)  # row-major: gallery-index order within a row
+    del hit
+    offsets = torch.cumsum(nh, 0) - nh
+    slot = torch.arange(len(rows), device=device) - offsets[rows]
+    hd = torch.full((nb, h_max), float("inf"), dtype=block.dtype, device=device)
+    hd[rows, slot] = block[rows, cols]
+    hidx = (num_g + torch.arange(h_max, device=device)).expand(nb, h_max).clone()
+    hidx[rows, slot] = cols
+    hd, perm = torch.sort(hd, dim=1, stable=True)  # by (distance, index)
+    hidx = torch.gather(hidx, 1, perm)
+
+    # b[j] = number of hits ranked before gallery entry j under (distance, index).
+    b = torch.searchsorted(hd, block, right=False)
+    # Entry j ties with some hit iff the hit at position b[j] has the same
+    # distance; then the tied hits with a smaller gallery index also precede j.
+    # Ties are rare, so they are fixed on the (few) tied entries only.
+    tie_r, tie_j = ((torch.gather(hd, 1, b.clamp_max(h_max - 1)) == block) & other).nonzero(as_tuple=True)
+    if len(tie_r) > 0:
+        span = num_g + h_max + 1
+        group = torch.searchsorted(hd, hd, right=False)  # start of each hit's tie group
+        key_h = group * span + hidx  # sorted within each row
+        b_t = b[tie_r, tie_j]
+        key_j = (b_t * span + tie_j)[:, None]
+        b[tie_r, tie_j] = torch.searchsorted(key_h[tie_r], key_j, right=False)[:, 0]
+    counts = torch.zeros(nb, h_max + 1, dtype=torch.long, device=device)
+    counts.scatter_add_(1, b, other.long())
+    del b, other
+    before = torch.cumsum(counts, dim=1)[:, :h_max]  # kept non-hits ranked before hit k
+    k = torch.arange(h_max, device=device)[None, :]
+    rank = before + k + 1  # kept rank (1-based) of hit k
+    is_real = k < nh[:, None]
+    prec = torch.where(is_real, (k + 1).to(torch.float64) / rank.to(torch.float64), 0.0)
+    ap = prec.sum(dim=1) / nh.clamp_min(1).to(torch.float64)
+    return rank[:, 0], ap, ok

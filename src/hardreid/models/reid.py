@@ -1,0 +1,154 @@
+"""Backbone -> pooling (average or GeM) -> BatchNorm neck -> L2 normalisation.
+
+The L2-normalised BatchNorm output is the re-ID feature (DESIGN.md section 3,
+as in Cluster Contrast: no embedding layer, the neck's bias is frozen).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from ..errors import UserError
+
+
+class GeneralizedMeanPooling(nn.Module):
+    """GeM pooling: (mean x^p)^(1/p) over the spatial map, p fixed."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p, self.eps = p, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+def _resnet(name: str, last_stride: int) -> tuple[nn.Module, int]:
+    net = getattr(torchvision.models, name)(weights=None)
+    if last_stride == 1:  # layer4 keeps the 16x8 map at 256x128 input
+        block = net.layer4[0]
+        (block.conv2 if name == "resnet50" else block.conv1).stride = (1, 1)
+        block.downsample[0].stride = (1, 1)
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+    return body, net.fc.in_features
+
+
+def _mobilenet_v2(last_stride: int) -> tuple[nn.Module, int]:
+    net = torchvision.models.mobilenet_v2(weights=None)
+    if last_stride == 1:  # the last stride-2 block (features[14]) keeps its resolution
+        net.features[14].conv[1][0].stride = (1, 1)
+    return net.features, net.last_channel
+
+
+BACKBONES: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
+    "resnet18": lambda s: _resnet("resnet18", s),
+    "resnet34": lambda s: _resnet("resnet34", s),
+    "resnet50": lambda s: _resnet("resnet50", s),
+    "mobilenet_v2": _mobilenet_v2,
+}
+
+# Prefix of the backbone's parameters in torchvision's key layout.
+_TORCHVISION_PREFIX = {"mobilenet_v2": "features."}
+_RESNET_BODY = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+class ReidModel(nn.Module):
+    """Re-ID feature extractor: ``forward`` returns L2-normalised features (B x dim)."""
+
+    def __init__(self, backbone: str = "resnet50", last_stride: int = 1, pooling: str = "avg", gem_p: float = 3.0, bn_chunk: int = 0) -> None:
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
+        if pooling not in ("avg", "gem"):
+            raise UserError(f"unknown pooling '{pooling}'; choose avg or gem")
+        self.backbone_name = backbone
+        self.backbone, self.feat_dim = BACKBONES[backbone](last_stride)
+        self.pool = GeneralizedMeanPooling(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+        self.neck = nn.BatchNorm1d(self.feat_dim)
+        nn.init.ones_(self.neck.weight)
+        nn.init.zeros_(self.neck.bias)
+        self.neck.bias.requires_grad_(False)
+        self.bn_chunk = bn_chunk
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised neck output (B x dim)."""
+        if self.training and 0 < self.bn_chunk < x.shape[0]:
+            # Emulate per-GPU BatchNorm: each chunk is normalised on its own.
+            return torch.cat([self.embed_chunk(c) for c in x.split(self.bn_chunk)])
+        return self.embed_chunk(x)
+
+    def embed_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(self.backbone(x)).flatten(1)
+        return self.neck(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embed(x), dim=1)
+
+
+def _backbone_state(state: dict[str, torch.Tensor], backbone: str) -> dict[str, torch.Tensor]:
+    """Map a torchvision-layout state dict onto our ``backbone`` module's keys."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if backbone in _TORCHVISION_PREFIX:
+        prefix = _TORCHVISION_PREFIX[backbone]
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {}
+    for key, value in state.items():
+        head = key.split(".", 1)[0]
+        if head in _RESNET_BODY:
+            out[f"{_RESNET_BODY.index(head)}.{key.split('.', 1)[1]}"] = value
+    return out
+
+
+def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
+    """Load ImageNet (or any torchvision-layout) weights into the backbone; strict on its keys."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist; pass a torchvision-layout state dict (e.g. --weights mobilenet_v2_imagenet.pth)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise UserError(f"cannot read weights file {path}: {exc}") from None
+    mapped = _backbone_state(state, model.backbone_name)
+    own = model.backbone.state_dict()
+    missing = [k for k in own if k not in mapped]
+    wrong = [k for k in own if k in mapped and mapped[k].shape != own[k].shape]
+    if missing or wrong:
+        raise UserError(
+            f"weights file {path} does not fit backbone '{model.backbone_name}': "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(wrong)} with other shapes (e.g. {wrong[:3]}). "
+            "Pass a torchvision state dict of the same architecture."
+        )
+    model.backbone.load_state_dict({k: mapped[k] for k in own}, strict=True)
+
+
+def _download_pretrained(model: ReidModel) -> None:
+    """torchvision's ImageNet download; a clear error when offline."""
+    name = model.backbone_name
+    enum = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        state = enum.get_state_dict(progress=True)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise UserError(
+            f"cannot download ImageNet weights for {name} ({type(exc).__name__}: {exc}). "
+            f"This machine may be offline: download {enum.url} elsewhere and pass it with --weights PATH "
+            "(or model.weights=PATH), or train from random init with model.pretrained=false."
+        ) from None
+    mapped = _backbone_state(state, name)
+    model.backbone.load_state_dict({k: mapped[k] for k in model.backbone.state_dict()}, strict=True)
+
+
+def build_model(backbone: str = "resnet50", weights: str | Path | None = None, pretrained: bool = False, last_stride: int = 1,
+                pooling: str = "avg", gem_p: float = 3.0, bn_chunk: int = 0) -> ReidModel:
+    """Build a re-ID model; ``weights`` is a local torchvision-layout file, ``pretrained`` downloads."""
+    model = ReidModel(backbone, last_stride=last_stride, pooling=pooling, gem_p=gem_p, bn_chunk=bn_chunk)
+    if weights:
+        load_backbone_weights(model, weights)
+    elif pretrained:
+        _download_pretrained(model)
+    return model

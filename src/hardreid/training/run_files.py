@@ -1,0 +1,69 @@
+"""The run directory: log file, per-epoch metrics (CSV + JSON), atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LOG = logging.getLogger("hardreid")
+
+METRIC_COLUMNS = ["epoch", "clusters", "outliers", "loss", "mAP", "top1", "top5", "top10", "seconds"]
+
+
+def setup_logging(log_file: Path | None = None, verbose: bool = True) -> None:
+    """Readable log lines to stderr and, when given, to ``log_file`` (appending, for resume)."""
+    LOG.setLevel(logging.INFO)
+    for handler in list(LOG.handlers):
+        LOG.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if verbose:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        LOG.addHandler(stream)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+        LOG.addHandler(file_handler)
+    LOG.propagate = False
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_metrics(history: list[dict[str, Any]], run_dir: Path) -> None:
+    """``metrics.json`` (everything) and ``metrics.csv`` (the main columns plus any loss terms)."""
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, run_dir / "metrics.json")
+    extra = sorted({k for row in history for k in row if k not in METRIC_COLUMNS and not isinstance(row[k], (dict, list))})
+    columns = METRIC_COLUMNS + extra
+    with open(run_dir / "metrics.csv.tmp", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else value)

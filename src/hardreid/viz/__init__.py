@@ -1,0 +1,1 @@
+"""Pictures: ranked results, training curves."""

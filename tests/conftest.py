@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny synthetic data set generated once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hardreid.config import Config, apply_dict
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CUHK03 = SHARED / "data" / "cuhk03"
+MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    from hardreid.data.synthetic import SyntheticConfig, generate_synthetic
+
+    cfg = SyntheticConfig(num_train_ids=10, num_test_ids=6, num_cameras=2, images_per_camera=3, num_distractors=2, seed=3)
+    return generate_synthetic(tmp_path_factory.mktemp("tiny") / "data", cfg)
+
+
+def tiny_config(**sections) -> Config:
+    """Smallest settings that still run every stage: MobileNetV2 at 64x32, 2 epochs x 2 steps."""
+    settings = {
+        "data": {"format": "market", "height": 64, "width": 32, "workers": 0, "batch_size": 8, "num_instances": 4},
+        "model": {"backbone": "mobilenet_v2", "last_stride": 2},
+        "cluster": {"k1": 6, "k2": 2, "eps": 0.6, "min_samples": 2},
+        "train": {"epochs": 2, "iters": 2, "eval_every": 1, "device": "cpu", "seed": 0},
+        "eval": {"batch_size": 32},
+    }
+    for section, values in sections.items():
+        settings.setdefault(section, {}).update(values)
+    return apply_dict(Config(), settings, "test settings")

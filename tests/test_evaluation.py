@@ -1,0 +1,284 @@
+"""Ranking metrics against a brute-force reference, and k-reciprocal re-ranking against a loop version."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hardreid.errors import UserError
+from hardreid.evaluation import RankingResult, evaluate_ranking, re_ranking
+
+
+# ---------------------------------------------------------------------------
+# Brute-force references (plain loops, written from the definitions)
+# ---------------------------------------------------------------------------
+
+
+def brute_force_ranking(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
+    """Per query: drop junk and same-pid-same-camera, sort by (distance, index), CMC and AP."""
+    dist = np.asarray(dist, dtype=np.float64)
+    cmcs, aps = [], []
+    for i in range(dist.shape[0]):
+        kept = [
+            j
+            for j in range(dist.shape[1])
+            if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i])
+        ]
+        kept.sort(key=lambda j: (dist[i, j], j))
+        is_match = [g_pids[j] == q_pids[i] for j in kept]
+        if not any(is_match):
+            continue
+        hits, precisions = 0, []
+        for rank, m in enumerate(is_match, start=1):
+            if m:
+                hits += 1
+                precisions.append(hits / rank)
+        aps.append(sum(precisions) / len(precisions))
+        first = is_match.index(True) + 1
+        cmcs.append([1.0 if first <= r else 0.0 for r in range(1, max_rank + 1)])
+    if not aps:
+        return None
+    return np.mean(cmcs, axis=0), float(np.mean(aps)), np.array(aps)
+
+
+def random_case(rng: np.random.Generator):
+    num_q = int(rng.integers(1, 16))
+    num_g = int(rng.integers(1, 45))
+    num_ids = int(rng.integers(1, 7))
+    num_cams = int(rng.integers(1, 4))
+    q_pids = rng.integers(-1, num_ids, num_q)  # -1 and 0 included
+    g_pids = rng.integers(-1, num_ids, num_g)
+    q_cams = rng.integers(0, num_cams, num_q)
+    g_cams = rng.integers(0, num_cams, num_g)
+    kind = rng.integers(3)
+    if kind == 0:  # integer-valued: many ties
+        dist = rng.integers(0, 4, (num_q, num_g)).astype(np.float64)
+    elif kind == 1:
+        dist = rng.random((num_q, num_g))
+    else:  # ties, negative values and infinities
+        dist = rng.integers(-2, 3, (num_q, num_g)).astype(np.float32)
+        dist[rng.random((num_q, num_g)) < 0.15] = np.inf
+    return dist, q_pids, g_pids, q_cams, g_cams
+
+
+# ---------------------------------------------------------------------------
+# evaluate_ranking
+# ---------------------------------------------------------------------------
+
+
+def test_matches_brute_force_on_random_cases():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(400):
+        dist, qp, gp, qc, gc = random_case(rng)
+        max_rank = int(rng.integers(1, 12))
+        ref = brute_force_ranking(dist, qp, gp, qc, gc, max_rank)
+        if ref is None:
+            with pytest.raises(UserError, match="cross-camera match"):
+                evaluate_ranking(dist, qp, gp, qc, gc, max_rank=max_rank)
+            continue
+        res = evaluate_ranking(dist, qp, gp, qc, gc, max_rank=max_rank, block_size=int(rng.integers(1, 9)))
+        cmc, m_ap, aps = ref
+        assert res.cmc.shape == (max_rank,)
+        np.testing.assert_allclose(res.cmc, cmc, rtol=0, atol=1e-9)
+        assert abs(res.mAP - m_ap) <= 1e-9
+        np.testing.assert_allclose(res.all_ap, aps, rtol=0, atol=1e-9)
+        assert res.num_valid_queries == len(aps)
+        checked += 1
+    assert checked > 200
+
+
+def test_hand_checked_average_precision():
+    # Query pid 1, camera 0. Gallery in distance order: junk (pid -1), same pid & camera
+    # (removed), pid 2, pid 1, pid 1, pid 3 -> hits at kept ranks 2 and 3.
+    dist = np.array([[0.3, 0.0, 0.4, 0.5, 0.6, 0.7]])
+    g_pids = [-1, 1, 2, 1, 1, 3]
+    g_cams = [1, 0, 1, 1, 2, 1]
+    res = evaluate_ranking(dist, [1], g_pids, [0], g_cams, max_rank=4)
+    assert res.mAP == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-12)
+    np.testing.assert_array_equal(res.cmc, [0.0, 1.0, 1.0, 1.0])
+    assert res.num_valid_queries == 1
+
+
+def test_ties_are_broken_by_gallery_index():
+    # All distances equal: ranking is gallery order, so the match at index 2 is rank 3.
+    dist = np.zeros((1, 4))
+    res = evaluate_ranking(dist, [5], [7, 8, 5, 9], [0], [1, 1, 1, 1], max_rank=3)
+    assert res.mAP == pytest.approx(1 / 3)
+    np.testing.assert_array_equal(res.cmc, [0.0, 0.0, 1.0])
+
+
+def test_pid_zero_is_a_normal_identity_and_invalid_queries_are_skipped():
+    dist = np.array([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
+    q_pids, q_cams = [0, 4, 0], [0, 0, 1]
+    g_pids, g_cams = [0, 0, 6], [1, 0, 1]
+    # query 0 (pid 0, cam 0): gallery 1 removed (same cam), gallery 0 is a hit at rank 1.
+    # query 1 (pid 4): no match -> skipped. query 2 (pid 0, cam 1): gallery 0 removed,
+    # ranked list [2 (pid 6), 1 (pid 0)] -> hit at rank 2.
+    res = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams, max_rank=2)
+    assert res.num_valid_queries == 2 and res.num_query == 3
+    np.testing.assert_array_equal(res.valid_query, [True, False, True])
+    np.testing.assert_allclose(res.all_ap, [1.0, 0.5])
+    np.testing.assert_allclose(res.cmc, [0.5, 1.0])
+
+
+def test_no_valid_query_raises_user_error():
+    dist = np.random.default_rng(1).random((3, 4))
+    with pytest.raises(UserError, match="cross-camera match"):
+        # every match is in the query's own camera, the rest is junk or other ids
+        evaluate_ranking(dist, [1, 2, 3], [1, 2, -1, 9], [0, 1, 0], [0, 1, 0, 0])
+    with pytest.raises(UserError, match="cross-camera match"):
+        evaluate_ranking(np.zeros((0, 4)), [], [1, 2, 3, 4], [], [0, 1, 0, 1])
+
+
+def test_nan_distances_raise_user_error():
+    dist = np.array([[0.1, np.nan]])
+    with pytest.raises(UserError, match="NaN"):
+        evaluate_ranking(dist, [1], [1, 2], [0], [1, 1])
+
+
+def test_block_size_invariance_and_input_types():
+    rng = np.random.default_rng(2)
+    num_q, num_g = 40, 300
+    dist = rng.integers(0, 6, (num_q, num_g)).astype(np.float32)  # many ties
+    qp, gp = rng.integers(-1, 12, num_q), rng.integers(-1, 12, num_g)
+    qc, gc = rng.integers(0, 3, num_q), rng.integers(0, 3, num_g)
+    results = [evaluate_ranking(dist, qp, gp, qc, gc, block_size=bs) for bs in (1, 7, 1000)]
+    results.append(evaluate_ranking(torch.from_numpy(dist), torch.from_numpy(qp), list(gp), qc, gc))
+    results.append(evaluate_ranking(dist.astype(np.int64), qp, gp, qc, gc, block_size=13))
+    results.append(evaluate_ranking(torch.from_numpy(dist.T.copy()).T, qp, gp, qc, gc, block_size=5))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.cmc, results[0].cmc)
+        np.testing.assert_array_equal(other.all_ap, results[0].all_ap)
+        assert other.mAP == results[0].mAP
+    ref = brute_force_ranking(dist, qp, gp, qc, gc, 10)
+    assert ref is not None
+    np.testing.assert_allclose(results[0].cmc, ref[0], atol=1e-9)
+    assert abs(results[0].mAP - ref[1]) <= 1e-9
+
+
+def test_cmc_has_max_rank_entries_and_saturates():
+    # Only 2 gallery images but max_rank 10: the curve is padded with its final value.
+    res = evaluate_ranking(np.array([[0.2, 0.1]]), [3], [3, 4], [0], [1, 1], max_rank=10)
+    np.testing.assert_array_equal(res.cmc, [0.0] + [1.0] * 9)
+
+
+def test_to_dict_reports_percent():
+    res = evaluate_ranking(np.array([[0.1, 0.2]]), [1], [2, 1], [0], [1, 1], max_rank=10)
+    assert isinstance(res, RankingResult)
+    d = res.to_dict()
+    assert d["mAP"] == pytest.approx(50.0)
+    assert d["cmc"] == {"1": 0.0, "5": 100.0, "10": 100.0}
+    assert d["num_query"] == 1 and d["num_valid_query"] == 1
+    assert res.to_dict(percent=False)["mAP"] == pytest.approx(0.5)
+    assert res.rank(2) == 1.0
+
+
+def test_shape_mismatch_is_reported():
+    with pytest.raises(ValueError, match="gallery columns"):
+        evaluate_ranking(np.zeros((1, 3)), [1], [1, 2], [0], [1, 1])
+
+
+# ---------------------------------------------------------------------------
+# re_ranking
+# ---------------------------------------------------------------------------
+
+
+def loop_re_ranking(q_g, q_q, g_g, k1, k2, lam):
+    """The original algorithm with its loops (stable sort so ties are well defined)."""
+    num_q = q_g.shape[0]
+    full = np.block([[q_q, q_g], [q_g.T, g_g]]).astype(np.float64)
+    dist = np.square(full).astype(np.float32)
+    dist = (dist / dist.max(axis=0)).T
+    n = dist.shape[0]
+    rank = np.argsort(dist, axis=1, kind="stable")
+
+    def reciprocal(i, k):
+        forward = rank[i, : k + 1]
+        return [int(j) for j in forward if i in rank[j, : k + 1]]
+
+    v = np.zeros((n, n))
+    half = int(np.around(k1 / 2.0))
+    for i in range(n):
+        r_i = reciprocal(i, k1)
+        expansion = set(r_i)
+        for c in r_i:
+            r_c = reciprocal(c, half)
+            if len(set(r_c) & set(r_i)) > 2.0 / 3.0 * len(r_c):
+                expansion |= set(r_c)
+        idx = sorted(expansion)
+        w = np.exp(-dist[i, idx].astype(np.float64))
+        v[i, idx] = w / w.sum()
+    if k2 != 1:
+        v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    out = np.zeros((num_q, n - num_q))
+    for i in range(num_q):
+        for j in range(num_q, n):
+            s = sum(min(v[i, k], v[j, k]) for k in range(n) if v[i, k] != 0 and v[j, k] != 0)
+            out[i, j - num_q] = 1 - s / (2 - s)
+    return out * (1 - lam) + dist[:num_q, num_q:] * lam
+
+
+def pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+
+@pytest.mark.parametrize(
+    "num_q,num_g,k1,k2,lam,block",
+    [(4, 14, 5, 3, 0.3, 256), (3, 20, 20, 6, 0.3, 256), (5, 12, 4, 1, 0.0, 3), (2, 9, 3, 2, 1.0, 1), (6, 15, 7, 4, 0.5, 4)],
+)
+def test_re_ranking_matches_loop_reference(num_q, num_g, k1, k2, lam, block):
+    rng = np.random.default_rng(num_q * 100 + k1)
+    centres = rng.normal(size=(4, 3)) * 2
+    q = centres[rng.integers(0, 4, num_q)] + rng.normal(size=(num_q, 3))
+    g = centres[rng.integers(0, 4, num_g)] + rng.normal(size=(num_g, 3))
+    q_g, q_q, g_g = pairwise(q, g), pairwise(q, q), pairwise(g, g)
+    expected = loop_re_ranking(q_g, q_q, g_g, k1, k2, lam)
+    got = re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam, block_size=block)
+    assert got.shape == (num_q, num_g) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    got_t = re_ranking(torch.from_numpy(q_g), torch.from_numpy(q_q), torch.from_numpy(g_g), k1=k1, k2=k2,
+                       lambda_value=lam, block_size=block)
+    np.testing.assert_array_equal(got_t, got)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_re_ranking_with_tied_distances_matches_loop_reference(seed):
+    # Manhattan distances between integer points: many ties, neighbours ordered by (distance, index).
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 4, (5, 2))
+    g = rng.integers(0, 4, (16, 2))
+
+    def manhattan(a, b):
+        return np.abs(a[:, None, :] - b[None, :, :]).sum(-1).astype(np.float64)
+
+    q_g, q_q, g_g = manhattan(q, g), manhattan(q, q), manhattan(g, g)
+    expected = loop_re_ranking(q_g, q_q, g_g, 6, 3, 0.3)
+    got = re_ranking(q_g, q_q, g_g, k1=6, k2=3, lambda_value=0.3, block_size=4)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_re_ranking_improves_map_on_clustered_data():
+    rng = np.random.default_rng(7)
+    num_ids, per_id, dim = 30, 8, 16
+    centres = rng.normal(size=(num_ids, dim))
+    feats = np.repeat(centres, per_id, axis=0) + 0.6 * rng.normal(size=(num_ids * per_id, dim))
+    pids = np.repeat(np.arange(num_ids), per_id)
+    cams = np.tile(np.arange(per_id) % 4, num_ids)
+    is_query = np.tile(np.arange(per_id) < 2, num_ids)
+    qf, gf = feats[is_query], feats[~is_query]
+    qp, gp, qc, gc = pids[is_query], pids[~is_query], cams[is_query], cams[~is_query]
+    q_g, q_q, g_g = pairwise(qf, gf), pairwise(qf, qf), pairwise(gf, gf)
+    base = evaluate_ranking(q_g, qp, gp, qc, gc)
+    rr = re_ranking(q_g, q_q, g_g, k1=6, k2=3, lambda_value=0.3)
+    assert rr.shape == q_g.shape and np.isfinite(rr).all() and (rr >= 0).all() and (rr <= 1 + 1e-6).all()
+    improved = evaluate_ranking(rr, qp, gp, qc, gc)
+    assert improved.mAP > base.mAP + 0.02, (base.mAP, improved.mAP)
+
+
+def test_re_ranking_rejects_bad_input():
+    with pytest.raises(ValueError, match="g_g_dist"):
+        re_ranking(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(UserError, match="NaN"):
+        re_ranking(np.full((1, 2), np.nan), np.zeros((1, 1)), np.zeros((2, 2)))

@@ -1,0 +1,97 @@
+"""Backbones, pooling, neck, weight loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from hardreid.errors import UserError
+from hardreid.models import build_model, load_backbone_weights
+from hardreid.models.reid import GeneralizedMeanPooling
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_imagenet.pth"
+
+
+@pytest.mark.parametrize("name,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("mobilenet_v2", 1280)])
+def test_feature_dims_and_unit_norm(name, dim):
+    model = build_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 32))
+    assert out.shape == (2, dim)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("name,stride2,stride1", [("resnet18", (2, 1), (4, 2)), ("mobilenet_v2", (2, 1), (4, 2))])
+def test_last_stride(name, stride2, stride1):
+    x = torch.randn(1, 3, 64, 32)
+    assert build_model(name, last_stride=2).backbone(x).shape[-2:] == stride2
+    assert build_model(name, last_stride=1).backbone(x).shape[-2:] == stride1
+
+
+def test_gem_pooling_matches_formula_and_limits():
+    x = torch.rand(2, 3, 4, 5) + 0.1
+    torch.testing.assert_close(GeneralizedMeanPooling(3.0)(x), x.pow(3).mean((2, 3)).pow(1 / 3))
+    torch.testing.assert_close(GeneralizedMeanPooling(1.0)(x), x.mean((2, 3)))
+    assert torch.allclose(GeneralizedMeanPooling(200.0)(x), x.amax((2, 3)), rtol=0.05)
+
+
+def test_neck_bias_frozen():
+    model = build_model("resnet18")
+    assert not model.neck.bias.requires_grad and model.neck.weight.requires_grad
+
+
+def test_torchvision_state_dict_loads_exactly(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    model = build_model("resnet18", weights=tmp_path / "r18.pth", last_stride=2).eval()
+    reference.eval()
+    x = torch.randn(1, 3, 64, 32)
+    body = torch.nn.Sequential(*list(reference.children())[:-2])
+    torch.testing.assert_close(model.backbone(x), body(x))
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(UserError, match=r"r18.pth does not fit backbone 'resnet50'"):
+        build_model("resnet50", weights=tmp_path / "r18.pth")
+    with pytest.raises(UserError, match="does not exist"):
+        build_model("resnet18", weights=tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read weights file"):
+        build_model("resnet18", weights=tmp_path / "junk.pth")
+
+
+def test_download_offline_gives_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError, match=r"cannot download ImageNet weights for resnet18.*--weights PATH"):
+        build_model("resnet18", pretrained=True)
+
+
+def test_unknown_backbone():
+    with pytest.raises(UserError, match="unknown backbone 'resnet51'"):
+        build_model("resnet51")
+
+
+def test_bn_chunk_normalises_each_chunk_separately():
+    torch.manual_seed(0)
+    model = build_model("resnet18", bn_chunk=2).train()
+    x = torch.randn(4, 3, 64, 32)
+    whole = model(x)
+    parts = torch.nn.functional.normalize(torch.cat([model.embed_chunk(c) for c in x.split(2)]), dim=1)
+    torch.testing.assert_close(whole, parts)
+    model.bn_chunk = 0
+    assert not torch.allclose(model(x), whole)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="shared MobileNetV2 weights not present")
+def test_shared_mobilenet_weights_load():
+    model = build_model("mobilenet_v2", weights=SHARED_WEIGHTS)
+    reference = torchvision.models.mobilenet_v2()
+    reference.load_state_dict(torch.load(SHARED_WEIGHTS, weights_only=True))
+    torch.testing.assert_close(model.backbone[0][0].weight, reference.features[0][0].weight)

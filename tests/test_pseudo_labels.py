@@ -1,0 +1,328 @@
+"""Pseudo labels: sparse Jaccard distance vs a dense reference, DBSCAN vs sklearn, statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import DBSCAN
+
+from hardreid.errors import UserError
+from hardreid.pseudo_labels import (
+    cluster_statistics,
+    compute_jaccard_distance,
+    dbscan_labels,
+    exact_knn,
+    jaccard_to_dense,
+    pseudo_labels,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+
+def dense_reference_jaccard(features: torch.Tensor, k1: int, k2: int) -> np.ndarray:
+    """The faiss_rerank algorithm written plainly with dense N x N matrices and per-row loops.
+
+    kNN: ``k1`` columns including the query (the reference searches k1 and
+    slices ``[:k1+1]``); self first, then decreasing cosine, ties by index.
+    """
+    f = F.normalize(features.float(), dim=1)
+    n = f.shape[0]
+    sim = torch.mm(f, f.t())
+    sim.fill_diagonal_(float("inf"))
+    initial_rank = np.argsort(-sim.numpy(), axis=1, kind="stable")[:, :k1]
+
+    def k_reciprocal(i: int, k: int) -> np.ndarray:
+        forward = initial_rank[i, : k + 1]
+        backward = initial_rank[forward, : k + 1]
+        return forward[np.where(backward == i)[0]]
+
+    k1_half = int(np.around(k1 / 2))
+    nn_k1 = [k_reciprocal(i, k1) for i in range(n)]
+    nn_half = [k_reciprocal(i, k1_half) for i in range(n)]
+
+    v = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        recip = nn_k1[i]
+        expansion = recip
+        for cand in recip:
+            cand_half = nn_half[cand]
+            if len(np.intersect1d(cand_half, recip)) > 2 / 3 * len(cand_half):
+                expansion = np.append(expansion, cand_half)
+        expansion = np.unique(expansion)
+        dist = 2 - 2 * torch.mm(f[i].unsqueeze(0), f[expansion].t())
+        v[i, expansion] = F.softmax(-dist, dim=1).view(-1).numpy()
+
+    if k2 != 1:
+        v_qe = np.zeros_like(v)
+        for i in range(n):
+            v_qe[i] = np.mean(v[initial_rank[i, :k2]], axis=0)
+        v = v_qe
+
+    jaccard = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        temp_min = np.minimum(v[i][None, :], v).sum(axis=1)  # zero where no shared column
+        jaccard[i] = 1 - temp_min / (2 - temp_min)
+    jaccard[jaccard < 0] = 0.0
+    return jaccard
+
+
+def clustered_features(seed: int, n_clusters: int, dim: int, n_outliers: int = 20, n_dup: int = 30) -> torch.Tensor:
+    """Gaussian blobs on the sphere (sizes 2-40, varying spread), outliers, exact duplicate rows."""
+    g = torch.Generator().manual_seed(seed)
+    centers = F.normalize(torch.randn(n_clusters, dim, generator=g), dim=1)
+    parts = []
+    for c in range(n_clusters):
+        size = int(torch.randint(2, 41, (1,), generator=g))
+        spread = 0.2 + 0.8 * float(torch.rand(1, generator=g))
+        parts.append(centers[c] + spread * torch.randn(size, dim, generator=g) / dim**0.5)
+    parts.append(torch.randn(n_outliers, dim, generator=g))
+    x = torch.cat(parts)
+    dup = torch.randint(0, x.shape[0], (n_dup,), generator=g)
+    x = torch.cat([x, x[dup], x[dup[: n_dup // 3]]])  # pairs and triples of identical rows
+    x = x[torch.randperm(x.shape[0], generator=g)]
+    return F.normalize(x, dim=1)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal labels up to renaming clusters (-1 must match -1)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or not np.array_equal(a < 0, b < 0):
+        return False
+    pairs = {(x, y) for x, y in zip(a[a >= 0].tolist(), b[b >= 0].tolist())}
+    return len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs})
+
+
+def sklearn_labels(dense: np.ndarray, eps: float, min_samples: int = 4) -> np.ndarray:
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed", n_jobs=-1).fit_predict(dense)
+
+
+CASES = [  # seed, clusters, dim, k1, k2
+    (0, 12, 16, 20, 6),
+    (1, 20, 64, 30, 6),
+    (2, 8, 32, 10, 1),
+    (3, 25, 32, 30, 3),
+]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"seed{c[0]}-k1_{c[3]}-k2_{c[4]}" for c in CASES])
+def case(request):
+    seed, n_clusters, dim, k1, k2 = request.param
+    feats = clustered_features(seed, n_clusters, dim)
+    assert 150 <= feats.shape[0] <= 700
+    return feats, k1, k2, dense_reference_jaccard(feats, k1, k2), compute_jaccard_distance(feats, k1=k1, k2=k2)
+
+
+# --------------------------------------------------------------------------- Jaccard
+
+
+def test_jaccard_matches_dense_reference(case):
+    feats, k1, k2, ref, dist = case
+    n = feats.shape[0]
+    assert isinstance(dist, sp.csr_matrix) and dist.shape == (n, n) and dist.dtype == np.float32
+    dense = jaccard_to_dense(dist)
+    np.testing.assert_allclose(dense, ref, atol=1e-5, rtol=0)
+    stored = np.zeros((n, n), dtype=bool)
+    coo = dist.tocoo()
+    stored[coo.row, coo.col] = True
+    assert np.all(np.abs(ref[~stored] - 1.0) <= 1e-6)  # absent pairs are exactly those at distance 1
+    assert np.all(ref[stored] < 1.0)
+    assert 0 < stored.sum() < n * n / 2  # really sparse
+
+
+def test_jaccard_structure(case):
+    feats, _, _, _, dist = case
+    n = feats.shape[0]
+    assert dist.has_sorted_indices
+    assert (dist != dist.T).nnz == 0  # exactly symmetric
+    diag_stored = [(dist.indices[dist.indptr[i] : dist.indptr[i + 1]] == i).any() for i in range(n)]
+    assert all(diag_stored)  # self pairs are stored explicitly ...
+    assert np.all(dist.diagonal() == 0.0)  # ... with distance 0
+    assert dist.data.min() >= 0.0 and dist.data.max() < 1.0
+
+
+def test_block_size_does_not_change_result(case):
+    feats, k1, k2, _, dist = case
+    blocked = compute_jaccard_distance(feats, k1=k1, k2=k2, block_size=37)
+    np.testing.assert_allclose(jaccard_to_dense(blocked), jaccard_to_dense(dist), atol=1e-6, rtol=0)
+
+
+def test_exact_knn_breaks_large_ties_by_index():
+    g = torch.Generator().manual_seed(5)
+    base = F.normalize(torch.randn(60, 8, generator=g), dim=1)
+    feats = torch.cat([base, base[3:4].repeat(25, 1), base[10:11].repeat(12, 1)])  # tie groups > slack
+    feats = feats[torch.randperm(feats.shape[0], generator=g)]
+    f = F.normalize(feats, dim=1)
+    k = 15
+    for block_size in (16, 4096):
+        idx, cos = exact_knn(feats, k, block_size=block_size)
+        assert np.array_equal(idx[:, 0], np.arange(f.shape[0]))  # self first
+        sim = (f @ f.T).numpy()
+        for i in range(f.shape[0]):
+            row = sim[i].copy()
+            row[i] = np.inf
+            expected = np.argsort(-row, kind="stable")[:k]  # decreasing cosine, ties by index
+            assert np.array_equal(idx[i], expected)
+            assert np.all(np.diff(cos[i, 1:]) <= 0)
+
+
+def test_exact_duplicates_have_zero_distance():
+    g = torch.Generator().manual_seed(7)
+    feats = F.normalize(torch.randn(80, 16, generator=g), dim=1)
+    feats = torch.cat([feats, feats[:5]])
+    dist = compute_jaccard_distance(feats, k1=10, k2=3)
+    ref = dense_reference_jaccard(feats, 10, 3)
+    np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=1e-5, rtol=0)
+    for i in range(5):
+        assert dist[i, 80 + i] <= 1e-6
+    # the stored (near-)zero pairs survive DBSCAN: each duplicate pair is within any eps
+    labels = dbscan_labels(dist, eps=0.01, min_samples=2)
+    assert np.all(labels[:5] >= 0) and np.array_equal(labels[:5], labels[80:])
+
+
+# --------------------------------------------------------------------------- DBSCAN
+
+
+@pytest.mark.parametrize("eps", [0.3, 0.45, 0.6, 0.75])
+def test_dbscan_matches_sklearn(case, eps):
+    _, _, _, ref, dist = case
+    dense = jaccard_to_dense(dist)
+    ours = dbscan_labels(dist, eps=eps, min_samples=4)
+    assert same_partition(ours, sklearn_labels(dense, eps))  # same matrix: exact, borders included
+    assert np.array_equal(ours, dbscan_labels(dense, eps=eps, min_samples=4))  # dense input path
+    # vs sklearn on the dense reference matrix, unless a value sits within rounding of eps
+    if np.abs(ref - eps).min() > 1e-5:
+        assert same_partition(ours, sklearn_labels(ref, eps))
+    # relabelled 0..C-1 by first occurrence
+    clusters = ours[ours >= 0]
+    if clusters.size:
+        _, first = np.unique(clusters, return_index=True)
+        assert np.array_equal(np.unique(clusters), np.arange(clusters.max() + 1))
+        assert np.all(np.diff(first) > 0)
+
+
+@pytest.mark.parametrize("min_samples", [1, 2, 7])
+def test_dbscan_min_samples(case, min_samples):
+    _, _, _, _, dist = case
+    ours = dbscan_labels(dist, eps=0.55, min_samples=min_samples)
+    assert same_partition(ours, sklearn_labels(jaccard_to_dense(dist), 0.55, min_samples))
+
+
+def test_dbscan_border_points_follow_sklearn_order():
+    # Point 2 is a border point of two clusters; sklearn gives it to the one seeded first.
+    n = 9
+    d = np.ones((n, n))
+    np.fill_diagonal(d, 0.0)
+    for group in ([0, 1, 3, 4], [5, 6, 7, 8]):
+        for a in group:
+            for b in group:
+                d[a, b] = 0.1 if a != b else 0.0
+    for core in (1, 6):
+        d[2, core] = d[core, 2] = 0.2
+    rng = np.random.default_rng(0)
+    for trial in range(10):  # every relabelling of the points changes which cluster is seeded first
+        perm = np.arange(n) if trial == 0 else rng.permutation(n)
+        dp = d[np.ix_(perm, perm)]
+        for eps in (0.15, 0.25):
+            rows, cols = np.nonzero(dp < 1)
+            sparse = sp.csr_matrix((dp[rows, cols], (rows, cols)), shape=(n, n))
+            assert sparse.nnz == rows.size  # explicit zeros (diagonal) stored
+            expected = sklearn_labels(dp, eps)
+            assert same_partition(dbscan_labels(sparse, eps=eps, min_samples=4), expected)
+            assert same_partition(dbscan_labels(dp, eps=eps, min_samples=4), expected)
+
+
+def test_dbscan_random_matrices_including_asymmetric():
+    rng = np.random.default_rng(3)
+    n = 150
+    for symmetric in (True, False):
+        for _ in range(3):
+            mask = rng.random((n, n)) < 0.06
+            vals = rng.random((n, n)).astype(np.float32) * 0.9
+            if symmetric:
+                mask = mask | mask.T
+                vals = np.minimum(vals, vals.T)
+            np.fill_diagonal(mask, True)
+            np.fill_diagonal(vals, 0.0)
+            dense = np.where(mask, vals, 1.0).astype(np.float32)
+            rows, cols = np.nonzero(mask)
+            sparse = sp.csr_matrix((dense[rows, cols], (rows, cols)), shape=(n, n))
+            for eps, ms in ((0.3, 3), (0.5, 4), (0.7, 6)):
+                assert same_partition(dbscan_labels(sparse, eps, ms), sklearn_labels(dense, eps, ms))
+
+
+def test_dbscan_absent_diagonal_means_distance_one():
+    d = np.array([[1.0, 0.1, 0.1], [0.1, 0.0, 0.1], [0.1, 0.1, 0.0]], dtype=np.float32)
+    sparse = sp.csr_matrix((d[d < 1], np.nonzero(d < 1)[1], np.r_[0, np.cumsum((d < 1).sum(1))]), shape=(3, 3))
+    assert same_partition(dbscan_labels(sparse, 0.5, 3), sklearn_labels(d, 0.5, 3))
+
+
+def test_dbscan_rejects_bad_arguments(case):
+    dist = case[4]
+    with pytest.raises(UserError, match="eps"):
+        dbscan_labels(dist, eps=1.0)
+    with pytest.raises(UserError, match="eps"):
+        dbscan_labels(dist, eps=-0.1)
+    with pytest.raises(UserError, match="min_samples"):
+        dbscan_labels(dist, eps=0.5, min_samples=0)
+    with pytest.raises(UserError, match="square"):
+        dbscan_labels(np.zeros((3, 4)), eps=0.5)
+
+
+# --------------------------------------------------------------------------- input errors
+
+
+def test_k1_too_large_is_a_user_error():
+    feats = F.normalize(torch.randn(12, 8), dim=1)
+    with pytest.raises(UserError, match=r"k1=12 .*12 samples"):
+        compute_jaccard_distance(feats, k1=12, k2=6)
+    compute_jaccard_distance(feats, k1=11, k2=6)  # N - 1 is fine
+    with pytest.raises(UserError, match="k2=8"):
+        compute_jaccard_distance(feats, k1=6, k2=8)
+
+
+def test_nan_features_are_a_user_error():
+    feats = torch.randn(40, 8)
+    feats[7, 3] = float("nan")
+    with pytest.raises(UserError, match=r"NaN.*first bad row: 7"):
+        compute_jaccard_distance(feats, k1=10, k2=6)
+    feats = torch.randn(40, 8)
+    feats[4] = 0
+    with pytest.raises(UserError, match="all-zero"):
+        compute_jaccard_distance(feats, k1=10, k2=6)
+    with pytest.raises(UserError, match="shape"):
+        compute_jaccard_distance(torch.randn(40), k1=10)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_cluster_statistics_hand_made():
+    sizes = {0: 4, 1: 5, 2: 9, 3: 16, 4: 40, 5: 2}
+    labels = np.concatenate([np.full(s, c) for c, s in sizes.items()] + [np.full(6, -1)])
+    labels = np.random.default_rng(0).permutation(labels)
+    stats = cluster_statistics(labels)
+    assert stats.num_samples == 82
+    assert stats.num_clusters == 6
+    assert stats.num_outliers == 6
+    assert (stats.size_min, stats.size_median, stats.size_max) == (2, 7.0, 40)
+    assert stats.size_histogram == {"1-3": 1, "4-7": 2, "8-15": 1, "16-31": 1, "32+": 1}
+    d = stats.to_dict()
+    assert d["num_clusters"] == 6 and d["size_histogram"]["32+"] == 1 and abs(d["outlier_fraction"] - 6 / 82) < 1e-12
+    line = stats.text()
+    assert "\n" not in line and "clusters=6" in line and "outliers=6/82" in line and "4-7:2" in line
+
+
+def test_cluster_statistics_all_outliers():
+    stats = cluster_statistics(np.full(5, -1))
+    assert (stats.num_clusters, stats.num_outliers, stats.size_max) == (0, 5, 0)
+    assert "clusters=0" in stats.text()
+
+
+def test_pseudo_labels_convenience(case):
+    feats, k1, k2, _, dist = case
+    labels, stats = pseudo_labels(feats, k1=k1, k2=k2, eps=0.6, min_samples=4)
+    assert np.array_equal(labels, dbscan_labels(dist, eps=0.6, min_samples=4))
+    assert stats.num_clusters == labels.max() + 1 and stats.num_outliers == int((labels == -1).sum())
