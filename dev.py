@@ -28,7 +28,8 @@ PY = BIN / "python"
 def ensure_env() -> None:
     """Create the venv and install hardreid (editable, with test extras) when needed."""
     stamp = VENV / ".hardreid-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    # Reinstall when the dependencies or the checkout's location change (editable install).
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + str(ROOT).encode()).hexdigest()
     if stamp.is_file() and stamp.read_text() == wanted and PY.exists():
         return
     if not PY.exists():

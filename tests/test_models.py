@@ -95,3 +95,13 @@ def test_shared_mobilenet_weights_load():
     reference = torchvision.models.mobilenet_v2()
     reference.load_state_dict(torch.load(SHARED_WEIGHTS, weights_only=True))
     torch.testing.assert_close(model.backbone[0][0].weight, reference.features[0][0].weight)
+
+
+def test_channels_last_gives_the_same_features():
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", last_stride=2).eval()
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        plain = model(x)
+        fast = model.use_channels_last()(x)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)

@@ -135,7 +135,10 @@ def test_jaccard_matches_dense_reference(case):
 def test_jaccard_structure(case):
     feats, _, _, _, dist = case
     n = feats.shape[0]
-    assert dist.has_sorted_indices
+    resorted = dist.copy()
+    resorted.has_sorted_indices = False
+    resorted.sort_indices()
+    assert np.array_equal(resorted.indices, dist.indices) and np.array_equal(resorted.data, dist.data)
     assert (dist != dist.T).nnz == 0  # exactly symmetric
     diag_stored = [(dist.indices[dist.indptr[i] : dist.indptr[i + 1]] == i).any() for i in range(n)]
     assert all(diag_stored)  # self pairs are stored explicitly ...
@@ -147,6 +150,13 @@ def test_block_size_does_not_change_result(case):
     feats, k1, k2, _, dist = case
     blocked = compute_jaccard_distance(feats, k1=k1, k2=k2, block_size=37)
     np.testing.assert_allclose(jaccard_to_dense(blocked), jaccard_to_dense(dist), atol=1e-6, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_jaccard_on_cuda_matches_reference(case):
+    feats, k1, k2, ref, _ = case
+    dist = compute_jaccard_distance(feats.cuda(), k1=k1, k2=k2, block_size=128)
+    np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=1e-5, rtol=0)
 
 
 def test_exact_knn_breaks_large_ties_by_index():
@@ -175,8 +185,9 @@ def test_exact_duplicates_have_zero_distance():
     dist = compute_jaccard_distance(feats, k1=10, k2=3)
     ref = dense_reference_jaccard(feats, 10, 3)
     np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=1e-5, rtol=0)
+    dense = jaccard_to_dense(dist)
     for i in range(5):
-        assert dist[i, 80 + i] <= 1e-6
+        assert dense[i, 80 + i] <= 1e-6 and dense[80 + i, i] <= 1e-6  # stored, not absent (= 1)
     # the stored (near-)zero pairs survive DBSCAN: each duplicate pair is within any eps
     labels = dbscan_labels(dist, eps=0.01, min_samples=2)
     assert np.all(labels[:5] >= 0) and np.array_equal(labels[:5], labels[80:])

@@ -39,6 +39,9 @@ def _load_data(args: argparse.Namespace, cfg=None):
     pattern = args.camera_pattern if args.camera_pattern is not None else (data_cfg.camera_pattern if data_cfg else "")
     if fmt == "folder" and pattern:
         options["camera_pattern"] = pattern
+    for flag, value, wanted in (("--subset", args.subset, "cuhk03np"), ("--camera-pattern", args.camera_pattern, "folder")):
+        if value and fmt != wanted:
+            print(f"warning: {flag} is ignored: it applies to the {wanted} format, not {fmt}", file=sys.stderr)
     dataset = load_dataset(fmt, args.data_root, **options)
     for warning in dataset.warnings:
         print(f"warning: {warning}", file=sys.stderr)

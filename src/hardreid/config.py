@@ -78,6 +78,8 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    calibrate_bn: str = "auto"  # auto (only from random init) | always | never: BatchNorm statistics before epoch 1
+    channels_last: bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
     bn_chunk: int = 0  # >0: normalise BatchNorm over chunks of this many images (emulates multi-GPU)
     save_every: int = 1  # write last.pth every N epochs
 

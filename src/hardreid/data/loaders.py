@@ -34,7 +34,7 @@ class ImageDataset(Dataset):
         return image, self.labels[index], sample.camid, index
 
 
-def test_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: int) -> DataLoader:
+def eval_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: int) -> DataLoader:
     """Ordered loader for feature extraction."""
     return DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False,
                       num_workers=workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init)

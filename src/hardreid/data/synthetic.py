@@ -53,7 +53,11 @@ class SyntheticConfig:
     ``lookalike_fraction`` of the identities come in groups of
     ``lookalike_group_size`` that differ in one item only (1 disables them);
     ``camera_colour_strength`` scales the illumination / colour differences
-    between cameras (0 = none, 1 = default).
+    between cameras (0 = none, 1 = default); ``background_strength`` scales
+    how far each camera's background (walls, floor, props) departs from a
+    plain mid-grey scene (0 = flat grey everywhere, 1 = default colourful
+    scenes); ``person_width`` stretches the people horizontally (1 = default
+    build, larger = broader people covering more of the crop).
     """
 
     num_train_ids: int = 60
@@ -67,6 +71,8 @@ class SyntheticConfig:
     lookalike_fraction: float = 0.5
     num_distractors: int = 10
     camera_colour_strength: float = 1.0
+    background_strength: float = 1.0
+    person_width: float = 1.0
     seed: int = 0
     jpeg_quality: int = 90
 
@@ -84,6 +90,8 @@ class SyntheticConfig:
             (0.0 <= self.lookalike_fraction <= 1.0, "lookalike_fraction must be between 0 and 1"),
             (self.num_distractors >= 0, "num_distractors must be >= 0"),
             (0.0 <= self.camera_colour_strength <= 2.0, "camera_colour_strength must be between 0 and 2"),
+            (0.0 <= self.background_strength <= 1.0, "background_strength must be between 0 and 1"),
+            (0.5 <= self.person_width <= 2.0, "person_width must be between 0.5 and 2"),
             (self.seed >= 0, "seed must be >= 0"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be between 1 and 100"),
         ]
@@ -314,6 +322,24 @@ def _background(rng: np.random.Generator, wall: Colour, floor: Colour, w: int, h
     return out
 
 
+BACKGROUND_GREY = 128.0
+
+
+def _toward_grey(colour: Colour, strength: float) -> Colour:
+    """``colour`` moved toward mid-grey: 1 keeps it, 0 gives grey."""
+    if strength == 1.0:
+        return colour
+    return tuple(int(round(BACKGROUND_GREY + strength * (c - BACKGROUND_GREY))) for c in colour)  # type: ignore[return-value]
+
+
+def _mute(img: Image.Image, strength: float) -> Image.Image:
+    """A background with its colours and contrast scaled toward mid-grey (see ``background_strength``)."""
+    if strength == 1.0:
+        return img
+    x = BACKGROUND_GREY + strength * (np.asarray(img, dtype=np.float32) - BACKGROUND_GREY)
+    return Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8))
+
+
 def _cameras(cfg: SyntheticConfig) -> list[Camera]:
     """One distinct style per camera."""
     rng = _rng(cfg.seed, 1)
@@ -345,9 +371,9 @@ def _cameras(cfg: SyntheticConfig) -> list[Camera]:
                 top=rng.uniform(0.02, 0.1),
                 blur=rng.uniform(0.0, 0.9),
                 noise=rng.uniform(1.5, 7.0),
-                floor_colour=floor,
-                wall_colour=wall,
-                background=_background(rng, wall, floor, w * 3, h),
+                floor_colour=_toward_grey(floor, cfg.background_strength),
+                wall_colour=_toward_grey(wall, cfg.background_strength),
+                background=_mute(_background(rng, wall, floor, w * 3, h), cfg.background_strength),
             )
         )
     return cams
@@ -611,9 +637,10 @@ def _render(person: Person, cam: Camera, cfg: SyntheticConfig, rng: np.random.Ge
     top = h * (cam.top + pose.dy) + (h * cam.scale - hp) * 0.6
     top = min(top, h - hp - 1)
     cx = w * (0.5 + pose.dx)
-    sx = hp * cam.squeeze * (-1.0 if pose.mirror else 1.0)
+    sx = hp * cam.squeeze * cfg.person_width * (-1.0 if pose.mirror else 1.0)
     shadow_y = top + hp
-    draw.ellipse([cx - hp * 0.16, shadow_y - hp * 0.02, cx + hp * 0.16, shadow_y + hp * 0.02],
+    half_shadow = hp * 0.16 * cfg.person_width
+    draw.ellipse([cx - half_shadow, shadow_y - hp * 0.02, cx + half_shadow, shadow_y + hp * 0.02],
                  fill=_darker(cam.floor_colour, 0.55))
     _draw_person(canvas, _Body(draw, cx, top, hp, sx), person, pose)
     if rng.random() < 0.2:

@@ -21,7 +21,7 @@ def train_transform(cfg: DataConfig) -> T.Compose:
     ])
 
 
-def test_transform(cfg: DataConfig) -> T.Compose:
+def eval_transform(cfg: DataConfig) -> T.Compose:
     """Resize and normalise."""
     return T.Compose([
         T.Resize((cfg.height, cfg.width), interpolation=T.InterpolationMode.BICUBIC),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.loaders import test_loader
+from ..data.loaders import eval_loader
 from ..data.types import Sample
 
 
@@ -23,7 +23,7 @@ def extract_features(model: nn.Module, samples: Sequence[Sample], transform, bat
     was_training = model.training
     model.eval()
     chunks = []
-    loader = test_loader(samples, transform, batch_size, workers)
+    loader = eval_loader(samples, transform, batch_size, workers)
     for images, *_ in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
         images = images.to(device, non_blocking=True)
         feats = model(images)
@@ -34,3 +34,32 @@ def extract_features(model: nn.Module, samples: Sequence[Sample], transform, bat
     if not chunks:
         return torch.zeros(0, getattr(model, "feat_dim", 0))
     return torch.cat(chunks)
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, samples: Sequence[Sample], transform, batch_size: int = 128, workers: int = 2,
+                        device: torch.device | str = "cpu", max_images: int = 4096) -> None:
+    """Set every BatchNorm's running statistics to the exact average over (up to ``max_images``) images.
+
+    A randomly initialised network has running statistics (0, 1) that match
+    nothing, so its eval-mode features (used for clustering) differ wildly from
+    its train-mode behaviour, and the first few training steps swing them.
+    Calibrating once before training removes that mismatch; pretrained
+    weights do not need it. Weights are not changed.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    was_training = model.training
+    step = max(1, len(samples) // max_images)
+    subset = list(samples)[::step][:max_images]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for images, *_ in tqdm(eval_loader(subset, transform, batch_size, workers), desc="BatchNorm calibration",
+                           leave=False, disable=None, unit="batch"):
+        if images.shape[0] > 1:  # BatchNorm1d needs two values per channel in train mode
+            model(images.to(device, non_blocking=True))
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.train(was_training)

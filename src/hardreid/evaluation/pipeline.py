@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..config import DataConfig, EvalConfig
-from ..data.transforms import test_transform
+from ..data.transforms import eval_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
 from .features import extract_features
@@ -26,7 +26,7 @@ def query_gallery_distances(model: nn.Module, dataset: ReidDataset, data_cfg: Da
     if not dataset.query or not dataset.gallery:
         raise UserError(f"data set at {dataset.root} has no query or gallery images to evaluate on "
                         f"(query {len(dataset.query)}, gallery {len(dataset.gallery)})")
-    transform = test_transform(data_cfg)
+    transform = eval_transform(data_cfg)
     kwargs = dict(batch_size=eval_cfg.batch_size, workers=data_cfg.workers, device=device, flip=eval_cfg.flip)
     qf = extract_features(model, dataset.query, transform, desc="query features", **kwargs)
     gf = extract_features(model, dataset.gallery, transform, desc="gallery features", **kwargs)

@@ -74,9 +74,17 @@ class ReidModel(nn.Module):
         nn.init.zeros_(self.neck.bias)
         self.neck.bias.requires_grad_(False)
         self.bn_chunk = bn_chunk
+        self.channels_last = False
+
+    def use_channels_last(self, enable: bool = True) -> "ReidModel":
+        """NHWC memory layout: about 2x faster convolutions on CPU (oneDNN); same numbers."""
+        self.channels_last = enable
+        return self.to(memory_format=torch.channels_last if enable else torch.contiguous_format)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised neck output (B x dim)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.training and 0 < self.bn_chunk < x.shape[0]:
             # Emulate per-GPU BatchNorm: each chunk is normalised on its own.
             return torch.cat([self.embed_chunk(c) for c in x.split(self.bn_chunk)])

@@ -149,7 +149,8 @@ def dbscan_labels(
     ``metric="precomputed"`` on the dense matrix; cluster ids are renumbered
     0..C-1 by first occurrence.
     """
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)) or not np.isfinite(eps) or eps <= 0:
+    is_number = isinstance(eps, (int, float, np.floating, np.integer)) and not isinstance(eps, bool)
+    if not is_number or not np.isfinite(eps) or eps <= 0:
         raise UserError(f"eps must be a positive number, got {eps!r}")
     if isinstance(min_samples, bool) or not isinstance(min_samples, (int, np.integer)) or min_samples < 1:
         raise UserError(f"min_samples must be a positive integer, got {min_samples!r}")

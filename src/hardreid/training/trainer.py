@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, dump_config
 from ..data.loaders import InfiniteIdentityLoader
-from ..data.transforms import test_transform, train_transform
+from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
-from ..evaluation.features import extract_features
+from ..evaluation.features import calibrate_batchnorm, extract_features
 from ..evaluation.pipeline import evaluate_model
 from ..models import ReidModel, build_model
 from ..pseudo_labels import cluster_statistics, compute_jaccard_distance, dbscan_labels
@@ -59,8 +59,9 @@ def seed_everything(seed: int) -> None:
 
 def model_from_config(cfg: Config) -> ReidModel:
     m = cfg.model
-    return build_model(m.backbone, weights=m.weights or None, pretrained=m.pretrained, last_stride=m.last_stride,
-                       pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk)
+    model = build_model(m.backbone, weights=m.weights or None, pretrained=m.pretrained, last_stride=m.last_stride,
+                        pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk)
+    return model.use_channels_last(cfg.train.channels_last)
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -162,6 +163,10 @@ class Trainer:
         cfg = self.cfg
         LOG.info("training %s on %s: %d images, %d cameras, device %s", cfg.method.base, self.dataset.name,
                  len(self.dataset.train), self.dataset.num_train_cams, self.device)
+        if self.start_epoch == 0 and self.wants_bn_calibration():
+            LOG.info("calibrating BatchNorm statistics on the training images (train.calibrate_bn=%s)", cfg.train.calibrate_bn)
+            calibrate_batchnorm(self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size,
+                                cfg.data.workers, self.device)
         for epoch in range(self.start_epoch, cfg.train.epochs):
             row = self.run_epoch(epoch)
             self.history.append(row)
@@ -173,7 +178,7 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, start = self.cfg, time.time()
-        features = extract_features(self.model, self.dataset.train, test_transform(cfg.data), cfg.eval.batch_size,
+        features = extract_features(self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size,
                                     cfg.data.workers, self.device, desc=f"epoch {epoch + 1} features")
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
@@ -196,6 +201,13 @@ class Trainer:
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
         return row
+
+    def wants_bn_calibration(self) -> bool:
+        mode = self.cfg.train.calibrate_bn
+        if mode not in ("auto", "always", "never"):
+            raise UserError(f"train.calibrate_bn must be auto, always or never, not '{mode}'")
+        random_init = not (self.cfg.model.weights or self.cfg.model.pretrained)
+        return mode == "always" or (mode == "auto" and random_init)
 
     def should_evaluate(self, epoch: int) -> bool:
         if not (self.dataset.query and self.dataset.gallery):
