@@ -92,7 +92,16 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB; ``ru_maxrss`` is in kB on Linux)."""
+    """Peak resident set size of this process so far (MB).
+
+    ``VmHWM`` from /proc: the high-water mark of this process's own address
+    space.  (``ru_maxrss`` is not used where /proc exists: Linux carries the
+    parent's peak over fork + exec into it, so a spawned child would report at
+    least its parent's peak.)
+    """
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -113,7 +122,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str,
     """Run ``fn(*args, **kwargs)`` in a fresh (spawned) process; measure its own peak memory.
 
     Returns ``{"result", "wall_s", "rss_start_mb", "peak_rss_mb"}``: ``peak_rss_mb``
-    is the child's ``ru_maxrss`` (interpreter + imports + inputs + the stage),
+    is the child's peak RSS (``VmHWM``: interpreter + imports + inputs + the stage),
     ``rss_start_mb`` its RSS just before ``fn`` ran, so ``peak - start`` is
     what the stage itself added.  ``fn`` must be importable (module level) and
     its result picklable; load big inputs inside ``fn`` (e.g. from a .npy
@@ -167,6 +176,7 @@ def reid_features(
     seed: int = 0,
     lookalike_fraction: float = 0.15,
     outlier_fraction: float = 0.03,
+    sizes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Synthetic re-ID embeddings shaped like a trained backbone's: ``(features, pids, camids)``.
 
@@ -182,19 +192,27 @@ def reid_features(
     * per-identity spread varying by a factor ~2, and ``outlier_fraction`` of
       the images replaced by unrelated vectors (detector failures).
 
-    Features are float32 and L2-normalised; ``pids`` of outlier images are -1.
-    Deterministic for a given (n, dim, seed, ...).
+    ``sizes`` (optional) fixes the number of images of every identity instead
+    (``n`` must be their sum).  Features are float32 and L2-normalised;
+    ``pids`` of outlier images are -1.  Deterministic for a given
+    (n, dim, seed, ...).
     """
     rng = np.random.default_rng(seed)
-    num_ids = num_ids or max(2, int(round(n / 17.2)))
-    sizes = np.maximum(2, rng.lognormal(mean=0.0, sigma=0.6, size=num_ids))
-    sizes = np.maximum(2, np.floor(sizes / sizes.sum() * n)).astype(np.int64)
-    while sizes.sum() < n:  # fix the rounding: add/remove single images at random identities
-        sizes[rng.integers(num_ids)] += 1
-    while sizes.sum() > n:
-        j = rng.integers(num_ids)
-        if sizes[j] > 2:
-            sizes[j] -= 1
+    if sizes is not None:
+        sizes = np.asarray(sizes, dtype=np.int64)
+        num_ids = sizes.size
+        if sizes.sum() != n:
+            raise ValueError(f"sizes sum to {sizes.sum()}, not n={n}")
+    else:
+        num_ids = num_ids or max(2, int(round(n / 17.2)))
+        sizes = np.maximum(2, rng.lognormal(mean=0.0, sigma=0.6, size=num_ids))
+        sizes = np.maximum(2, np.floor(sizes / sizes.sum() * n)).astype(np.int64)
+        while sizes.sum() < n:  # fix the rounding: add/remove single images at random identities
+            sizes[rng.integers(num_ids)] += 1
+        while sizes.sum() > n:
+            j = rng.integers(num_ids)
+            if sizes[j] > 2:
+                sizes[j] -= 1
     pids = np.repeat(np.arange(num_ids), sizes)
 
     spectrum = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)

@@ -337,3 +337,90 @@ def test_pseudo_labels_convenience(case):
     labels, stats = pseudo_labels(feats, k1=k1, k2=k2, eps=0.6, min_samples=4)
     assert np.array_equal(labels, dbscan_labels(dist, eps=0.6, min_samples=4))
     assert stats.num_clusters == labels.max() + 1 and stats.num_outliers == int((labels == -1).sum())
+
+
+# --------------------------------------------------------------------------- fast mode
+
+
+@pytest.fixture(scope="module")
+def fast_case():
+    """~2,100 clustered 512-d features; exact and fast (int8 / fp16) Jaccard distances, several kNN blocks."""
+    feats = clustered_features(11, 100, 512, n_outliers=40)
+    exact = compute_jaccard_distance(feats, k1=30, k2=6)
+    fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
+    return feats, exact, fast
+
+
+def test_fast_mode_labels_agree_with_exact(fast_case):
+    from sklearn.metrics import adjusted_rand_score
+
+    feats, exact, fast = fast_case
+    n = feats.shape[0]
+    assert isinstance(fast, sp.csr_matrix) and fast.shape == (n, n) and fast.dtype == np.float32
+    assert (fast != fast.T).nnz == 0 and np.all(fast.diagonal() == 0.0)
+    assert fast.data.min() >= 0.0 and fast.data.max() < 1.0
+    for eps in (0.5, 0.6):
+        ari = adjusted_rand_score(dbscan_labels(exact, eps, 4), dbscan_labels(fast, eps, 4))
+        assert ari >= 0.98, (eps, ari)
+    labels, stats = pseudo_labels(feats, k1=30, k2=6, eps=0.5, mode="fast")  # one kNN block
+    assert adjusted_rand_score(labels, dbscan_labels(fast, 0.5, 4)) >= 0.98 and stats.num_clusters > 50
+
+
+def test_fast_knn_ranks_like_exact(fast_case):
+    from hardreid.pseudo_labels.jaccard import _fast_knn_candidates, _prepare_features
+
+    feats = fast_case[0]
+    f = _prepare_features(feats, 30, 6, 256)
+    idx, cos = _fast_knn_candidates(f, 30, 512)
+    ref_idx, ref_cos = exact_knn(feats, 30)
+    assert not np.array_equal(cos[:, :30].numpy(), ref_cos)  # really the reduced-precision search
+    assert np.array_equal(idx[:, 0].numpy(), np.arange(f.shape[0]))  # self first
+    recall = np.mean([np.intersect1d(a, b).size for a, b in zip(idx[:, :30].numpy(), ref_idx)]) / 30
+    assert recall >= 0.99
+    # the scores are reduced-precision cosines: close to the exact ones of the same pairs
+    # (int8 rounding: ~1e-3 in cosine at D = 512, less for larger D)
+    exact_cos = (f[:, None, :] * f[idx[:, :30]]).sum(-1).numpy()
+    assert np.abs(cos[:, :30].numpy() - exact_cos).max() < 1e-2
+
+
+def test_int8_codes_keep_dot_products_despite_a_dominant_channel():
+    from hardreid.pseudo_labels.jaccard import _int8_matmul_available, _rotate_quantize
+
+    if not _int8_matmul_available():
+        pytest.skip("torch._int_mm is not available on this CPU build")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 200, generator=g)
+    x[:, 7] *= 40.0  # one channel much larger than the others: the rotation spreads it
+    f = F.normalize(x, dim=1)
+    q, scale = _rotate_quantize(f, chunk=64)
+    assert q.dtype == torch.int8 and q.shape == (300, 256)  # padded to a multiple of the Hadamard block
+    approx = torch._int_mm(q, q.T).double() / scale**2
+    assert (approx - (f @ f.T).double()).abs().max() < 5e-3
+
+
+def test_unknown_search_mode_is_a_user_error():
+    feats = F.normalize(torch.randn(40, 8), dim=1)
+    with pytest.raises(UserError, match=r"'approximate'.*'exact', 'fast'"):
+        compute_jaccard_distance(feats, k1=10, k2=6, mode="approximate")
+    with pytest.raises(UserError, match="search mode"):
+        pseudo_labels(feats, k1=10, k2=6, mode="FAST")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_mode_on_cuda_agrees_with_exact(fast_case):
+    from sklearn.metrics import adjusted_rand_score
+
+    feats, exact, _ = fast_case
+    fast = compute_jaccard_distance(feats.cuda(), k1=30, k2=6, mode="fast", block_size=256)
+    ari = adjusted_rand_score(dbscan_labels(exact, 0.5, 4), dbscan_labels(fast, 0.5, 4))
+    assert ari >= 0.98
+
+
+def test_jaccard_sparse_accumulation_gives_identical_sums(case, monkeypatch):
+    import hardreid.pseudo_labels.jaccard as jaccard
+
+    feats, k1, k2, _, dist = case
+    monkeypatch.setattr(jaccard, "_DENSE_CELLS_PER_TRIPLET", 0)  # the path taken for wide blocks (large N)
+    sparse_path = compute_jaccard_distance(feats, k1=k1, k2=k2)
+    assert np.array_equal(sparse_path.indptr, dist.indptr) and np.array_equal(sparse_path.indices, dist.indices)
+    assert np.array_equal(sparse_path.data, dist.data)

@@ -53,6 +53,7 @@ class ClusterConfig:
     k2: int = 6
     eps: float = 0.5  # 0.7 for MSMT17
     min_samples: int = 4
+    search: str = "exact"  # exact | fast (see pseudo_labels/jaccard.py)
 
 
 @dataclass

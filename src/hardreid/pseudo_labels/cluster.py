@@ -230,10 +230,15 @@ def pseudo_labels(
     eps: float = 0.6,
     min_samples: int = 4,
     block_size: int = 4096,
+    mode: str = "exact",
 ) -> tuple[np.ndarray, ClusterStats]:
-    """Jaccard distance (k1, k2) then DBSCAN (eps, min_samples): ``(labels, stats)``."""
+    """Jaccard distance (k1, k2) then DBSCAN (eps, min_samples): ``(labels, stats)``.
+
+    ``mode`` is the neighbour search of ``compute_jaccard_distance``:
+    ``"exact"`` (default) or ``"fast"`` (reduced precision, opt-in).
+    """
     from hardreid.pseudo_labels.jaccard import compute_jaccard_distance
 
-    dist = compute_jaccard_distance(features, k1=k1, k2=k2, block_size=block_size)
+    dist = compute_jaccard_distance(features, k1=k1, k2=k2, block_size=block_size, mode=mode)
     labels = dbscan_labels(dist, eps=eps, min_samples=min_samples)
     return labels, cluster_statistics(labels)

@@ -66,4 +66,4 @@ def write_metrics(history: list[dict[str, Any]], run_dir: Path) -> None:
 
 
 def _fmt(value: Any) -> Any:
-    return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else value)
+    return f"{value:.6g}" if isinstance(value, float) else ("" if value is None else value)

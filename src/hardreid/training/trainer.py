@@ -80,7 +80,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Op
 def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any]:
     """Jaccard distance + DBSCAN; a clear error when every image is an outlier."""
     c = cfg.cluster
-    distance = compute_jaccard_distance(features, k1=c.k1, k2=c.k2)
+    distance = compute_jaccard_distance(features, k1=c.k1, k2=c.k2, mode=c.search)
     labels = dbscan_labels(distance, eps=c.eps, min_samples=c.min_samples)
     stats = cluster_statistics(labels)
     if stats.num_clusters == 0:

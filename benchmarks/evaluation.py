@@ -1,0 +1,352 @@
+"""Benchmark the evaluation: Market-1501 CMC/mAP and k-reciprocal re-ranking at scale.
+
+Builds a query/gallery split of the Market-1501 test size by default (3,368
+queries, 15,913 gallery images: 750 identities seen by several cameras plus
+distractors with pid 0) from realistic synthetic features
+(``common.reid_features``), and squared Euclidean distances of the unit
+features (as ``hardreid.evaluation.pipeline`` computes them).  Then, each in
+a fresh subprocess (peak memory = that process's peak RSS, ``VmHWM``, inputs and
+imports included):
+
+* ``evaluate_ranking`` (CMC up to rank 50 and mAP), timed;
+* the same numbers from a plain per-query reference (torchreid's
+  ``eval_market1501`` algorithm in numpy, stable sort) on a subset of the
+  queries: the CMC and every AP must be identical;
+* ``re_ranking`` (k1=20, k2=6, lambda=0.3) on the full split, timed, with
+  the peak of numpy's allocations traced (``tracemalloc``) and compared with
+  one dense (Q+G) x (Q+G) float32 matrix;
+* ``re_ranking`` on a small random subset against a dense float64
+  implementation of the original algorithm (max abs difference).
+
+Example::
+
+    python benchmarks/evaluation.py --out results/evaluation_market.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+common.repo_src_on_path()
+
+
+# --------------------------------------------------------------------------- data
+
+
+def market_split(num_query: int, num_gallery: int, num_ids: int, dim: int, seed: int,
+                 distractor_fraction: float = 0.1755) -> dict[str, np.ndarray]:
+    """Query/gallery features, pids and camids with exactly the requested sizes.
+
+    ``num_ids`` identities (long-tailed sizes) plus distractors: about
+    ``distractor_fraction`` of the gallery (Market: 2,793 of 15,913) made of
+    small identities of 1-5 images, all labelled pid 0, like Market's
+    low-quality detections.  Every identity gives one query per camera it was
+    seen by (trimmed or topped up to ``num_query``); the rest is gallery.  Pids
+    of real identities start at 1.
+    """
+    rng = np.random.default_rng(seed)
+    n = num_query + num_gallery
+    n_distractor = int(round(distractor_fraction * num_gallery))
+    d_sizes = []
+    while sum(d_sizes) < n_distractor:
+        d_sizes.append(int(min(rng.integers(1, 6), n_distractor - sum(d_sizes))))
+    real = n - n_distractor
+    r_sizes = rng.lognormal(0.0, 0.5, size=num_ids)
+    r_sizes = np.maximum(2, np.floor(r_sizes / r_sizes.sum() * real)).astype(np.int64)
+    while r_sizes.sum() < real:  # fix the rounding
+        r_sizes[rng.integers(num_ids)] += 1
+    while r_sizes.sum() > real:
+        j = rng.integers(num_ids)
+        if r_sizes[j] > 2:
+            r_sizes[j] -= 1
+    sizes = np.concatenate([r_sizes, d_sizes]).astype(np.int64)
+    feats, pids, camids = common.reid_features(n, dim, seed=seed, outlier_fraction=0.0, sizes=sizes)
+    is_distractor = pids >= num_ids
+    pid_out = np.where(is_distractor, 0, pids + 1)
+    candidates = []  # one image per (identity, camera)
+    seen: set[tuple[int, int]] = set()
+    for i in rng.permutation(n):
+        if is_distractor[i]:
+            continue
+        key = (int(pids[i]), int(camids[i]))
+        if key not in seen:
+            seen.add(key)
+            candidates.append(i)
+    candidates = np.array(candidates)
+    if candidates.size >= num_query:
+        query = rng.choice(candidates, size=num_query, replace=False)
+    else:  # top up with further images of real identities
+        rest = np.setdiff1d(np.flatnonzero(~is_distractor), candidates)
+        query = np.concatenate([candidates, rng.choice(rest, size=num_query - candidates.size, replace=False)])
+    query = np.sort(query)
+    gallery = np.setdiff1d(np.arange(n), query)
+    return {
+        "qf": feats[query], "gf": feats[gallery],
+        "q_pids": pid_out[query], "g_pids": pid_out[gallery],
+        "q_camids": camids[query], "g_camids": camids[gallery],
+    }
+
+
+def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """2 - 2 a.b, clamped at 0 (float32), computed by torch like the evaluation pipeline."""
+    import torch
+
+    return (2.0 - 2.0 * (torch.from_numpy(a) @ torch.from_numpy(b).T)).clamp_(min=0.0).numpy()
+
+
+# --------------------------------------------------------------------------- simple references
+
+
+def plain_market_eval(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                      g_camids: np.ndarray, max_rank: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """torchreid's python ``eval_market1501`` (plus the pid -1 junk rule), one query at a time."""
+    num_q, num_g = distmat.shape
+    all_cmc, all_ap = [], []
+    for i in range(num_q):
+        order = np.argsort(distmat[i], kind="stable")
+        matches = (g_pids[order] == q_pids[i]).astype(np.int32)
+        remove = ((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])) | (g_pids[order] == -1)
+        raw = matches[~remove]
+        if not raw.any():
+            continue
+        cmc = raw.cumsum()
+        cmc[cmc > 1] = 1
+        if cmc.size < max_rank:
+            cmc = np.concatenate([cmc, np.full(max_rank - cmc.size, cmc[-1])])
+        all_cmc.append(cmc[:max_rank])
+        hits = raw.cumsum()
+        precision = hits / (np.arange(raw.size) + 1.0)
+        all_ap.append(float((precision * raw).sum() / raw.sum()))
+    cmc = np.asarray(all_cmc, dtype=np.float64).sum(0) / len(all_cmc)
+    return cmc, float(np.mean(all_ap)), np.asarray(all_ap)
+
+
+def dense_re_ranking(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
+    """The original re-ranking with dense (Q+G)^2 matrices, V in float64 and a stable sort (small inputs only)."""
+    num_q = q_g.shape[0]
+    full = np.concatenate([np.concatenate([q_q, q_g], 1), np.concatenate([q_g.T, g_g], 1)], 0)
+    dist = np.square(full).astype(np.float32)
+    top = dist.max(axis=0)
+    top[top == 0] = 1.0
+    dist = np.transpose(dist / top)
+    n = dist.shape[0]
+    rank = np.argsort(dist, axis=1, kind="stable")
+
+    def reciprocal(i: int, k: int) -> np.ndarray:
+        fwd = rank[i, : k + 1]
+        back = rank[fwd, : k + 1]
+        return fwd[np.where(back == i)[0]]
+
+    v = np.zeros((n, n), dtype=np.float64)
+    half = int(np.around(k1 / 2.0))
+    for i in range(n):
+        r_i = reciprocal(i, k1)
+        expansion = r_i
+        for c in r_i:
+            r_c = reciprocal(c, half)
+            if len(np.intersect1d(r_c, r_i)) > 2.0 / 3.0 * len(r_c):
+                expansion = np.append(expansion, r_c)
+        expansion = np.unique(expansion)
+        w = np.exp(-dist[i, expansion].astype(np.float64))
+        v[i, expansion] = w / w.sum()
+    if k2 != 1:
+        v = np.stack([v[rank[i, :k2]].mean(axis=0) for i in range(n)])
+    inv = [np.where(v[:, c] != 0)[0] for c in range(n)]
+    jac = np.zeros((num_q, n - num_q))
+    for i in range(num_q):
+        s = np.zeros(n)
+        for c in np.where(v[i] != 0)[0]:
+            s[inv[c]] += np.minimum(v[i, c], v[inv[c], c])
+        jac[i] = 1 - s[num_q:] / (2 - s[num_q:])
+    return jac * (1 - lam) + dist[:num_q, num_q:] * lam
+
+
+# --------------------------------------------------------------------------- runs (in subprocesses)
+
+
+def _load(folder: str, *names: str) -> list[np.ndarray]:
+    return [np.load(os.path.join(folder, f"{name}.npy")) for name in names]
+
+
+def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int) -> dict[str, Any]:
+    from hardreid.evaluation import evaluate_ranking
+
+    dist, qp, gp, qc, gc = _load(folder, "q_g", "q_pids", "g_pids", "q_camids", "g_camids")
+    rss0 = common.rss_mb()
+    t = time.perf_counter()
+    res = evaluate_ranking(dist, qp, gp, qc, gc, max_rank=max_rank)
+    seconds = time.perf_counter() - t
+    peak_eval = common.peak_rss_mb()
+    out: dict[str, Any] = {"seconds": seconds, "rss_start_mb": rss0, "peak_rss_after_eval_mb": peak_eval,
+                           "result": res.to_dict()}
+    # identical numbers: plain per-query reference on a subset of the queries
+    rng = np.random.default_rng(seed)
+    sub = np.arange(dist.shape[0]) if check_queries < 0 or check_queries >= dist.shape[0] else \
+        np.sort(rng.choice(dist.shape[0], size=check_queries, replace=False))
+    ours = evaluate_ranking(dist[sub], qp[sub], gp, qc[sub], gc, max_rank=max_rank)
+    t = time.perf_counter()
+    cmc, m_ap, aps = plain_market_eval(dist[sub], qp[sub], gp, qc[sub], gc, max_rank)
+    out["check"] = {
+        "queries": int(sub.size),
+        "plain_reference_seconds": time.perf_counter() - t,
+        "max_abs_diff_cmc": float(np.abs(ours.cmc - cmc).max()),
+        "abs_diff_mAP": abs(ours.mAP - m_ap),
+        "max_abs_diff_ap": float(np.abs(ours.all_ap - aps).max()),
+        "identical": bool(np.array_equal(ours.cmc, cmc) and np.abs(ours.all_ap - aps).max() <= 1e-12),
+    }
+    return out
+
+
+def run_rerank(folder: str, k1: int, k2: int, lam: float, trace: bool) -> dict[str, Any]:
+    from hardreid.evaluation import evaluate_ranking, re_ranking
+
+    q_g, q_q, g_g, qp, gp, qc, gc = _load(folder, "q_g", "q_q", "g_g", "q_pids", "g_pids", "q_camids", "g_camids")
+    rss0 = common.rss_mb()
+    if trace:
+        tracemalloc.start()
+    t = time.perf_counter()
+    final = re_ranking(q_g, q_q, g_g, k1=k1, k2=k2, lambda_value=lam)
+    seconds = time.perf_counter() - t
+    out: dict[str, Any] = {"seconds": seconds, "rss_start_mb": rss0, "peak_rss_after_rerank_mb": common.peak_rss_mb()}
+    if trace:
+        out["traced_numpy_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        out["note"] = "timed with tracemalloc on (slower)"
+    res = evaluate_ranking(final, qp, gp, qc, gc, max_rank=50)
+    out["result"] = res.to_dict()
+    return out
+
+
+def run_rerank_check(folder: str, k1: int, k2: int, lam: float, nq: int, ng: int, seed: int) -> dict[str, Any]:
+    from hardreid.evaluation import re_ranking
+
+    q_g, q_q, g_g = _load(folder, "q_g", "q_q", "g_g")
+    rng = np.random.default_rng(seed)
+    qs = np.sort(rng.choice(q_g.shape[0], size=min(nq, q_g.shape[0]), replace=False))
+    gs = np.sort(rng.choice(q_g.shape[1], size=min(ng, q_g.shape[1]), replace=False))
+    a, b, c = q_g[np.ix_(qs, gs)], q_q[np.ix_(qs, qs)], g_g[np.ix_(gs, gs)]
+    ours = re_ranking(a, b, c, k1=k1, k2=k2, lambda_value=lam)
+    t = time.perf_counter()
+    ref = dense_re_ranking(a, b, c, k1, k2, lam)
+    return {"queries": int(qs.size), "gallery": int(gs.size), "dense_reference_seconds": time.perf_counter() - t,
+            "max_abs_diff": float(np.abs(ours - ref).max()),
+            "same_top1_fraction": float(np.mean(ours.argmin(1) == ref.argmin(1)))}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--num-query", type=int, default=3368)
+    ap.add_argument("--num-gallery", type=int, default=15913)
+    ap.add_argument("--ids", type=int, default=750, help="identities with queries (Market test: 750)")
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--max-rank", type=int, default=50)
+    ap.add_argument("--check-queries", type=int, default=500,
+                    help="queries checked against the plain reference (-1: all)")
+    ap.add_argument("--no-rerank", action="store_true", help="skip re-ranking")
+    ap.add_argument("--rerank-check", type=int, nargs=2, default=[300, 1500], metavar=("Q", "G"),
+                    help="subset size for the dense re-ranking check (0 0: skip)")
+    ap.add_argument("--k1", type=int, default=20)
+    ap.add_argument("--k2", type=int, default=6)
+    ap.add_argument("--lambda-value", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", metavar="JSON")
+    args = ap.parse_args(argv)
+
+    t = time.perf_counter()
+    split = market_split(args.num_query, args.num_gallery, args.ids, args.dim, args.seed)
+    tmp = tempfile.TemporaryDirectory(prefix="hardreid_eval_")
+    folder = tmp.name
+    np.save(os.path.join(folder, "q_g.npy"), squared_distance(split["qf"], split["gf"]))
+    for key in ("q_pids", "g_pids", "q_camids", "g_camids"):
+        np.save(os.path.join(folder, f"{key}.npy"), split[key])
+    if not args.no_rerank or args.rerank_check[0] > 0:
+        np.save(os.path.join(folder, "q_q.npy"), squared_distance(split["qf"], split["qf"]))
+        np.save(os.path.join(folder, "g_g.npy"), squared_distance(split["gf"], split["gf"]))
+    nq, ng = args.num_query, args.num_gallery
+    data = {
+        "num_query": nq, "num_gallery": ng, "dim": args.dim,
+        "query_ids": int(np.unique(split["q_pids"]).size), "distractors": int((split["g_pids"] == 0).sum()),
+        "prepare_s": round(time.perf_counter() - t, 1),
+    }
+    del split
+    print(f"split: {nq} queries x {ng} gallery ({data['distractors']} distractors), D={args.dim}", flush=True)
+
+    runs: dict[str, Any] = {}
+
+    def isolated(name: str, fn: Any, *fargs: Any) -> None:
+        load = common.load_average()
+        r = common.run_isolated(fn, *fargs)
+        out = r["result"]
+        out["peak_rss_mb"] = r["peak_rss_mb"]
+        out["load_average_before"] = load
+        out["load_average_after"] = common.load_average()
+        runs[name] = out
+        sec = out.get("seconds")
+        print(f"{name}: " + (f"{sec:.2f}s, " if sec is not None else "") + f"peak RSS {out['peak_rss_mb']:.0f} MB, "
+              f"load {load}", flush=True)
+
+    isolated("evaluate_ranking", run_ranking, folder, args.max_rank, args.check_queries, args.seed)
+    if not args.no_rerank:
+        isolated("re_ranking", run_rerank, folder, args.k1, args.k2, args.lambda_value, False)
+        isolated("re_ranking_traced", run_rerank, folder, args.k1, args.k2, args.lambda_value, True)
+    if args.rerank_check[0] > 0:
+        isolated("re_ranking_check", run_rerank_check, folder, args.k1, args.k2, args.lambda_value,
+                 args.rerank_check[0], args.rerank_check[1], args.seed)
+    tmp.cleanup()
+
+    n = nq + ng
+    payload = {
+        "benchmark": "evaluation",
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": common.machine_description(),
+        "params": {"max_rank": args.max_rank, "k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value},
+        "data": data,
+        "input_mb": {"q_g": nq * ng * 4 / 2**20, "q_q": nq * nq * 4 / 2**20, "g_g": ng * ng * 4 / 2**20},
+        "dense_joint_matrix_float32_mb": n * n * 4 / 2**20,
+        "runs": runs,
+    }
+    _print_summary(payload)
+    if args.out:
+        common.write_json(args.out, payload)
+        print(f"wrote {args.out}")
+    return payload
+
+
+def _print_summary(p: dict[str, Any]) -> None:
+    r = p["runs"]
+    ev = r["evaluate_ranking"]
+    print(f"\nevaluate_ranking {p['data']['num_query']} x {p['data']['num_gallery']}: {ev['seconds']:.2f}s, "
+          f"peak RSS {ev['peak_rss_mb']:.0f} MB (start {ev['rss_start_mb']:.0f} MB); mAP {ev['result']['mAP']:.2f} "
+          f"rank-1 {ev['result']['cmc']['1']:.2f}; identical to the plain reference on "
+          f"{ev['check']['queries']} queries: {ev['check']['identical']}")
+    if "re_ranking" in r:
+        rr = r["re_ranking"]
+        tr = r["re_ranking_traced"]
+        print(f"re_ranking: {rr['seconds']:.2f}s, peak RSS {rr['peak_rss_mb']:.0f} MB (inputs loaded: "
+              f"{rr['rss_start_mb']:.0f} MB), numpy peak {tr['traced_numpy_peak_mb']:.0f} MB vs one dense "
+              f"(Q+G)^2 float32 {p['dense_joint_matrix_float32_mb']:.0f} MB; mAP {rr['result']['mAP']:.2f}")
+    if "re_ranking_check" in r:
+        c = r["re_ranking_check"]
+        print(f"re_ranking vs dense original on {c['queries']} x {c['gallery']}: max |diff| {c['max_abs_diff']:.2e}, "
+              f"same rank-1 gallery image: {100 * c['same_top1_fraction']:.1f}% of the queries")
+    print(f"load average now {common.load_average()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`hardreid demo`: the pipeline on a tiny set (fast) and the real demo's promise (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hardreid.data.synthetic import SyntheticConfig
+from hardreid.demo import DEMO_DATA, demo_config, run_demo
+from hardreid.errors import UserError
+
+# The demo's data set, shrunk: same camera styles and options, about 100 training images.
+TINY_DATA = SyntheticConfig(**{**DEMO_DATA, "num_train_ids": 10, "num_test_ids": 6, "num_distractors": 2, "seed": 3})
+# The demo's settings with a tiny amount of work (clustering kept permissive so that a random network
+# always finds some clusters in so few images).
+TINY_SETTINGS = {
+    "cluster": {"k1": 10, "k2": 3, "eps": 0.6, "min_samples": 2},
+    "train": {"iters": 2, "eval_every": 1},
+    "eval": {"batch_size": 64},
+}
+
+
+def _scores(entry: dict) -> tuple[float, float]:
+    return entry["mAP"], entry["cmc"]["1"]
+
+
+def test_demo_pipeline_writes_pictures_run_and_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    summary = run_demo(out, epochs=1, settings=TINY_SETTINGS, synthetic=TINY_DATA)
+    for name in ("demo_result.json", "ranked_results.png", "training_curves.png", "demo.log",
+                 "run/checkpoints/last.pth", "run/metrics.json", "run/train.log", "data/README.txt"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "demo_result.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    for key in ("untrained", "trained"):
+        m_ap, top1 = _scores(saved[key])
+        assert 0.0 <= m_ap <= 100.0 and 0.0 <= top1 <= 100.0
+        assert saved[key]["num_valid_query"] > 0
+    assert saved["epochs"] == 1 and saved["iters"] == 2 and saved["seconds"] > 0
+    printed = capsys.readouterr().out
+    assert "untrained" in printed and "trained" in printed and "ranked_results.png" in printed
+    with pytest.raises(UserError, match="earlier demo run"):
+        run_demo(out, epochs=1, settings=TINY_SETTINGS, synthetic=TINY_DATA)
+
+
+def test_demo_config_and_weights_backbone(tmp_path: Path) -> None:
+    cfg = demo_config()
+    assert cfg.model.backbone == "resnet18" and not cfg.model.weights and cfg.train.device == "cpu"
+    assert demo_config(epochs=3).train.epochs == 3
+    assert demo_config(settings={"cluster": {"eps": 0.5}}).cluster.eps == 0.5
+    # --weights picks the architecture of the file (the CLI documents MobileNetV2 weights)
+    for keys, backbone in ((["features.0.0.weight"], "mobilenet_v2"),
+                           (["conv1.weight", "layer1.0.conv1.weight", "layer3.1.conv1.weight"], "resnet18"),
+                           (["conv1.weight", "layer1.0.conv1.weight", "layer3.5.conv1.weight"], "resnet34"),
+                           (["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv3.weight"], "resnet50")):
+        path = tmp_path / f"{backbone}.pth"
+        torch.save({k: torch.zeros(1) for k in keys}, path)
+        cfg = demo_config(weights=str(path))
+        assert cfg.model.backbone == backbone and cfg.model.weights == str(path)
+
+
+@pytest.mark.slow
+def test_real_demo_training_clearly_beats_the_untrained_model(tmp_path: Path) -> None:
+    summary = run_demo(tmp_path / "demo")
+    before, after = _scores(summary["untrained"]), _scores(summary["trained"])
+    assert after[0] > before[0] + 10.0, (before, after)
+    assert after[1] > before[1], (before, after)
