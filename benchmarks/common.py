@@ -105,15 +105,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process (all its threads) so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, conn) -> None:  # pragma: no cover - subprocess
     try:
         base = rss_mb()
+        cpu = _cpu_s()
         t = time.perf_counter()
         out = fn(*args, **kwargs)
         wall = time.perf_counter() - t
-        conn.send(("ok", out, wall, base, peak_rss_mb()))
+        conn.send(("ok", out, wall, _cpu_s() - cpu, base, peak_rss_mb()))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", 0.0, 0.0, 0.0))
+        conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}", 0.0, 0.0, 0.0, 0.0))
     finally:
         conn.close()
 
@@ -121,7 +128,10 @@ def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, conn) -> None:  # 
 def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run ``fn(*args, **kwargs)`` in a fresh (spawned) process; measure its own peak memory.
 
-    Returns ``{"result", "wall_s", "rss_start_mb", "peak_rss_mb"}``: ``peak_rss_mb``
+    Returns ``{"result", "wall_s", "cpu_s", "rss_start_mb", "peak_rss_mb"}``: ``cpu_s``
+    is the CPU time (user + system, all threads) the child spent in ``fn`` --
+    on a busy machine a steadier measure of the work than the wall time;
+    ``peak_rss_mb``
     is the child's peak RSS (``VmHWM``: interpreter + imports + inputs + the stage),
     ``rss_start_mb`` its RSS just before ``fn`` ran, so ``peak - start`` is
     what the stage itself added.  ``fn`` must be importable (module level) and
@@ -134,14 +144,14 @@ def run_isolated(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str,
     proc.start()
     child.close()
     try:
-        status, out, wall, base, peak = parent.recv()
+        status, out, wall, cpu, base, peak = parent.recv()
     except EOFError:
         proc.join()
         raise RuntimeError(f"benchmark subprocess died (exit code {proc.exitcode}; killed for memory?)") from None
     proc.join()
     if status != "ok":
         raise RuntimeError(f"benchmark subprocess failed:\n{out}")
-    return {"result": out, "wall_s": wall, "rss_start_mb": round(base, 1), "peak_rss_mb": round(peak, 1)}
+    return {"result": out, "wall_s": wall, "cpu_s": cpu, "rss_start_mb": round(base, 1), "peak_rss_mb": round(peak, 1)}
 
 
 class StageTimer:

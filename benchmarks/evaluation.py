@@ -180,7 +180,15 @@ def _load(folder: str, *names: str) -> list[np.ndarray]:
     return [np.load(os.path.join(folder, f"{name}.npy")) for name in names]
 
 
-def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int) -> dict[str, Any]:
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int, threads: int | None = None) -> dict[str, Any]:
+    _set_threads(threads)
     from hardreid.evaluation import evaluate_ranking
 
     dist, qp, gp, qc, gc = _load(folder, "q_g", "q_pids", "g_pids", "q_camids", "g_camids")
@@ -209,7 +217,8 @@ def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int) -> di
     return out
 
 
-def run_rerank(folder: str, k1: int, k2: int, lam: float, trace: bool) -> dict[str, Any]:
+def run_rerank(folder: str, k1: int, k2: int, lam: float, trace: bool, threads: int | None = None) -> dict[str, Any]:
+    _set_threads(threads)
     from hardreid.evaluation import evaluate_ranking, re_ranking
 
     q_g, q_q, g_g, qp, gp, qc, gc = _load(folder, "q_g", "q_q", "g_g", "q_pids", "g_pids", "q_camids", "g_camids")
@@ -264,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--lambda-value", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--out", metavar="JSON")
     args = ap.parse_args(argv)
 
@@ -293,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r = common.run_isolated(fn, *fargs)
         out = r["result"]
         out["peak_rss_mb"] = r["peak_rss_mb"]
+        out["cpu_s"] = r["cpu_s"]
         out["load_average_before"] = load
         out["load_average_after"] = common.load_average()
         runs[name] = out
@@ -300,10 +311,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: " + (f"{sec:.2f}s, " if sec is not None else "") + f"peak RSS {out['peak_rss_mb']:.0f} MB, "
               f"load {load}", flush=True)
 
-    isolated("evaluate_ranking", run_ranking, folder, args.max_rank, args.check_queries, args.seed)
+    isolated("evaluate_ranking", run_ranking, folder, args.max_rank, args.check_queries, args.seed, args.threads)
     if not args.no_rerank:
-        isolated("re_ranking", run_rerank, folder, args.k1, args.k2, args.lambda_value, False)
-        isolated("re_ranking_traced", run_rerank, folder, args.k1, args.k2, args.lambda_value, True)
+        isolated("re_ranking", run_rerank, folder, args.k1, args.k2, args.lambda_value, False, args.threads)
+        isolated("re_ranking_traced", run_rerank, folder, args.k1, args.k2, args.lambda_value, True, args.threads)
     if args.rerank_check[0] > 0:
         isolated("re_ranking_check", run_rerank_check, folder, args.k1, args.k2, args.lambda_value,
                  args.rerank_check[0], args.rerank_check[1], args.seed)
@@ -315,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": common.machine_description(),
-        "params": {"max_rank": args.max_rank, "k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value},
+        "params": {"max_rank": args.max_rank, "k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value,
+                   "threads": args.threads},
         "data": data,
         "input_mb": {"q_g": nq * ng * 4 / 2**20, "q_q": nq * nq * 4 / 2**20, "g_g": ng * ng * 4 / 2**20},
         "dense_joint_matrix_float32_mb": n * n * 4 / 2**20,

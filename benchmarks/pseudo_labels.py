@@ -276,11 +276,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             r = common.run_isolated(fn, *fargs)
             out = r["result"]
             out["peak_rss_mb"] = r["peak_rss_mb"]
+            out["cpu_s"] = r["cpu_s"]  # whole subprocess call: loading the features, Jaccard, every DBSCAN
             out["load_average_before"] = load_before
             out["load_average_after"] = common.load_average()
             sec = out["seconds"]
             print(f"{name:9s} run {rep + 1}: total {sec['total']:.2f}s (kNN {_fmt(sec['knn'])}s, jaccard "
-                  f"{sec['jaccard']:.2f}s, dbscan {sec['dbscan'][str(args.eps[0])]:.2f}s), peak RSS "
+                  f"{sec['jaccard']:.2f}s, dbscan {sec['dbscan'][str(args.eps[0])]:.2f}s; CPU {out['cpu_s']:.1f}s), peak RSS "
                   f"{out['peak_rss_mb']:.0f} MB, load {load_before} -> {out['load_average_after']}", flush=True)
             outs.append(out)
         best = min(outs, key=lambda o: o["seconds"]["total"])
