@@ -68,3 +68,37 @@ def test_real_demo_training_clearly_beats_the_untrained_model(tmp_path: Path) ->
     before, after = _scores(summary["untrained"]), _scores(summary["trained"])
     assert after[0] > before[0] + 7.0, (before, after)
     assert after[1] > before[1], (before, after)
+
+
+def _edge_stats(root: Path) -> tuple[float, float]:
+    """(spread of the per-camera mean edge colour, mean distance of the central rows to the edge colour)."""
+    import numpy as np
+    from PIL import Image
+
+    per_cam: dict[str, list[np.ndarray]] = {}
+    away = []
+    for path in sorted((root / "bounding_box_train").glob("*.jpg")):
+        x = np.asarray(Image.open(path).convert("RGB"), float)
+        edge = np.concatenate([x[:, :3], x[:, -3:]], axis=1).reshape(-1, 3)
+        per_cam.setdefault(path.name.split("_")[1][:2], []).append(edge.mean(0))
+        middle = x[x.shape[0] // 5: x.shape[0] * 4 // 5]
+        away.append(np.abs(middle - np.median(edge, axis=0)).sum(axis=2).mean())
+    means = np.stack([np.mean(v, axis=0) for v in per_cam.values()])
+    return float(means.std(axis=0).sum()), float(np.mean(away))
+
+
+def test_demo_data_options_calm_backgrounds_and_broaden_people(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from hardreid.data.synthetic import generate_synthetic
+
+    small = SyntheticConfig(num_train_ids=6, num_test_ids=2, num_distractors=0, images_per_camera=2, seed=5)
+    plain = _edge_stats(generate_synthetic(tmp_path / "plain", small))
+    calm = _edge_stats(generate_synthetic(tmp_path / "calm", replace(small, background_strength=0.35)))
+    broad = _edge_stats(generate_synthetic(tmp_path / "broad", replace(small, person_width=1.4)))
+    assert calm[0] < 0.75 * plain[0], (calm, plain)  # cameras' scenes differ less ...
+    assert calm[0] > 0.0  # ... but still differ
+    assert broad[1] > 1.1 * plain[1], (broad, plain)  # more of each row is person
+    for bad in ({"background_strength": 1.5}, {"background_strength": -0.1}, {"person_width": 0.2}, {"person_width": 3.0}):
+        with pytest.raises(UserError):
+            replace(small, **bad).validate()

@@ -95,8 +95,42 @@ class EvalConfig:
 
 @dataclass
 class MethodConfig:
-    base: str = "cluster_contrast"
-    hard_samples: list[str] = field(default_factory=list)
+    base: str = "cluster_contrast"  # cluster_contrast | spcl | ice
+    hard_samples: list[str] = field(default_factory=list)  # generators, e.g. [hpf, hpi] (ACFL) or [hng] (SHNG)
+
+
+@dataclass
+class SpclConfig:
+    """SpCL (Ge et al. 2020) base; defaults of its official code."""
+
+    temperature: float = 0.05
+    momentum: float = 0.2
+    eps_gap: float = 0.02  # reliability check with cluster.eps +- eps_gap
+
+
+@dataclass
+class IceConfig:
+    """ICE (Chen et al. 2021) base; defaults of its official code."""
+
+    proxy_weight: float = 1.0  # placeholder until the ICE base lands
+
+
+@dataclass
+class AcflConfig:
+    """ACFL (Pattern Recognition 2024); paper values."""
+
+    hpf_steps: int = 10  # V, Eq. 2
+    hpf_lr_positive: float = 0.00035  # eta1
+    hpf_lr_negative: float = 0.0028  # eta2
+    hpi_steps: int = 3  # Z, Eq. 4
+    hpi_lr: float = 1.0  # eta3
+
+
+@dataclass
+class HngConfig:
+    """Self-guided hard negative generation (IJCAI 2022)."""
+
+    fusion_lambda: float = 0.75  # DESIGN.md section 5: the paper gives no value
 
 
 @dataclass
@@ -109,6 +143,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    spcl: SpclConfig = field(default_factory=SpclConfig)
+    ice: IceConfig = field(default_factory=IceConfig)
+    acfl: AcflConfig = field(default_factory=AcflConfig)
+    hng: HngConfig = field(default_factory=HngConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

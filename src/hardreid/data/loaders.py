@@ -18,19 +18,29 @@ def _worker_init(_: int) -> None:
 
 
 class ImageDataset(Dataset):
-    """(image tensor, label, camera, index) for each sample; ``labels`` overrides the identities."""
+    """(image tensor, label, camera, index) for each sample; ``labels`` overrides the identities.
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, labels: Sequence[int] | None = None) -> None:
+    With ``num_views`` > 1 the image is transformed that many times independently and the
+    views are stacked: the image tensor is V x C x H x W (methods that compare augmented views).
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, labels: Sequence[int] | None = None,
+                 num_views: int = 1) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.labels = list(labels) if labels is not None else [s.pid for s in self.samples]
+        self.num_views = num_views
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         sample = self.samples[index]
-        image = self.transform(read_image(sample.path))
+        picture = read_image(sample.path)
+        if self.num_views == 1:
+            image = self.transform(picture)
+        else:
+            image = torch.stack([self.transform(picture) for _ in range(self.num_views)])
         return image, self.labels[index], sample.camid, index
 
 
@@ -41,15 +51,18 @@ def eval_loader(samples: Sequence[Sample], transform: Callable, batch_size: int,
 
 
 class InfiniteIdentityLoader:
-    """Endless P x K batches over pseudo labels (restarts the sampler when a pass ends)."""
+    """Endless P x K batches over pseudo labels (restarts the sampler when a pass ends).
+
+    ``num_views`` > 1: images come as B x V x C x H x W (independent augmentations of each image).
+    """
 
     def __init__(self, samples: Sequence[Sample], labels: Sequence[int], transform: Callable, batch_size: int,
-                 num_instances: int, workers: int, seed: int) -> None:
+                 num_instances: int, workers: int, seed: int, num_views: int = 1) -> None:
         if batch_size % num_instances:
             from ..errors import UserError
             raise UserError(f"data.batch_size ({batch_size}) must be a multiple of data.num_instances ({num_instances})")
         self.sampler = IdentitySampler(labels, num_instances, seed=seed, min_length=batch_size)
-        self.loader = DataLoader(ImageDataset(samples, transform, labels), batch_size=batch_size, sampler=self.sampler,
+        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views), batch_size=batch_size, sampler=self.sampler,
                                  num_workers=workers, drop_last=True, worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(),
                                  persistent_workers=workers > 0)
         self._it: Iterator | None = None

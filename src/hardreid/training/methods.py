@@ -1,14 +1,40 @@
 """Methods: what a training step computes. The trainer owns the loop (STYLE.md).
 
-A method receives the epoch's pseudo labels in ``start_epoch``, computes the
-loss of one P x K batch in ``training_step`` and updates its memory in
-``after_step`` (called after the optimiser step, never inside backward).
+A method is a composition (DESIGN.md section 2): one **base** (memory + loss:
+Cluster Contrast, SpCL, ICE) and any number of **hard-sample generators**
+(ACFL's hard person features and hard positive instances, self-guided hard
+negative generation). Both are ``Component`` objects with the same hooks; the
+``ComposedMethod`` calls them in order:
+
+``start_epoch(data, model)``
+    once per epoch, after clustering: build memories from the epoch's features
+    and pseudo labels.
+``before_step(model, batch)``
+    before the re-ID forward: a component may update its *own* networks here
+    (e.g. a generator and a discriminator with their own optimisers), never the
+    re-ID model's parameters.
+``losses(ctx)``
+    named loss terms (already weighted) of the step; the re-ID loss is their sum.
+``after_step(ctx)``
+    after the optimiser step: explicit memory / teacher updates. Nothing is
+    ever updated inside backward.
+``end_epoch(epoch, run_dir)``
+    after the epoch's steps: pictures and statistics for the metrics row.
+
+The base decides which images are sampled (``sampling_labels``) and any
+component may name the network whose features are clustered
+(``clustering_model``, e.g. an EMA teacher).
+
+A base also exposes its cluster-level features (``prototypes``) and computes
+its cluster logits through ``cluster_logits``, where generators may replace
+the prototypes by harder ones (``logit_adjusters``: ACFL's hard person features).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -20,10 +46,22 @@ from ..memory import ClusterMemory
 
 @dataclass
 class Batch:
-    images: torch.Tensor
+    images: torch.Tensor  # B x C x H x W (the first augmented view)
     labels: torch.Tensor  # pseudo labels 0..Nc-1
     camids: torch.Tensor
-    indices: torch.Tensor  # positions in the clustered training list
+    indices: torch.Tensor  # positions in the full training list (EpochData rows)
+    views: list[torch.Tensor] = field(default_factory=list)  # further independent augmentations, if asked for
+
+    @classmethod
+    def from_loader(cls, images: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor, indices: torch.Tensor,
+                    device: torch.device) -> "Batch":
+        """Split B x V x C x H x W loader output into ``images`` and ``views``."""
+        images = images.to(device, non_blocking=True)
+        views: list[torch.Tensor] = []
+        if images.dim() == 5:
+            views = [images[:, v] for v in range(1, images.shape[1])]
+            images = images[:, 0]
+        return cls(images, labels.to(device), camids.to(device), indices.to(device), views)
 
 
 @dataclass
@@ -31,34 +69,71 @@ class EpochData:
     """Everything known before an epoch's steps: features of all training images and their pseudo labels."""
 
     epoch: int
-    features: torch.Tensor  # N x D, L2-normalised
+    features: torch.Tensor  # N x D, L2-normalised, in the order of dataset.train
     labels: torch.Tensor  # N, -1 = outlier
     camids: torch.Tensor  # N
     num_clusters: int
+    distance: Any = None  # the sparse Jaccard distance (scipy CSR, N x N) the labels came from
+
+
+@dataclass
+class StepContext:
+    """What one training step knows. Components read it; ``cache`` passes values between them within the step."""
+
+    model: nn.Module
+    batch: Batch
+    features: torch.Tensor  # model(batch.images), L2-normalised, carries gradient
+    base: "BaseMethod"
+    epoch: int = 0
+    step: int = 0
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
-    features: torch.Tensor | None = None  # batch features, for the memory update
-    batch: Batch | None = None
+    context: StepContext | None = None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        return None if self.context is None else self.context.features
+
+    @property
+    def batch(self) -> Batch | None:
+        return None if self.context is None else self.context.batch
 
 
-class Method:
-    """Interface of a training method; see module docstring."""
+class Component:
+    """A part of a method: a base (memory + loss) or a hard-sample generator. Every hook is optional."""
+
+    name = "component"
+    num_views = 1  # augmented views of each batch image this component needs (Batch.views has num_views - 1)
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
 
-    def start_epoch(self, data: EpochData) -> None:
-        raise NotImplementedError
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
+        """Build per-epoch state (memories) from the epoch's features and pseudo labels."""
 
-    def training_step(self, model: nn.Module, batch: Batch) -> StepOutput:
-        raise NotImplementedError
+    def before_step(self, model: nn.Module, batch: Batch, epoch: int, step: int) -> dict[str, float]:
+        """Update the component's own networks before the re-ID step; returns values to log."""
+        return {}
 
-    def after_step(self, out: StepOutput) -> None:
-        """State changes after the optimiser step (memory updates)."""
+    def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Named, weighted loss terms for the re-ID network."""
+        return {}
+
+    def after_step(self, ctx: StepContext) -> None:
+        """State changes after the optimiser step (memory updates, teacher EMA)."""
+
+    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
+        """After the epoch's steps: pictures, statistics; returns values for the metrics row."""
+        return {}
+
+    def clustering_model(self, model: nn.Module) -> nn.Module | None:
+        """The network whose features are clustered each epoch (e.g. an EMA teacher); None = no opinion."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -67,35 +142,193 @@ class Method:
         pass
 
 
-class ClusterContrast(Method):
+class LogitAdjuster(Protocol):
+    def __call__(self, features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+                 logits: torch.Tensor) -> torch.Tensor: ...
+
+
+class BaseMethod(Component):
+    """A base method: a memory and its loss. Hard-sample generators work on ``prototypes``."""
+
+    name = "base"
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.logit_adjusters: list[LogitAdjuster] = []
+        self.temperature = cfg.memory.temperature
+
+    def prototypes(self) -> torch.Tensor:
+        """Cluster-level features C (Nc x D) of the current epoch, constants for the loss."""
+        raise NotImplementedError
+
+    def sampling_labels(self, data: EpochData) -> torch.Tensor:
+        """Label of each training image for the P x K sampler; -1 = not sampled this epoch.
+
+        Default: the pseudo labels (outliers left out). SpCL gives un-clustered instances their own labels.
+        """
+        return data.labels
+
+    def cluster_logits(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """q . c_a / tau for every cluster prototype (B x Nc), after every registered adjuster."""
+        prototypes = self.prototypes()
+        logits = features @ prototypes.t() / self.temperature
+        for adjust in self.logit_adjusters:
+            logits = adjust(features, labels, prototypes, logits)
+        return logits
+
+
+class ClusterContrast(BaseMethod):
     """Cluster Contrast (Dai et al. 2022): InfoNCE against momentum-updated cluster prototypes."""
 
+    name = "cluster_contrast"
     memory: ClusterMemory
 
-    def start_epoch(self, data: EpochData) -> None:
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
         features = data.features.to(self.device)
         labels = data.labels.to(self.device)
         self.memory = ClusterMemory.from_clusters(features, labels, data.num_clusters,
                                                   self.cfg.memory.temperature, self.cfg.memory.momentum)
 
-    def training_step(self, model: nn.Module, batch: Batch) -> StepOutput:
-        features = model(batch.images)
-        loss = self.memory.loss(features, batch.labels)
-        return StepOutput(loss=loss, logs={"loss_contrast": loss.item()}, features=features, batch=batch)
+    def prototypes(self) -> torch.Tensor:
+        return self.memory.prototypes
+
+    def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        logits = self.cluster_logits(ctx.features, ctx.batch.labels)
+        return {"contrast": torch.nn.functional.cross_entropy(logits, ctx.batch.labels)}
+
+    def after_step(self, ctx: StepContext) -> None:
+        self.memory.update(ctx.features, ctx.batch.labels)
+
+
+class Method:
+    """Interface the trainer uses; ``ComposedMethod`` is the implementation."""
+
+    num_views = 1
+
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
+        raise NotImplementedError
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int = 0, step: int = 0) -> StepOutput:
+        raise NotImplementedError
 
     def after_step(self, out: StepOutput) -> None:
-        self.memory.update(out.features, out.batch.labels)
+        """State changes after the optimiser step (memory updates)."""
+
+    def sampling_labels(self, data: EpochData) -> torch.Tensor:
+        return data.labels
+
+    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
+        return {}
+
+    def clustering_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
-BASES: dict[str, Callable[[Config, torch.device], Method]] = {
+class ComposedMethod(Method):
+    """A base and its hard-sample generators, called in that order at every hook."""
+
+    def __init__(self, base: BaseMethod, generators: list[Component] | None = None) -> None:
+        self.base = base
+        self.generators = list(generators or [])
+        self.components: list[Component] = [base, *self.generators]
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise UserError(f"method components must be distinct, got {names}")
+        for generator in self.generators:
+            attach = getattr(generator, "attach", None)
+            if attach is not None:
+                attach(base)
+
+    @property
+    def num_views(self) -> int:  # type: ignore[override]
+        return max(c.num_views for c in self.components)
+
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
+        for c in self.components:
+            c.start_epoch(data, model)
+
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int = 0, step: int = 0) -> StepOutput:
+        logs: dict[str, float] = {}
+        for c in self.components:
+            logs.update(c.before_step(model, batch, epoch, step))
+        ctx = StepContext(model, batch, model(batch.images), self.base, epoch, step)
+        terms: dict[str, torch.Tensor] = {}
+        for c in self.components:
+            for key, value in c.losses(ctx).items():
+                if key in terms:
+                    raise RuntimeError(f"loss term '{key}' given twice (by {c.name})")
+                terms[key] = value
+        if not terms:
+            raise UserError("the method has no loss term; check method.base and method.hard_samples")
+        loss = torch.stack([v.float() for v in terms.values()]).sum()
+        logs.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+        return StepOutput(loss=loss, logs=logs, context=ctx)
+
+    def after_step(self, out: StepOutput) -> None:
+        assert out.context is not None
+        for c in self.components:
+            c.after_step(out.context)
+
+    def sampling_labels(self, data: EpochData) -> torch.Tensor:
+        return self.base.sampling_labels(data)
+
+    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
+        row: dict[str, float] = {}
+        for c in self.components:
+            row.update(c.end_epoch(epoch, run_dir))
+        return row
+
+    def clustering_model(self, model: nn.Module) -> nn.Module:
+        for c in self.components:
+            chosen = c.clustering_model(model)
+            if chosen is not None:
+                return chosen
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {c.name: c.state_dict() for c in self.components}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for c in self.components:
+            if c.name in state:
+                c.load_state_dict(state[c.name])
+
+
+# Registries: a new base or generator is one module that adds itself here (no trainer change).
+BASES: dict[str, Callable[[Config, torch.device], BaseMethod]] = {
     "cluster_contrast": ClusterContrast,
 }
+HARD_SAMPLES: dict[str, Callable[[Config, torch.device], Component]] = {}
 
 
-def build_method(cfg: Config, device: torch.device) -> Method:
-    """The configured base method (hard-sample generators are added by later modules)."""
+def _register_builtin() -> None:
+    """Import the modules that fill the registries (kept lazy to avoid import cycles)."""
+    import importlib
+
+    for module in ("hardreid.training.bases", "hardreid.hard_samples"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def build_method(cfg: Config, device: torch.device) -> ComposedMethod:
+    """The configured base and hard-sample generators (``method.base``, ``method.hard_samples``)."""
+    _register_builtin()
     if cfg.method.base not in BASES:
-        raise UserError(f"unknown method.base '{cfg.method.base}'; choose one of {', '.join(BASES)}")
-    if cfg.method.hard_samples:
-        raise UserError(f"method.hard_samples {cfg.method.hard_samples} are not available in this version; leave the list empty")
-    return BASES[cfg.method.base](cfg, device)
+        raise UserError(f"unknown method.base '{cfg.method.base}'; choose one of {', '.join(sorted(BASES))}")
+    unknown = [name for name in cfg.method.hard_samples if name not in HARD_SAMPLES]
+    if unknown:
+        choices = ", ".join(sorted(HARD_SAMPLES)) or "none available yet"
+        raise UserError(f"unknown method.hard_samples {unknown}; choose from: {choices}")
+    if len(set(cfg.method.hard_samples)) != len(cfg.method.hard_samples):
+        raise UserError(f"method.hard_samples lists a generator twice: {cfg.method.hard_samples}")
+    base = BASES[cfg.method.base](cfg, device)
+    return ComposedMethod(base, [HARD_SAMPLES[name](cfg, device) for name in cfg.method.hard_samples])

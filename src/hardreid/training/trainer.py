@@ -77,8 +77,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Op
     return optimizer, scheduler
 
 
-def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any]:
-    """Jaccard distance + DBSCAN; a clear error when every image is an outlier."""
+def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any, Any]:
+    """Jaccard distance + DBSCAN -> (labels, statistics, sparse distance); a clear error when every image is an outlier."""
     c = cfg.cluster
     distance = compute_jaccard_distance(features, k1=c.k1, k2=c.k2, mode=c.search)
     labels = dbscan_labels(distance, eps=c.eps, min_samples=c.min_samples)
@@ -90,7 +90,7 @@ def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tenso
             f"(e.g. cluster.eps={min(c.eps + 0.1, 0.9):.1f}), a smaller cluster.min_samples, or start from "
             "pretrained weights (--weights FILE)."
         )
-    return torch.as_tensor(labels, dtype=torch.long), stats
+    return torch.as_tensor(labels, dtype=torch.long), stats, distance
 
 
 def label_agreement(labels: torch.Tensor, dataset: ReidDataset) -> dict[str, float]:
@@ -178,21 +178,23 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, start = self.cfg, time.time()
-        features = extract_features(self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size,
-                                    cfg.data.workers, self.device, desc=f"epoch {epoch + 1} features")
+        features = extract_features(self.method.clustering_model(self.model), self.dataset.train,
+                                    eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers, self.device,
+                                    desc=f"epoch {epoch + 1} features")
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
-        labels, stats = pseudo_label_epoch(features, cfg)
+        labels, stats, distance = pseudo_label_epoch(features, cfg)
         agreement = label_agreement(labels, self.dataset)
         LOG.info("epoch %d/%d pseudo labels: %s%s", epoch + 1, cfg.train.epochs, stats.text(),
                  "".join(f", {k} {v:.3f}" for k, v in agreement.items()))
         camids = torch.tensor([s.camid for s in self.dataset.train])
-        self.method.start_epoch(EpochData(epoch, features, labels, camids, stats.num_clusters))
-        losses = self.train_steps(epoch, labels)
+        data = EpochData(epoch, features, labels, camids, stats.num_clusters, distance)
+        self.method.start_epoch(data, self.model)
+        losses = self.train_steps(epoch, self.method.sampling_labels(data))
         self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
                                **losses, **agreement, "lr": self.optimizer.param_groups[0]["lr"],
-                               "cluster_sizes": stats.to_dict()}
+                               "cluster_sizes": stats.to_dict(), **self.method.end_epoch(epoch, self.run_dir)}
         if self.should_evaluate(epoch):
             result = evaluate_model(self.model, self.dataset, cfg.data, cfg.eval, self.device)
             row.update({"mAP": 100 * result.mAP, "top1": 100 * result.cmc[0], "top5": 100 * result.cmc[4],
@@ -220,7 +222,8 @@ class Trainer:
         keep = (labels >= 0).nonzero().flatten().tolist()
         samples = [self.dataset.train[i] for i in keep]
         loader = InfiniteIdentityLoader(samples, labels[keep].tolist(), train_transform(cfg.data), cfg.data.batch_size,
-                                        cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch)
+                                        cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch,
+                                        num_views=self.method.num_views)
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         totals: dict[str, float] = {}
         self.model.train()
@@ -228,10 +231,9 @@ class Trainer:
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
             index = torch.as_tensor(keep)[positions]
-            batch = Batch(images.to(self.device, non_blocking=True), batch_labels.to(self.device),
-                          camids.to(self.device), index.to(self.device))
+            batch = Batch.from_loader(images, batch_labels, camids, index, self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                out = self.method.training_step(self.model, batch)
+                out = self.method.training_step(self.model, batch, epoch, step)
             if not torch.isfinite(out.loss):
                 raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                                 f"lower optim.lr (now {cfg.optim.lr}) or check the data")
