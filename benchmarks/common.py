@@ -271,6 +271,16 @@ def feature_stats(feats: np.ndarray, pids: np.ndarray, sample: int = 500, seed: 
     return {"cos_same_id": round(float(sim[same].mean()), 3), "cos_diff_id": round(float(sim[diff].mean()), 3)}
 
 
+def result_header(benchmark: str, argv: list[str] | None) -> dict[str, Any]:
+    """The fields every result file starts with: what ran, when, on which machine."""
+    return {
+        "benchmark": benchmark,
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_description(),
+    }
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,9 @@ def market_split(num_query: int, num_gallery: int, num_ids: int, dim: int, seed:
     while sum(d_sizes) < n_distractor:
         d_sizes.append(int(min(rng.integers(1, 6), n_distractor - sum(d_sizes))))
     real = n - n_distractor
+    if 2 * num_ids > real:
+        raise SystemExit(f"--ids {num_ids} is too many for {real} non-distractor images (each identity needs "
+                         f"at least 2): use --ids {real // 2} or fewer")
     r_sizes = rng.lognormal(0.0, 0.5, size=num_ids)
     r_sizes = np.maximum(2, np.floor(r_sizes / r_sizes.sum() * real)).astype(np.int64)
     while r_sizes.sum() < real:  # fix the rounding
@@ -322,10 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     n = nq + ng
     payload = {
-        "benchmark": "evaluation",
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": common.machine_description(),
+        **common.result_header("evaluation", argv),
         "params": {"max_rank": args.max_rank, "k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value,
                    "threads": args.threads},
         "data": data,

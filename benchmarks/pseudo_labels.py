@@ -310,10 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run.pop("labels", None)
 
     payload = {
-        "benchmark": "pseudo_labels",
-        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": common.machine_description(),
+        **common.result_header("pseudo_labels", argv),
         "params": {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples,
                    "threads": args.threads, "repeat": args.repeat},
         "features": data,
