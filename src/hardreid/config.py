@@ -101,18 +101,32 @@ class MethodConfig:
 
 @dataclass
 class SpclConfig:
-    """SpCL (Ge et al. 2020) base; defaults of its official code."""
+    """SpCL (Ge et al. 2020) base; defaults of its official code (examples/spcl_train_usl.py)."""
 
-    temperature: float = 0.05
-    momentum: float = 0.2
-    eps_gap: float = 0.02  # reliability check with cluster.eps +- eps_gap
+    temperature: float = 0.05  # tau of the unified contrastive loss (Eq. 1), --temp
+    momentum: float = 0.2  # m of the instance memory update v <- m v + (1 - m) f (Eq. 3), --momentum
+    eps_gap: float = 0.02  # reliability: DBSCAN again with cluster.eps -/+ eps_gap (tight / loose), --eps-gap
+    indep_percentile: float = 0.9  # alpha: R_indep threshold = this percentile of the clusters' scores at epoch 1
 
 
 @dataclass
 class IceConfig:
-    """ICE (Chen et al. 2021) base; defaults of its official code."""
+    """ICE (Chen et al. 2021) base; defaults of its official code (examples/unsupervised_train.py, ice/trainers.py).
 
-    proxy_weight: float = 1.0  # placeholder until the ICE base lands
+    The add-ons ``camera_proxy`` and ``mean_teacher`` (method.hard_samples) read the keys they share with ICE here.
+    """
+
+    ema_momentum: float = 0.999  # alpha of the EMA teacher (also the mean_teacher add-on), --alpha
+    agnostic_temperature: float = 0.5  # tau_a of the camera-agnostic proxy loss on cluster centres, --tau-c
+    label_smoothing: float = 0.1  # CrossEntropyLabelSmooth of the camera-agnostic loss
+    camera_temperature: float = 0.07  # tau_c (beta) of the camera-aware proxy losses
+    hard_negatives: int = 50  # k hardest negative proxies of the inter-camera loss (bg_knn)
+    camera_weight: float = 0.5  # lambda_c of L_cam (also the camera_proxy add-on: mu = 0.5 in ACFL-C)
+    intra_camera_weight: float = 0.0  # intra-camera proxy loss: commented out in the official code
+    instance_temperature: float = 0.1  # tau_h of the hard instance contrastive loss, --tau-v
+    instance_weight: float = 1.0  # lambda_h of L_h_ins
+    consistency_temperature: float = 0.4  # tau_s of the soft instance consistency loss, --scale-kl
+    consistency_weight: float = 10.0  # lambda_s of L_s_ins (the official "* 10")
 
 
 @dataclass

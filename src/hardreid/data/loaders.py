@@ -25,11 +25,12 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable, labels: Sequence[int] | None = None,
-                 num_views: int = 1) -> None:
+                 num_views: int = 1, weak_transform: Callable | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.labels = list(labels) if labels is not None else [s.pid for s in self.samples]
         self.num_views = num_views
+        self.weak_transform = weak_transform  # appended as the last view (un-augmented image)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -37,10 +38,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         sample = self.samples[index]
         picture = read_image(sample.path)
-        if self.num_views == 1:
-            image = self.transform(picture)
-        else:
-            image = torch.stack([self.transform(picture) for _ in range(self.num_views)])
+        views = [self.transform(picture) for _ in range(self.num_views)]
+        if self.weak_transform is not None:
+            views.append(self.weak_transform(picture))
+        image = views[0] if len(views) == 1 else torch.stack(views)
         return image, self.labels[index], sample.camid, index
 
 
@@ -53,16 +54,20 @@ def eval_loader(samples: Sequence[Sample], transform: Callable, batch_size: int,
 class InfiniteIdentityLoader:
     """Endless P x K batches over pseudo labels (restarts the sampler when a pass ends).
 
-    ``num_views`` > 1: images come as B x V x C x H x W (independent augmentations of each image).
+    ``num_views`` > 1: images come as B x V x C x H x W (independent augmentations of each image);
+    ``weak_transform`` adds one more view, the image under that transform. ``singletons_once``: see
+    ``IdentitySampler``.
     """
 
     def __init__(self, samples: Sequence[Sample], labels: Sequence[int], transform: Callable, batch_size: int,
-                 num_instances: int, workers: int, seed: int, num_views: int = 1) -> None:
+                 num_instances: int, workers: int, seed: int, num_views: int = 1, weak_transform: Callable | None = None,
+                 singletons_once: bool = False) -> None:
         if batch_size % num_instances:
             from ..errors import UserError
             raise UserError(f"data.batch_size ({batch_size}) must be a multiple of data.num_instances ({num_instances})")
-        self.sampler = IdentitySampler(labels, num_instances, seed=seed, min_length=batch_size)
-        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views), batch_size=batch_size, sampler=self.sampler,
+        self.sampler = IdentitySampler(labels, num_instances, seed=seed, min_length=batch_size, singletons_once=singletons_once)
+        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views, weak_transform), batch_size=batch_size,
+                                 sampler=self.sampler,
                                  num_workers=workers, drop_last=True, worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(),
                                  persistent_workers=workers > 0)
         self._it: Iterator | None = None

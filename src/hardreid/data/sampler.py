@@ -19,11 +19,17 @@ class IdentitySampler(Sampler[int]):
     to reach ``min_length``); a loader with ``batch_size = P * K`` and
     ``drop_last=True`` then gives P x K batches. Labels < 0 (outliers) are
     never sampled.
+
+    ``singletons_once``: a label with a single image yields it once, not K
+    times (SpCL's ``RandomMultipleGallerySampler`` skips the K - 1 partners of
+    an un-clustered instance); batches then hold a varying number of labels.
     """
 
-    def __init__(self, labels: Sequence[int], num_instances: int, seed: int = 0, min_length: int = 0) -> None:
+    def __init__(self, labels: Sequence[int], num_instances: int, seed: int = 0, min_length: int = 0,
+                 singletons_once: bool = False) -> None:
         self.num_instances = num_instances
         self.min_length = min_length
+        self.singletons_once = singletons_once
         self.index_by_label: dict[int, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
             if label >= 0:
@@ -32,16 +38,22 @@ class IdentitySampler(Sampler[int]):
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return self._passes() * len(self.labels) * self.num_instances
+        return self._passes() * self._per_pass()
+
+    def _draws(self, label: int) -> int:
+        return 1 if self.singletons_once and len(self.index_by_label[label]) == 1 else self.num_instances
+
+    def _per_pass(self) -> int:
+        return sum(self._draws(label) for label in self.labels)
 
     def _passes(self) -> int:
         """Whole shuffled passes needed to give at least ``min_length`` indices (few clusters)."""
-        per_pass = max(len(self.labels) * self.num_instances, 1)
-        return max(1, -(-self.min_length // per_pass))
+        return max(1, -(-self.min_length // max(self._per_pass(), 1)))
 
     def __iter__(self) -> Iterator[int]:
         order = np.concatenate([self.rng.permutation(len(self.labels)) for _ in range(self._passes())])
         for position in order:
             members = self.index_by_label[self.labels[position]]
-            replace = len(members) < self.num_instances
-            yield from (int(i) for i in self.rng.choice(members, self.num_instances, replace=replace))
+            draws = self._draws(self.labels[position])
+            replace = len(members) < draws
+            yield from (int(i) for i in self.rng.choice(members, draws, replace=replace))

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
@@ -51,17 +52,19 @@ class Batch:
     camids: torch.Tensor
     indices: torch.Tensor  # positions in the full training list (EpochData rows)
     views: list[torch.Tensor] = field(default_factory=list)  # further independent augmentations, if asked for
+    weak: torch.Tensor | None = None  # the un-augmented image (eval transform), if a component asked for it (ICE)
 
     @classmethod
     def from_loader(cls, images: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor, indices: torch.Tensor,
-                    device: torch.device) -> "Batch":
-        """Split B x V x C x H x W loader output into ``images`` and ``views``."""
+                    device: torch.device, weak: bool = False) -> "Batch":
+        """Split B x V x C x H x W loader output into ``images`` and ``views`` (and ``weak``: the last view)."""
         images = images.to(device, non_blocking=True)
         views: list[torch.Tensor] = []
         if images.dim() == 5:
             views = [images[:, v] for v in range(1, images.shape[1])]
             images = images[:, 0]
-        return cls(images, labels.to(device), camids.to(device), indices.to(device), views)
+        weak_view = views.pop() if weak else None
+        return cls(images, labels.to(device), camids.to(device), indices.to(device), views, weak_view)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class StepContext:
     epoch: int = 0
     step: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None  # the same features before L2 normalisation (model.embed), if the model has it
 
 
 @dataclass
@@ -109,6 +113,8 @@ class Component:
 
     name = "component"
     num_views = 1  # augmented views of each batch image this component needs (Batch.views has num_views - 1)
+    weak_view = False  # also load each batch image without augmentation (Batch.weak; ICE's soft instance targets)
+    singletons_once = False  # sampler: a label with one image gives it once per pass, not K times (SpCL's sampler)
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -133,6 +139,10 @@ class Component:
 
     def clustering_model(self, model: nn.Module) -> nn.Module | None:
         """The network whose features are clustered each epoch (e.g. an EMA teacher); None = no opinion."""
+        return None
+
+    def clustering_features(self) -> torch.Tensor | None:
+        """Features to cluster instead of extracting them (N x D, SpCL clusters its instance memory); None = extract."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -169,7 +179,11 @@ class BaseMethod(Component):
         return data.labels
 
     def cluster_logits(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """q . c_a / tau for every cluster prototype (B x Nc), after every registered adjuster."""
+        """q . c_a / tau for every cluster prototype (B x Nc), after every registered adjuster.
+
+        ``labels``: the index of each row's own prototype, or -1 when its positive is not a prototype
+        (SpCL's un-clustered instances); adjusters must treat -1 as "every prototype is a negative".
+        """
         prototypes = self.prototypes()
         logits = features @ prototypes.t() / self.temperature
         for adjust in self.logit_adjusters:
@@ -204,6 +218,8 @@ class Method:
     """Interface the trainer uses; ``ComposedMethod`` is the implementation."""
 
     num_views = 1
+    weak_view = False
+    singletons_once = False
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
         raise NotImplementedError
@@ -222,6 +238,9 @@ class Method:
 
     def clustering_model(self, model: nn.Module) -> nn.Module:
         return model
+
+    def clustering_features(self) -> torch.Tensor | None:
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -249,6 +268,14 @@ class ComposedMethod(Method):
     def num_views(self) -> int:  # type: ignore[override]
         return max(c.num_views for c in self.components)
 
+    @property
+    def weak_view(self) -> bool:  # type: ignore[override]
+        return any(c.weak_view for c in self.components)
+
+    @property
+    def singletons_once(self) -> bool:  # type: ignore[override]
+        return self.base.singletons_once
+
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
         for c in self.components:
             c.start_epoch(data, model)
@@ -257,7 +284,12 @@ class ComposedMethod(Method):
         logs: dict[str, float] = {}
         for c in self.components:
             logs.update(c.before_step(model, batch, epoch, step))
-        ctx = StepContext(model, batch, model(batch.images), self.base, epoch, step)
+        embed = getattr(model, "embed", None)
+        if callable(embed):  # ReidModel: forward = normalize(embed); keep both for losses on unnormalised features (ICE)
+            embeddings = embed(batch.images)
+            ctx = StepContext(model, batch, F.normalize(embeddings, dim=1), self.base, epoch, step, embeddings=embeddings)
+        else:
+            ctx = StepContext(model, batch, model(batch.images), self.base, epoch, step)
         terms: dict[str, torch.Tensor] = {}
         for c in self.components:
             for key, value in c.losses(ctx).items():
@@ -290,6 +322,13 @@ class ComposedMethod(Method):
             if chosen is not None:
                 return chosen
         return model
+
+    def clustering_features(self) -> torch.Tensor | None:
+        for c in self.components:
+            features = c.clustering_features()
+            if features is not None:
+                return features
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {c.name: c.state_dict() for c in self.components}

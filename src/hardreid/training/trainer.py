@@ -178,9 +178,12 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, start = self.cfg, time.time()
-        features = extract_features(self.method.clustering_model(self.model), self.dataset.train,
-                                    eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers, self.device,
-                                    desc=f"epoch {epoch + 1} features")
+        features = self.method.clustering_features()  # SpCL clusters its instance memory
+        if features is None:
+            features = extract_features(self.method.clustering_model(self.model), self.dataset.train,
+                                        eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers, self.device,
+                                        desc=f"epoch {epoch + 1} features")
+        features = features.cpu()
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
         labels, stats, distance = pseudo_label_epoch(features, cfg)
@@ -223,7 +226,9 @@ class Trainer:
         samples = [self.dataset.train[i] for i in keep]
         loader = InfiniteIdentityLoader(samples, labels[keep].tolist(), train_transform(cfg.data), cfg.data.batch_size,
                                         cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch,
-                                        num_views=self.method.num_views)
+                                        num_views=self.method.num_views,
+                                        weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
+                                        singletons_once=self.method.singletons_once)
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         totals: dict[str, float] = {}
         self.model.train()
@@ -231,7 +236,7 @@ class Trainer:
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
             index = torch.as_tensor(keep)[positions]
-            batch = Batch.from_loader(images, batch_labels, camids, index, self.device)
+            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 out = self.method.training_step(self.model, batch, epoch, step)
             if not torch.isfinite(out.loss):

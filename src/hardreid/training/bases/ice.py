@@ -1,0 +1,138 @@
+"""ICE (Chen, Lagadec, Bremond, "Inter-instance contrastive encoding", ICCV 2021) as a base method.
+
+As in the official code (``examples/unsupervised_train.py``, ``ice/trainers.py``):
+
+- an EMA teacher (alpha 0.999, updated after each optimiser step) extracts the features that
+  are clustered (plain k-reciprocal Jaccard, eps 0.55) and that build the cluster centres and
+  the camera-aware proxies; both stay fixed during the epoch;
+- L_agnostic: cross-entropy with label smoothing 0.1 on ``<f, c_k> / tau_a`` (tau_a 0.5), f the
+  student's *unnormalised* feature of view 1 (the official model returns the raw BN-neck output in
+  train mode), c_k the mean teacher feature of cluster k (not renormalised): ``prototypes()``;
+- L_cam: the inter-camera proxy contrastive loss with the 50 hardest negative proxies,
+  beta 0.07, weight 0.5 (``CameraProxies.cross_camera_loss``); the intra-camera term is
+  available with weight 0 (commented out in the official code);
+- L_h_ins, hard instance contrastive loss (``hard_instance_loss``): student view 1 against the
+  teacher's features of view 2; the positive is the hardest (least similar) same-label teacher
+  feature, the negatives every other-label teacher feature, tau_h 0.1;
+- L_s_ins, soft instance consistency (``soft_instance_consistency``): KL between the teacher's
+  similarity distribution of the un-augmented images (target, no gradient) and the student-teacher
+  similarity distribution of the augmented views, tau_s 0.4, weight 10.
+
+The teacher runs in train mode for its step features (batch statistics, as the official code;
+its BatchNorm running statistics come from those passes; only its weights follow the student).
+The official ShuffleBN only matters across several GPUs and is left out. Evaluation uses the
+student here (the official code evaluates the teacher).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...hard_samples.camera_proxy import CameraProxyLoss
+from ...models.ema import LazyTeacher
+from .. import methods
+from ..methods import BaseMethod, EpochData, StepContext
+
+
+def hard_instance_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """ICE's L_h_ins: ``-log exp(s_i . t_p / tau) / (exp(s_i . t_p / tau) + sum_{j: y_j != y_i} exp(s_i . t_j / tau))``
+
+    with ``t_p`` the least similar teacher feature of the same label (the image's own other view included).
+    """
+    s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    sims = s @ t.t()  # B x B
+    same = labels[:, None] == labels[None, :]
+    hardest_positive = sims.masked_fill(~same, float("inf")).min(dim=1).values
+    negatives = sims.masked_fill(same, float("-inf"))
+    logits = torch.cat([hardest_positive[:, None], negatives], dim=1) / temperature
+    return -logits.log_softmax(dim=1)[:, 0].mean()
+
+
+def soft_instance_consistency(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+                              temperature: float = 0.4) -> torch.Tensor:
+    """ICE's L_s_ins: KL(softmax(w w^T / tau) || softmax(s t^T / tau)), batch mean.
+
+    ``target``: features of the un-augmented images (w); the target side is detached (stop-gradient).
+    """
+    s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    w = F.normalize(target.detach(), dim=1)
+    log_p = (s @ t.t() / temperature).log_softmax(dim=1)
+    q = (w @ w.t() / temperature).softmax(dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean")
+
+
+def label_smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
+    """CrossEntropyLabelSmooth: targets (1 - eps) one-hot + eps / Nc."""
+    return F.cross_entropy(logits, labels, label_smoothing=epsilon)
+
+
+class ICE(BaseMethod):
+    """Camera-agnostic and camera-aware proxies, hard and soft instance losses, EMA teacher."""
+
+    name = "ice"
+    num_views = 2  # batch.images (view 1) and batch.views[0] (view 2)
+    weak_view = True  # batch.weak: the un-augmented image, the soft consistency target
+
+    def __init__(self, cfg, device: torch.device) -> None:
+        super().__init__(cfg, device)
+        self.temperature = cfg.ice.agnostic_temperature
+        self.teacher = LazyTeacher(cfg.ice.ema_momentum, ema_buffers=False)
+        self.centres: torch.Tensor | None = None
+        self.camera = CameraProxyLoss(cfg, device, prefix="ice_camera")  # L_cam, shared with the camera_proxy add-on
+
+    def clustering_model(self, model: nn.Module) -> nn.Module:
+        """The EMA teacher: its features are clustered and build the centres and proxies."""
+        return self.teacher.get(model).module
+
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
+        self.teacher.get(model)
+        features, labels = data.features.to(self.device), data.labels.to(self.device)
+        keep = labels >= 0
+        sums = torch.zeros(data.num_clusters, features.shape[1], device=self.device)
+        sums.index_add_(0, labels[keep], features[keep].float())
+        counts = torch.bincount(labels[keep], minlength=data.num_clusters).clamp(min=1)
+        self.centres = sums / counts[:, None]  # mean teacher feature per cluster, not renormalised (official)
+        self.camera.start_epoch(data, model)
+
+    def prototypes(self) -> torch.Tensor:
+        """Cluster centres c_k: the mean teacher feature of each cluster (what the official loss uses)."""
+        assert self.centres is not None, "start_epoch first"
+        return self.centres
+
+    @torch.no_grad()
+    def teacher_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        teacher = self.teacher.get(model).module
+        teacher.train()  # batch statistics, as the official teacher
+        return teacher(images)
+
+    def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        cfg, batch = self.cfg.ice, ctx.batch
+        if not batch.views or batch.weak is None:
+            raise RuntimeError("ICE needs two augmented views and the un-augmented image of each batch image")
+        raw = ctx.embeddings if ctx.embeddings is not None else ctx.features
+        terms = {"ice_agnostic": label_smoothed_cross_entropy(self.cluster_logits(raw, batch.labels), batch.labels,
+                                                              cfg.label_smoothing)}
+        terms.update(self.camera.losses(ctx))
+        teacher_view2 = self.teacher_features(ctx.model, batch.views[0])
+        teacher_weak = self.teacher_features(ctx.model, batch.weak)
+        terms["ice_hard_instance"] = cfg.instance_weight * hard_instance_loss(
+            ctx.features, teacher_view2, batch.labels, cfg.instance_temperature)
+        terms["ice_soft_instance"] = cfg.consistency_weight * soft_instance_consistency(
+            ctx.features, teacher_view2, teacher_weak, cfg.consistency_temperature)
+        return terms
+
+    def after_step(self, ctx: StepContext) -> None:
+        self.teacher.get(ctx.model).update(ctx.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state.get("teacher"))
+
+
+methods.BASES["ice"] = ICE

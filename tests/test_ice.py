@@ -1,0 +1,172 @@
+"""ICE base and the camera_proxy / mean_teacher add-ons: losses against naive loops, EMA, training and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hardreid.config import Config
+from hardreid.data.datasets import load_dataset
+from hardreid.errors import UserError
+from hardreid.memory import CameraProxies
+from hardreid.models.ema import ModelEMA
+from hardreid.training import methods as M
+from hardreid.training.bases.ice import hard_instance_loss, soft_instance_consistency
+from hardreid.training.trainer import train
+
+from conftest import tiny_config
+
+
+def _proxies() -> CameraProxies:
+    features = F.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, -1, 0])
+    camids = torch.tensor([0, 1, 0, 1, 0, 0, 1, 1, 0, 1])
+    return CameraProxies.from_clusters(features, labels, camids)
+
+
+def test_proxies_are_per_label_and_camera_means():
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, 0.0]])
+    proxies = CameraProxies.from_clusters(features, torch.tensor([0, 0, 0, -1]), torch.tensor([0, 0, 1, 0]))
+    assert proxies.proxy_labels.tolist() == [0, 0] and proxies.proxy_cams.tolist() == [0, 1]
+    torch.testing.assert_close(proxies.proxies, F.normalize(torch.tensor([[0.5, 0.5], [1.0, 1.0]]), dim=1))
+
+
+def test_hardest_negative_selection():
+    sims = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3]])
+    positive = torch.tensor([[True, False, False, False, False]])
+    hard = CameraProxies.hardest_negatives(sims, positive, k=2)
+    assert hard.tolist() == [[False, False, True, True, False]]  # 0.7 and 0.5, never the positive 0.9
+    assert CameraProxies.hardest_negatives(sims, positive, k=50).sum() == 4
+
+
+def test_cross_camera_loss_matches_a_naive_loop():
+    proxies = _proxies()
+    f = F.normalize(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    labels, camids = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 0])
+    loss = proxies.cross_camera_loss(f, labels, camids, temperature=0.07, num_hard_negatives=2)
+    per_query = []
+    for q, y in zip(f, labels.tolist()):
+        sims = (proxies.proxies @ q).tolist()
+        pos = [j for j in range(proxies.num_proxies) if proxies.proxy_labels[j] == y]
+        neg = sorted((j for j in range(proxies.num_proxies) if j not in pos), key=lambda j: -sims[j])[:2]
+        denom = math.log(sum(math.exp(sims[j] / 0.07) for j in pos + neg))
+        per_query.append(sum(denom - sims[j] / 0.07 for j in pos) / len(pos))
+    naive = (per_query[0] + per_query[1] + per_query[3]) / 3 + per_query[2]  # camera 0 mean + camera 1 mean
+    assert loss.item() == pytest.approx(naive, rel=1e-5)
+
+
+def test_intra_camera_loss_matches_a_naive_loop():
+    proxies = _proxies()
+    f = F.normalize(torch.randn(2, 4, generator=torch.Generator().manual_seed(2)), dim=1)
+    labels, camids = torch.tensor([1, 3]), torch.tensor([0, 1])
+    loss = proxies.intra_camera_loss(f, labels, camids, temperature=0.07)
+    naive = 0.0
+    for q, y, c in zip(f, labels.tolist(), camids.tolist()):
+        own = [j for j in range(proxies.num_proxies) if proxies.proxy_cams[j] == c]
+        target = next(j for j in own if proxies.proxy_labels[j] == y)
+        logits = {j: float(proxies.proxies[j] @ q) / 0.07 for j in own}
+        naive += math.log(sum(math.exp(v) for v in logits.values())) - logits[target]
+    assert loss.item() == pytest.approx(naive, rel=1e-5)  # one query per camera: sum of the two
+
+
+def test_hard_instance_loss_matches_a_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    s, t = F.normalize(torch.randn(4, 3, generator=g), dim=1), F.normalize(torch.randn(4, 3, generator=g), dim=1)
+    labels = torch.tensor([0, 0, 1, 1])
+    loss = hard_instance_loss(s, t, labels, temperature=0.1)
+    naive = 0.0
+    for i in range(4):
+        pos = min(float(s[i] @ t[j]) for j in range(4) if labels[j] == labels[i])
+        negs = [float(s[i] @ t[j]) for j in range(4) if labels[j] != labels[i]]
+        naive += math.log(sum(math.exp(v / 0.1) for v in [pos] + negs)) - pos / 0.1
+    assert loss.item() == pytest.approx(naive / 4, rel=1e-5)
+
+
+def test_soft_consistency_value_and_stop_gradient_on_the_target():
+    g = torch.Generator().manual_seed(4)
+    s, t, w = (torch.randn(3, 4, generator=g).requires_grad_() for _ in range(3))
+    loss = soft_instance_consistency(s, t, w, temperature=0.4)
+    sn, tn, wn = (F.normalize(x.detach(), dim=1) for x in (s, t, w))
+    p = (sn @ tn.t() / 0.4).softmax(1)
+    q = (wn @ wn.t() / 0.4).softmax(1)
+    assert loss.item() == pytest.approx(float((q * (q.log() - p.log())).sum() / 3), rel=1e-5)
+    loss.backward()
+    assert w.grad is None and s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_teacher_ema_value_and_buffers():
+    student = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ModelEMA(student, momentum=0.9, ema_buffers=True)
+    before = student[0].weight.detach().clone()
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+        student[1].running_mean.fill_(2.0)
+    ema.update(student)
+    torch.testing.assert_close(ema.module[0].weight, 0.9 * before + 0.1 * (before + 1.0))
+    torch.testing.assert_close(ema.module[1].running_mean, torch.full((2,), 0.2))
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    frozen_stats = ModelEMA(student, momentum=0.9, ema_buffers=False)
+    student[1].running_mean.fill_(5.0)
+    frozen_stats.update(student)
+    assert frozen_stats.module[1].running_mean.tolist() == [2.0, 2.0]
+
+
+def test_addons_refuse_redundant_compositions():
+    cfg = tiny_config(method={"base": "ice", "hard_samples": ["camera_proxy"]})
+    with pytest.raises(UserError, match="already part of the ICE base"):
+        M.build_method(cfg, torch.device("cpu"))
+    with pytest.raises(UserError, match="SpCL"):
+        M.build_method(tiny_config(method={"base": "spcl", "hard_samples": ["mean_teacher"]}), torch.device("cpu"))
+
+
+class ShiftPositives(M.Component):
+    """A dummy generator: lowers each row's positive prototype logit (labels -1 untouched)."""
+
+    name = "shift"
+
+    def __init__(self) -> None:
+        super().__init__(Config(), torch.device("cpu"))
+
+    def attach(self, base: M.BaseMethod) -> None:
+        def adjust(features, labels, prototypes, logits):
+            hit = F.one_hot(labels.clamp(min=0), prototypes.shape[0]) * (labels >= 0)[:, None]
+            return logits - 5.0 * hit
+        base.logit_adjusters.append(adjust)
+
+
+@pytest.mark.parametrize("base", ["cluster_contrast", "spcl", "ice"])
+def test_logit_adjusters_change_every_base_loss(base):
+    torch.manual_seed(0)
+    n, dim = 12, 4
+    labels = torch.arange(n) % 3
+    camids = torch.arange(n) // 6
+    import scipy.sparse as sp
+    distance = sp.csr_matrix(((labels[:, None] != labels[None, :]).float() * 0.9).numpy())  # 3 tight clusters
+    data = M.EpochData(0, F.normalize(torch.randn(n, dim), dim=1), labels, camids, 3, distance)
+    model = torch.nn.Linear(3, dim)
+    batch = M.Batch(torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 0, 1]),
+                    torch.tensor([0, 3, 1, 4, 2, 5]), [torch.randn(6, 3)], torch.randn(6, 3))
+    losses = []
+    for generators in ([], [ShiftPositives()]):
+        cfg = tiny_config()
+        method = M.ComposedMethod(M.BASES[base](cfg, torch.device("cpu")), generators)
+        method.start_epoch(data, model)
+        torch.manual_seed(1)
+        losses.append(method.training_step(model, batch).loss.item())
+    assert losses[1] > losses[0] + 0.1
+
+
+@pytest.mark.slow  # ~60-160 s on 2 shared cores (three views and teacher passes per step)
+@pytest.mark.parametrize("setting", [{"base": "ice"}, {"base": "cluster_contrast", "hard_samples": ["camera_proxy", "mean_teacher"]}])
+def test_trains_and_resumes_exactly(tiny_root, tmp_path, setting):
+    data = load_dataset("market", tiny_root)
+    straight = train(tiny_config(method=setting), data, tmp_path / "straight", log_to_stderr=False)
+    assert any(k.startswith(("loss_ice_camera", "loss_camera_proxy")) for k in straight.history[0])
+    train(tiny_config(method=setting, train={"epochs": 1}), data, tmp_path / "split", log_to_stderr=False)
+    resumed = train(tiny_config(method=setting), data, tmp_path / "split", resume=True, log_to_stderr=False)
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"])
