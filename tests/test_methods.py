@@ -141,3 +141,67 @@ def test_loader_gives_independent_views_and_batch_splits_them(tiny_root):
     assert any(not torch.equal(batch.images[i], batch.views[0][i]) for i in range(8))
     single = InfiniteIdentityLoader(samples, labels, train_transform(cfg.data), 8, 4, 0, seed=1).next()[0]
     assert single.dim() == 4 and M.Batch.from_loader(single, y, cams, idx, torch.device("cpu")).views == []
+
+
+def test_lr_factor_warmup_then_milestones_or_steps():
+    from hardreid.config import OptimConfig
+    from hardreid.training.trainer import build_optimizer, lr_factor
+
+    ice = OptimConfig(gamma=1.0, warmup_epochs=10, warmup_factor=0.1)
+    # ICE's WarmupMultiStepLR: 0.1 * (1 - e/10) + e/10 during warm-up, then 1
+    assert [round(lr_factor(ice, e), 6) for e in (0, 1, 5, 9, 10, 39)] == [0.1, 0.19, 0.55, 0.91, 1.0, 1.0]
+    steps = OptimConfig(step_size=20, gamma=0.1)
+    assert [lr_factor(steps, e) for e in (0, 19, 20, 40)] == pytest.approx([1, 1, 0.1, 0.01])
+    milestones = OptimConfig(milestones=[20, 60], gamma=0.1, step_size=5)
+    assert [lr_factor(milestones, e) for e in (0, 19, 20, 59, 60)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    with pytest.raises(UserError, match="milestones"):
+        lr_factor(OptimConfig(milestones=[30, 10]), 0)
+    model = nn.Linear(2, 2)
+    optimizer, scheduler = build_optimizer(tiny_config(optim={"lr": 1e-3, "warmup_epochs": 2}), model)
+    seen = []
+    for _ in range(3):
+        seen.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert seen == pytest.approx([1e-4, 5.5e-4, 1e-3])
+
+
+def test_blur_is_applied_with_its_probability_and_checked(tiny_root):
+    from PIL import Image
+
+    from hardreid.data.transforms import RandomGaussianBlur, train_transform
+
+    image = Image.effect_noise((32, 64), 60).convert("RGB")
+    blurred = RandomGaussianBlur((2.0, 2.0))(image)
+    import numpy as np
+
+    assert np.asarray(blurred, float).std() < 0.8 * np.asarray(image, float).std()
+    cfg = tiny_config(data={"blur_p": 1.0, "erasing_p": 0.0, "flip_p": 0.0, "pad": 0}).data
+    assert "RandomGaussianBlur" in repr(train_transform(cfg))
+    assert "RandomGaussianBlur" not in repr(train_transform(tiny_config().data))
+    with pytest.raises(UserError, match="blur_sigma"):
+        train_transform(tiny_config(data={"blur_p": 0.5, "blur_sigma": [2.0, 1.0]}).data)
+
+
+def test_evaluation_model_is_the_teacher_when_asked_and_checkpoint_keeps_it(tiny_root, tmp_path):
+    from hardreid.training import model_from_config, train
+    from hardreid.training.checkpoint import load_checkpoint, load_model_state
+
+    data = load_dataset("market", tiny_root)
+    cfg = tiny_config(method={"hard_samples": ["mean_teacher"]}, train={"epochs": 1, "iters": 2})
+    method = M.build_method(cfg, torch.device("cpu"))
+    student = model_from_config(cfg)
+    teacher = method.evaluation_model(student)
+    assert teacher is not student and teacher is method.clustering_model(student)
+    off = tiny_config(method={"hard_samples": ["mean_teacher"]}, ice={"evaluate_teacher": False})
+    assert M.build_method(off, torch.device("cpu")).evaluation_model(student) is student
+
+    result = train(cfg, data, tmp_path / "run", log_to_stderr=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
+    assert "eval_model" in state
+    evaluated, trained = model_from_config(cfg), model_from_config(cfg)
+    load_model_state(evaluated, state, "last.pth", for_evaluation=True)
+    load_model_state(trained, state, "last.pth")
+    for key, value in result.model.state_dict().items():  # the run returns the evaluated network
+        assert torch.equal(value, evaluated.state_dict()[key])
+    differs = [k for k, v in trained.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, evaluated.state_dict()[k])]
+    assert differs  # teacher (EMA 0.999) != student after two steps

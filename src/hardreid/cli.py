@@ -90,7 +90,7 @@ def _model_for_eval(args: argparse.Namespace):
             raise UserError(f"checkpoint {args.checkpoint} holds a '{cfg.model.backbone}' model, not '{args.backbone}'; drop --backbone")
         cfg.model.weights, cfg.model.pretrained = "", False
         model = model_from_config(cfg)
-        load_model_state(model, state, args.checkpoint)
+        load_model_state(model, state, args.checkpoint, for_evaluation=True)
     else:
         if not args.backbone:
             raise UserError("evaluate needs --checkpoint FILE or --backbone NAME [--weights FILE]")

@@ -33,6 +33,8 @@ class DataConfig:
     flip_p: float = 0.5
     pad: int = 10
     erasing_p: float = 0.5
+    blur_p: float = 0.0  # Gaussian blur of training images with this probability (ICE: 0.5)
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  # blur radius drawn uniformly from this range
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -67,8 +69,11 @@ class OptimConfig:
     name: str = "adam"
     lr: float = 3.5e-4
     weight_decay: float = 5e-4
-    step_size: int = 20  # epochs between lr decays
+    step_size: int = 20  # epochs between lr decays (when milestones is empty)
     gamma: float = 0.1
+    milestones: list[int] = field(default_factory=list)  # epochs after which lr *= gamma; non-empty replaces step_size
+    warmup_epochs: int = 0  # linear warm-up from warmup_factor x lr to lr over these epochs (ICE: 10)
+    warmup_factor: float = 0.1
 
 
 @dataclass
@@ -127,6 +132,7 @@ class IceConfig:
     instance_weight: float = 1.0  # lambda_h of L_h_ins
     consistency_temperature: float = 0.4  # tau_s of the soft instance consistency loss, --scale-kl
     consistency_weight: float = 10.0  # lambda_s of L_s_ins (the official "* 10")
+    evaluate_teacher: bool = True  # evaluate / save the EMA teacher (ICE and the mean_teacher add-on), as ICE does
 
 
 @dataclass

@@ -34,6 +34,10 @@ class MeanTeacher(Component):
         if base.name == "spcl":
             raise UserError("method.hard_samples: mean_teacher has no effect on SpCL, which clusters its instance memory")
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
+        """The EMA teacher when ``ice.evaluate_teacher`` (ICE evaluates and saves its teacher), else the student."""
+        return self.teacher.get(model).module if self.cfg.ice.evaluate_teacher else None
+
     def clustering_model(self, model: nn.Module) -> nn.Module:
         return self.teacher.get(model).module
 

@@ -30,10 +30,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Load a checkpoint's model weights; a mismatch names both architectures."""
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path, for_evaluation: bool = False) -> None:
+    """Load a checkpoint's model weights; a mismatch names both architectures.
+
+    ``for_evaluation``: the weights that were evaluated during training (``eval_model``: e.g. ICE's EMA
+    teacher) when the checkpoint has them, else the trained model.
+    """
+    weights = state.get("eval_model", state["model"]) if for_evaluation else state["model"]
     try:
-        model.load_state_dict(state["model"], strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         saved = state.get("backbone", "unknown")
         ours = getattr(model, "backbone_name", type(model).__name__)

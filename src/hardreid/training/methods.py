@@ -23,7 +23,8 @@ negative generation). Both are ``Component`` objects with the same hooks; the
 
 The base decides which images are sampled (``sampling_labels``) and any
 component may name the network whose features are clustered
-(``clustering_model``, e.g. an EMA teacher).
+(``clustering_model``, e.g. an EMA teacher) and the one that is evaluated and
+saved for evaluation (``evaluation_model``).
 
 A base also exposes its cluster-level features (``prototypes``) and computes
 its cluster logits through ``cluster_logits``, where generators may replace
@@ -141,6 +142,10 @@ class Component:
         """The network whose features are clustered each epoch (e.g. an EMA teacher); None = no opinion."""
         return None
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
+        """The network that is evaluated and exported (e.g. an EMA teacher); None = no opinion."""
+        return None
+
     def clustering_features(self) -> torch.Tensor | None:
         """Features to cluster instead of extracting them (N x D, SpCL clusters its instance memory); None = extract."""
         return None
@@ -242,6 +247,9 @@ class Method:
     def clustering_features(self) -> torch.Tensor | None:
         return None
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        return model
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -319,6 +327,13 @@ class ComposedMethod(Method):
     def clustering_model(self, model: nn.Module) -> nn.Module:
         for c in self.components:
             chosen = c.clustering_model(model)
+            if chosen is not None:
+                return chosen
+        return model
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        for c in self.components:
+            chosen = c.evaluation_model(model)
             if chosen is not None:
                 return chosen
         return model

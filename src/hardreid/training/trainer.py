@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict, dump_config
+from ..config import Config, OptimConfig, config_from_dict, dump_config
 from ..data.loaders import InfiniteIdentityLoader
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
@@ -73,8 +73,25 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Op
         optimizer = torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9)
     else:
         raise UserError(f"unknown optim.name '{o.name}'; choose adam or sgd")
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(o.step_size, 1), gamma=o.gamma)
-    return optimizer, scheduler
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(o, epoch))
+
+
+def lr_factor(o: OptimConfig, epoch: int) -> float:
+    """Multiplier of optim.lr in epoch ``epoch`` (0-based): linear warm-up, then step decay.
+
+    Warm-up as ICE's WarmupMultiStepLR: warmup_factor * (1 - a) + a with a = epoch / warmup_epochs.
+    Decay: gamma ** (milestones passed), or gamma ** (epoch // step_size) without milestones.
+    """
+    if any(m <= 0 for m in o.milestones) or sorted(o.milestones) != list(o.milestones):
+        raise UserError(f"optim.milestones must be increasing positive epochs, not {o.milestones}")
+    if o.milestones:
+        decay = o.gamma ** sum(epoch >= m for m in o.milestones)
+    else:
+        decay = o.gamma ** (epoch // max(o.step_size, 1))
+    if epoch < o.warmup_epochs:
+        alpha = epoch / o.warmup_epochs
+        return decay * (o.warmup_factor * (1 - alpha) + alpha)
+    return decay
 
 
 def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any, Any]:
@@ -142,7 +159,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+        evaluated = self.method.evaluation_model(self.model)
+        extra = {} if evaluated is self.model else {"eval_model": evaluated.state_dict()}
+        return {"epoch": epoch, "config": self.cfg.to_dict(), "model": self.model.state_dict(), **extra,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
                 "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim}
@@ -174,7 +193,7 @@ class Trainer:
             self.save(epoch + 1, row)
         if self.history:
             plot_training_curves(self.run_dir)
-        return TrainResult(self.model, self.history, self.run_dir)
+        return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, start = self.cfg, time.time()
@@ -199,7 +218,8 @@ class Trainer:
                                **losses, **agreement, "lr": self.optimizer.param_groups[0]["lr"],
                                "cluster_sizes": stats.to_dict(), **self.method.end_epoch(epoch, self.run_dir)}
         if self.should_evaluate(epoch):
-            result = evaluate_model(self.model, self.dataset, cfg.data, cfg.eval, self.device)
+            result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, cfg.data, cfg.eval,
+                                    self.device)
             row.update({"mAP": 100 * result.mAP, "top1": 100 * result.cmc[0], "top5": 100 * result.cmc[4],
                         "top10": 100 * result.cmc[9]})
         row["seconds"] = time.time() - start

@@ -84,6 +84,10 @@ class ICE(BaseMethod):
         self.centres: torch.Tensor | None = None
         self.camera = CameraProxyLoss(cfg, device, prefix="ice_camera")  # L_cam, shared with the camera_proxy add-on
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
+        """The EMA teacher when ``ice.evaluate_teacher`` (ICE evaluates and saves its teacher), else the student."""
+        return self.teacher.get(model).module if self.cfg.ice.evaluate_teacher else None
+
     def clustering_model(self, model: nn.Module) -> nn.Module:
         """The EMA teacher: its features are clustered and build the centres and proxies."""
         return self.teacher.get(model).module
