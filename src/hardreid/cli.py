@@ -95,6 +95,8 @@ def _model_for_eval(args: argparse.Namespace):
         if not args.backbone:
             raise UserError("evaluate needs --checkpoint FILE or --backbone NAME [--weights FILE]")
         cfg = Config()
+        cfg.data.height = args.height or cfg.data.height  # a ViT's position grid follows the input size
+        cfg.data.width = args.width or cfg.data.width
         cfg.model.backbone = args.backbone
         cfg.model.weights = args.weights or ""
         cfg.model.pretrained = args.pretrained
@@ -135,6 +137,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- figures -----------------------------------------------------------------------------------
+FIGURES = ["fig4", "fig5a", "fig5b"]
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    out_dir = Path(args.output) if args.output else run_dir / "figures"
+    which = list(dict.fromkeys(args.which))
+    if "fig5a" in which:
+        from .viz.curves import plot_training_curves
+
+        if not (run_dir / "metrics.json").is_file():
+            raise UserError(f"{run_dir} has no metrics.json; pass the --output folder of 'hardreid train'")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {plot_training_curves(run_dir, out_dir / 'fig5a_curves.png')}")
+    needs_model = [w for w in which if w != "fig5a"]
+    if needs_model:
+        from .training import resolve_device
+        from .viz.figures import hard_positive_figure, load_run_model, run_state, tsne_of_run
+
+        if not args.data_root:
+            raise UserError(f"{' and '.join(needs_model)} need the training images: pass --data-root DIR "
+                            "(the data set the run was trained on)")
+        cfg, model = load_run_model(run_dir, args.checkpoint)
+        cfg.data.workers = args.workers
+        if args.format:
+            cfg.data.format = args.format
+        dataset = _load_data(args, cfg)
+        device = resolve_device(args.device or "auto")
+        state = run_state(cfg, model, dataset, device)
+        if "fig4" in which:
+            path = hard_positive_figure(state, dataset, out_dir / "fig4_hard_positives.png", args.queries, args.seed,
+                                        device=device)
+            print(f"wrote {path}")
+        if "fig5b" in which:
+            result = tsne_of_run(state, dataset, out_dir / "fig5b_tsne.png", args.identities, args.seed)
+            print(f"wrote {result.path} ({len(result.identities)} identities, colour = {result.labelled_by})")
+    return 0
+
+
 # -- datasets ----------------------------------------------------------------------------------
 def cmd_datasets_inspect(args: argparse.Namespace) -> int:
     from .data.inspect import inspect_dataset
@@ -172,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unsupervised person / vehicle re-identification: train from unlabelled crops, evaluate, search.",
         epilog="examples:\n  hardreid demo\n  hardreid datasets inspect ~/data/Market-1501-v15.09.15\n"
                "  hardreid train --config configs/cluster_contrast/market1501.yaml --data-root ~/data/market --output runs/cc\n"
-               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market\n\n"
+               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market\n"
+               "  hardreid figures --run runs/acfl --data-root ~/data/market\n\n"
                "Run 'hardreid COMMAND --help' for the options of each command.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -188,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (may inherit with _base_)")
     _add_data_args(p)
     p.add_argument("--output", required=True, metavar="RUN_DIR", help="run directory (config, log, metrics, checkpoints)")
-    p.add_argument("--weights", default=None, metavar="FILE", help="ImageNet backbone weights, torchvision layout")
+    p.add_argument("--weights", default=None, metavar="FILE", help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: config, auto)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pth")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=20")
@@ -202,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "      --data-root ../shared/data/cuhk03 --height 128 --width 64\n"
                               "  hardreid evaluate --checkpoint best.pth --data-root ~/data/market --rerank --ranked-image ranked.png")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint (best.pth / last.pth)")
-    p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2")
-    p.add_argument("--weights", default=None, metavar="FILE", help="backbone weights for --backbone (torchvision layout)")
+    p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--weights", default=None, metavar="FILE", help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
     p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
     _add_data_args(p)
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
@@ -215,6 +258,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the numbers as JSON (percent)")
     p.add_argument("--ranked-image", default=None, metavar="OUT.png", help="save a picture of ranked results")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("figures", help="the ACFL paper's pictures (Fig. 4, 5a, 5b) from a run", formatter_class=_formatter,
+                       description="Pictures of a training run, as in the ACFL paper: fig4 = query, easy positive and "
+                                   "generated hard positive (with the change magnified); fig5a = top-1, mAP, clusters "
+                                   "and outliers per epoch; fig5b = t-SNE of the training features of 15 random "
+                                   "identities. fig4 and fig5b re-extract and re-cluster the training set with the "
+                                   "checkpoint's model and the run's config.",
+                       epilog="examples:\n"
+                              "  hardreid figures --run runs/acfl --data-root ~/data/market\n"
+                              "  hardreid figures --run runs/acfl --which fig5a                 # curves only, no data needed\n"
+                              "  hardreid figures --run runs/acfl --data-root ~/data/market --which fig4 fig5b \\\n"
+                              "      --checkpoint runs/acfl/checkpoints/best.pth --output figures/acfl --queries 6")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of 'hardreid train' (config.yaml, metrics.json, checkpoints/)")
+    _add_data_args(p, required=False)
+    p.add_argument("--which", nargs="+", choices=FIGURES, default=FIGURES, help="figures to make (default: all)")
+    p.add_argument("--output", default=None, metavar="DIR", help="where the PNG files go (default: RUN_DIR/figures)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint for fig4 / fig5b (default: RUN_DIR/checkpoints/last.pth)")
+    p.add_argument("--queries", type=int, default=4, help="fig4: rows (queries from distinct clusters)")
+    p.add_argument("--identities", type=int, default=15, help="fig5b: identities shown (the paper: 15)")
+    p.add_argument("--seed", type=int, default=0, help="random choice of queries and identities")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
+    p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("demo", help="generate a synthetic set, train briefly on CPU, show before/after",
                        formatter_class=_formatter,

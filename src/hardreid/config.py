@@ -41,11 +41,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenet_v2
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenet_v2 | vit_small (ViT-S/16, needs timm)
     last_stride: int = 1
     pooling: str = "avg"  # avg | gem
     gem_p: float = 3.0
-    weights: str = ""  # local torchvision-layout state dict; "" = random init
+    weights: str = ""  # local torchvision-layout state dict (timm layout for vit_small); "" = random init
     pretrained: bool = False  # torchvision download (fails offline with a clear message)
 
 

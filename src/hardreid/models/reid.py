@@ -2,6 +2,8 @@
 
 The L2-normalised BatchNorm output is the re-ID feature (DESIGN.md section 3,
 as in Cluster Contrast: no embedding layer, the neck's bias is frozen).
+ViT backbones (``vit_small``, timm) give their CLS token instead of a pooled
+map (``models/vit.py``); the neck and normalisation are the same.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torchvision
 from torch import nn
 
 from ..errors import UserError
+from .vit import TIMM_NAMES, ViTBackbone, download_vit_weights, load_vit_weights, vit_backbone
 
 
 class GeneralizedMeanPooling(nn.Module):
@@ -45,11 +48,13 @@ def _mobilenet_v2(last_stride: int) -> tuple[nn.Module, int]:
     return net.features, net.last_channel
 
 
-BACKBONES: dict[str, Callable[[int], tuple[nn.Module, int]]] = {
-    "resnet18": lambda s: _resnet("resnet18", s),
-    "resnet34": lambda s: _resnet("resnet34", s),
-    "resnet50": lambda s: _resnet("resnet50", s),
-    "mobilenet_v2": _mobilenet_v2,
+# name -> builder(last_stride, img_size) -> (backbone, feature dim)
+BACKBONES: dict[str, Callable[[int, tuple[int, int]], tuple[nn.Module, int]]] = {
+    "resnet18": lambda s, size: _resnet("resnet18", s),
+    "resnet34": lambda s, size: _resnet("resnet34", s),
+    "resnet50": lambda s, size: _resnet("resnet50", s),
+    "mobilenet_v2": lambda s, size: _mobilenet_v2(s),
+    "vit_small": lambda s, size: vit_backbone("vit_small", size),  # ViT-S/16, ACFL-VIT (Table 7); needs timm
 }
 
 # Prefix of the backbone's parameters in torchvision's key layout.
@@ -60,15 +65,22 @@ _RESNET_BODY = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
 class ReidModel(nn.Module):
     """Re-ID feature extractor: ``forward`` returns L2-normalised features (B x dim)."""
 
-    def __init__(self, backbone: str = "resnet50", last_stride: int = 1, pooling: str = "avg", gem_p: float = 3.0, bn_chunk: int = 0) -> None:
+    def __init__(self, backbone: str = "resnet50", last_stride: int = 1, pooling: str = "avg", gem_p: float = 3.0,
+                 bn_chunk: int = 0, img_size: tuple[int, int] = (256, 128)) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
         if pooling not in ("avg", "gem"):
             raise UserError(f"unknown pooling '{pooling}'; choose avg or gem")
+        if backbone in TIMM_NAMES and pooling != "avg":
+            raise UserError(f"model.pooling={pooling} does not apply to '{backbone}': a ViT's feature is its CLS token; "
+                            "leave model.pooling at avg")
         self.backbone_name = backbone
-        self.backbone, self.feat_dim = BACKBONES[backbone](last_stride)
-        self.pool = GeneralizedMeanPooling(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+        self.backbone, self.feat_dim = BACKBONES[backbone](last_stride, tuple(img_size))
+        if isinstance(self.backbone, ViTBackbone):
+            self.pool = nn.Identity()  # the backbone already returns the CLS token (B x dim)
+        else:
+            self.pool = GeneralizedMeanPooling(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
         self.neck = nn.BatchNorm1d(self.feat_dim)
         nn.init.ones_(self.neck.weight)
         nn.init.zeros_(self.neck.bias)
@@ -114,7 +126,10 @@ def _backbone_state(state: dict[str, torch.Tensor], backbone: str) -> dict[str, 
 
 
 def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
-    """Load ImageNet (or any torchvision-layout) weights into the backbone; strict on its keys."""
+    """Load ImageNet (or any torchvision-layout; timm layout for ViT) weights into the backbone; strict on its keys."""
+    if isinstance(model.backbone, ViTBackbone):
+        load_vit_weights(model.backbone, path)
+        return
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; pass a torchvision-layout state dict (e.g. --weights mobilenet_v2_imagenet.pth)")
@@ -136,7 +151,10 @@ def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
 
 
 def _download_pretrained(model: ReidModel) -> None:
-    """torchvision's ImageNet download; a clear error when offline."""
+    """torchvision's ImageNet download (timm's for ViT); a clear error when offline."""
+    if isinstance(model.backbone, ViTBackbone):
+        download_vit_weights(model.backbone)
+        return
     name = model.backbone_name
     enum = torchvision.models.get_model_weights(name).DEFAULT
     try:
@@ -152,9 +170,13 @@ def _download_pretrained(model: ReidModel) -> None:
 
 
 def build_model(backbone: str = "resnet50", weights: str | Path | None = None, pretrained: bool = False, last_stride: int = 1,
-                pooling: str = "avg", gem_p: float = 3.0, bn_chunk: int = 0) -> ReidModel:
-    """Build a re-ID model; ``weights`` is a local torchvision-layout file, ``pretrained`` downloads."""
-    model = ReidModel(backbone, last_stride=last_stride, pooling=pooling, gem_p=gem_p, bn_chunk=bn_chunk)
+                pooling: str = "avg", gem_p: float = 3.0, bn_chunk: int = 0,
+                img_size: tuple[int, int] = (256, 128)) -> ReidModel:
+    """Build a re-ID model; ``weights`` is a local torchvision-layout file (timm layout for ViT), ``pretrained`` downloads.
+
+    ``img_size`` (height, width) only matters for ViT: the grid of its position embedding.
+    """
+    model = ReidModel(backbone, last_stride=last_stride, pooling=pooling, gem_p=gem_p, bn_chunk=bn_chunk, img_size=img_size)
     if weights:
         load_backbone_weights(model, weights)
     elif pretrained:

@@ -60,7 +60,8 @@ def seed_everything(seed: int) -> None:
 def model_from_config(cfg: Config) -> ReidModel:
     m = cfg.model
     model = build_model(m.backbone, weights=m.weights or None, pretrained=m.pretrained, last_stride=m.last_stride,
-                        pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk)
+                        pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
+                        img_size=(cfg.data.height, cfg.data.width))
     return model.use_channels_last(cfg.train.channels_last)
 
 
@@ -253,6 +254,8 @@ class Trainer:
         totals: dict[str, float] = {}
         self.model.train()
         bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=None, unit="step")
+        self._synchronize()
+        start = time.perf_counter()  # training steps only: batch loading, forward, backward, update
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
             index = torch.as_tensor(keep)[positions]
@@ -270,7 +273,14 @@ class Trainer:
             for key, value in {"loss": out.loss.item(), **out.logs}.items():
                 totals[key] = totals.get(key, 0.0) + value
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
-        return {k: v / iters for k, v in totals.items()}
+        self._synchronize()
+        seconds = time.perf_counter() - start
+        return {**{k: v / iters for k, v in totals.items()}, "train_seconds": seconds, "seconds_per_step": seconds / iters}
+
+    def _synchronize(self) -> None:
+        """Wait for queued GPU work, so that step timings are real."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def save(self, epoch: int, row: dict[str, Any]) -> None:
         ckpt_dir = self.run_dir / "checkpoints"

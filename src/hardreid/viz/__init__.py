@@ -1,1 +1,1 @@
-"""Pictures: ranked results, training curves."""
+"""Pictures: ranked results, training curves, the ACFL paper's figures (figures.py)."""
