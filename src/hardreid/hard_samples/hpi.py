@@ -62,7 +62,9 @@ def hard_positive_instances(model: nn.Module, anchor_features: torch.Tensor, pos
         for _ in range(steps):  # z = 1..Z
             x.requires_grad_(True)
             value = instance_loss(loss, anchor, forward(x), prototypes, temperature)
-            (grad,) = torch.autograd.grad(value, x)
+            # each query's own L_ins (the batch sum): the same direction per image, no 1/B shrinking of the
+            # gradients (which could underflow in float16 under autocast)
+            (grad,) = torch.autograd.grad(value * x.shape[0], x)
             if history is not None:
                 history.append(float(value.detach()))
             norm = grad.float().flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
