@@ -62,6 +62,9 @@ class ClusterConfig:
 class MemoryConfig:
     temperature: float = 0.05
     momentum: float = 0.1  # m <- momentum * m + (1 - momentum) * f, then renormalised
+    kind: str = "momentum"  # momentum (Cluster Contrast) | instance (ACFL 3.1: C = means of M) | queue (ACFL Table 10)
+    queue_ratio: float = 1.0  # mu of ACFL Table 10: the queue holds mu x N features (memory.kind=queue)
+    normalize_person_features: bool = False  # instance/queue: L2-normalise the means (ACFL averages only)
 
 
 @dataclass
@@ -144,6 +147,11 @@ class AcflConfig:
     hpf_lr_negative: float = 0.0028  # eta2
     hpi_steps: int = 3  # Z, Eq. 4
     hpi_lr: float = 1.0  # eta3
+    hpf_mode: str = "both"  # Table 3: both | positive (c*_y, {c_a}) | negative (c_y, {c*_a})
+    alignment: str = "re"  # L_ins of the align/hpi components: re (Eq. 7) | distance (Table 2, L_d = 2(1 - q.k))
+    re_detach_target: bool = False  # Eq. 5 has no stop-gradient; true: v(Q(x_i)) is a constant (as ICE's KL)
+    positive: str = "random"  # x_j in the batch: random (Alg. 1 line 9) | hardest (lowest similarity, Table 4 "Mining")
+    ins_weight: float = 1.0  # weight of L_ins in Eq. 5 (the paper adds it with weight 1)
 
 
 @dataclass

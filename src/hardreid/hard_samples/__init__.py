@@ -1,3 +1,3 @@
-"""Hard-sample generators and add-ons; each module registers itself in ``methods.HARD_SAMPLES``."""
+"""Hard-sample generators and add-ons; each module registers itself in ``hardreid.training.methods.HARD_SAMPLES``."""
 
-from . import camera_proxy, mean_teacher  # noqa: F401
+from . import camera_proxy, hpf, hpi, mean_teacher  # noqa: F401

@@ -1,0 +1,402 @@
+"""ACFL: instance / queue memory vs direct loops, hard person features vs autograd (Alg. 2), hard positive
+instances (Alg. 3) leave the model untouched, every configs/acfl YAML builds and steps, training resumes exactly."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hardreid.config import Config, apply_dict, load_config
+from hardreid.data.datasets import load_dataset
+from hardreid.errors import UserError
+from hardreid.hard_samples.hpf import hard_person_features
+from hardreid.hard_samples.hpi import hard_positive_instances, select_positives
+from hardreid.losses import relative_entropy_loss
+from hardreid.memory import InstanceMemory, QueueMemory
+from hardreid.models import build_model
+from hardreid.training import methods as M
+from hardreid.training import train
+
+from conftest import tiny_config
+
+ACFL = Path(__file__).resolve().parents[1] / "configs" / "acfl"
+CPU = torch.device("cpu")
+
+
+class TinyNet(nn.Module):
+    """Conv + BatchNorm2d + Linear + BatchNorm1d on 3 x 8 x 4 images, L2-normalised output."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc, self.neck = nn.Linear(4 * 4 * 2, dim), nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.adaptive_avg_pool2d(F.relu(self.bn(self.conv(x))), (4, 2)).flatten(1)
+        return F.normalize(self.neck(self.fc(h)), dim=1)
+
+
+def _clustered(n: int, clusters: int, dim: int, seed: int, outliers: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % clusters
+    labels[torch.randperm(n, generator=g)[:outliers]] = -1
+    labels[:clusters] = torch.arange(clusters)  # no empty cluster
+    return F.normalize(torch.randn(n, dim, generator=g), dim=1), labels
+
+
+def _means(features: torch.Tensor, labels: torch.Tensor, clusters: int, normalize: bool = False) -> torch.Tensor:
+    means = torch.stack([features[labels == a].mean(0) for a in range(clusters)])
+    return F.normalize(means, dim=1) if normalize else means
+
+
+# -- instance memory (ACFL Section 3.1) -----------------------------------------------------------------------
+@pytest.mark.parametrize("normalize", [False, True])
+def test_instance_memory_matches_a_direct_loop(normalize):
+    features, labels = _clustered(40, 5, 6, seed=0)
+    memory = InstanceMemory(features, labels, 5, normalize=normalize)
+    torch.testing.assert_close(memory.prototypes, _means(features, labels, 5, normalize), atol=1e-6, rtol=0)
+    stored = features.clone()
+    clustered = (labels >= 0).nonzero().flatten()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        indices = clustered[torch.randint(len(clustered), (10,), generator=g)]  # repeats on purpose
+        new = F.normalize(torch.randn(10, 6, generator=g), dim=1)
+        memory.update(new, labels[indices], indices)
+        for i, f in zip(indices.tolist(), new):  # M[i] = Q(x_i), one after another
+            stored[i] = f
+        torch.testing.assert_close(memory.features, stored)
+        torch.testing.assert_close(memory.prototypes, _means(stored, labels, 5, normalize), atol=1e-5, rtol=0)
+
+
+# -- queue memory (ACFL Table 10) ------------------------------------------------------------------------------
+class ListQueue:
+    """Reference: entries [age, label, feature]; a new feature replaces the oldest entry whose identity stays covered."""
+
+    def __init__(self, memory: QueueMemory) -> None:
+        self.entries = [[int(a), int(y), f.clone()] for a, y, f in zip(memory.ages, memory.labels, memory.features)]
+        self.clock = len(self.entries)
+
+    def push(self, feature: torch.Tensor, label: int) -> None:
+        counts: dict[int, int] = {}
+        for _, y, _ in self.entries:
+            counts[y] = counts.get(y, 0) + 1
+        allowed = [e for e in self.entries if e[1] == label or counts[e[1]] > 1]
+        oldest = min(allowed, key=lambda e: e[0])
+        oldest[:] = [self.clock, label, feature.clone()]
+        self.clock += 1
+
+
+def test_queue_memory_size_coverage_and_initial_means():
+    features, labels = _clustered(50, 6, 4, seed=2)
+    memory = QueueMemory(features, labels, 6, ratio=0.3, generator=torch.Generator().manual_seed(0))
+    assert memory.size == 15 and set(memory.labels.tolist()) == set(range(6))
+    torch.testing.assert_close(memory.prototypes, _means(memory.features, memory.labels, 6), atol=1e-6, rtol=0)
+    with pytest.raises(UserError, match="queue_ratio"):
+        QueueMemory(features, labels, 6, ratio=0.1)  # 5 features for 6 identities
+    with pytest.raises(UserError, match=r"\(0, 1\]"):
+        QueueMemory(features, labels, 6, ratio=1.5)
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_queue_memory_matches_a_direct_loop_and_keeps_every_identity(skewed):
+    features, labels = _clustered(60, 6, 4, seed=3)
+    memory = QueueMemory(features, labels, 6, ratio=0.2, generator=torch.Generator().manual_seed(1))
+    reference = ListQueue(memory)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(12):
+        batch = torch.zeros(5, dtype=torch.long) if skewed else torch.randint(6, (5,), generator=g)
+        new = F.normalize(torch.randn(5, 4, generator=g), dim=1)
+        memory.update(new, batch)
+        for f, y in zip(new, batch.tolist()):
+            reference.push(f, y)
+        assert [(int(a), int(y)) for a, y in zip(memory.ages, memory.labels)] == [(e[0], e[1]) for e in reference.entries]
+        torch.testing.assert_close(memory.features, torch.stack([e[2] for e in reference.entries]))
+        assert set(memory.labels.tolist()) == set(range(6)) and memory.size == 12
+        torch.testing.assert_close(memory.prototypes, _means(memory.features, memory.labels, 6), atol=1e-5, rtol=0)
+    if skewed:  # all pushes were identity 0: every other identity holds exactly one feature
+        assert torch.bincount(memory.labels, minlength=6)[1:].tolist() == [1] * 5
+
+
+def test_base_memory_kinds():
+    features, labels = _clustered(24, 3, 8, seed=5, outliers=0)
+    data = M.EpochData(0, features, labels, torch.zeros(24, dtype=torch.long), 3)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Identity())
+    for kind, cls in (("momentum", M.ClusterMemory), ("instance", InstanceMemory), ("queue", QueueMemory)):
+        cfg = apply_dict(Config(), {"memory": {"kind": kind, "queue_ratio": 0.5}}, "test")
+        method = M.build_method(cfg, CPU)
+        method.start_epoch(data, model)
+        assert isinstance(method.base.memory, cls)
+    cfg = apply_dict(Config(), {"memory": {"kind": "instance"}}, "test")
+    method = M.build_method(cfg, CPU)
+    method.start_epoch(data, model)
+    batch = M.Batch(torch.randn(6, 3), labels[:6], torch.zeros(6, dtype=torch.long), torch.arange(6))
+    out = method.training_step(lambda x: F.normalize(model(x), dim=1), batch)
+    method.after_step(out)
+    torch.testing.assert_close(method.base.memory.features[:6], out.features.detach())
+    with pytest.raises(UserError, match="memory.kind"):
+        M.build_method(apply_dict(Config(), {"memory": {"kind": "fifo"}}, "test"), CPU)
+
+
+# -- hard person features (Eq. 1-2, Alg. 2) --------------------------------------------------------------------
+def _autograd_hard_prototypes(query: torch.Tensor, prototypes: torch.Tensor, label: int, tau: float, steps: int,
+                              eta1: float, eta2: float) -> torch.Tensor:
+    """Algorithm 2 for one query, literally: V gradient steps of L_class on a copy of C with torch.autograd."""
+    c = prototypes.detach().clone()
+    eta = torch.full((c.shape[0], 1), eta2, dtype=c.dtype)
+    eta[label] = eta1
+    for _ in range(steps):
+        c.requires_grad_(True)
+        loss = F.cross_entropy((query.detach() @ c.t() / tau).unsqueeze(0), torch.tensor([label]))
+        (grad,) = torch.autograd.grad(loss, c)
+        c = (c + eta * grad).detach()  # c_a <- c_a + eta dL/dc_a (ascent)
+    return c
+
+
+@pytest.mark.parametrize("mode", ["both", "positive", "negative"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hard_person_features_match_autograd_algorithm_2(mode, seed):
+    g = torch.Generator().manual_seed(seed)
+    b, nc, d = torch.randint(2, 9, (3,), generator=g).tolist()
+    d += 4
+    tau, steps = 0.05, int(torch.randint(1, 15, (1,), generator=g))
+    features = F.normalize(torch.randn(b, d, generator=g), dim=1).requires_grad_()
+    prototypes = 0.8 * F.normalize(torch.randn(nc, d, generator=g), dim=1)  # person features: plain means, norm < 1
+    labels = torch.randint(nc, (b,), generator=g)
+    cfg = apply_dict(Config(), {"acfl": {"hpf_steps": steps, "hpf_mode": mode}}, "test")
+    base = M.ClusterContrast(cfg, CPU)
+    base.prototypes = lambda: prototypes  # type: ignore[method-assign]
+    hpf = M.HARD_SAMPLES["hpf"](cfg, CPU)
+    hpf.attach(base)
+    logits = base.cluster_logits(features, labels)
+    eta1 = cfg.acfl.hpf_lr_positive if mode != "negative" else 0.0
+    eta2 = cfg.acfl.hpf_lr_negative if mode != "positive" else 0.0
+    hard = torch.stack([_autograd_hard_prototypes(features[i].double(), prototypes.double(), int(labels[i]), tau, steps,
+                                                  eta1, eta2) for i in range(b)])  # B x Nc x D
+    f_ref = features.detach().double().requires_grad_()
+    reference = torch.einsum("bd,bkd->bk", f_ref, hard) / tau  # C* constants in the loss (Eq. 6)
+    torch.testing.assert_close(logits.double(), reference, atol=1e-5, rtol=1e-5)
+    # the gradient reaches Q(x_i) as through constant hard prototypes
+    F.cross_entropy(logits, labels).backward()
+    F.cross_entropy(reference, labels).backward()
+    torch.testing.assert_close(features.grad.double(), f_ref.grad, atol=1e-5, rtol=1e-5)
+    # the materialised C* (inspection helper) agrees too
+    torch.testing.assert_close(hard_person_features(features, prototypes, labels, tau, steps, eta1, eta2).double(),
+                               hard, atol=1e-6, rtol=0)
+    own = F.one_hot(labels, nc).bool()  # Table 3: which person features stay plain
+    plain = prototypes.double().expand(b, -1, -1)
+    if mode == "positive":
+        assert torch.equal(hard[~own], plain[~own])
+    if mode == "negative":
+        assert torch.equal(hard[own], plain[own])
+
+
+def test_hard_person_features_make_the_class_loss_harder():
+    torch.manual_seed(0)
+    features = F.normalize(torch.randn(16, 32), dim=1)
+    prototypes = F.normalize(torch.randn(10, 32), dim=1)
+    labels = torch.randint(10, (16,))
+    plain = F.cross_entropy(features @ prototypes.t() / 0.05, labels)
+    for eta1, eta2 in ((0.00035, 0.0028), (0.00035, 0.0), (0.0, 0.0028)):  # Table 3: both, positive, negative
+        hard = hard_person_features(features, prototypes, labels, 0.05, 10, eta1, eta2)
+        logits = torch.einsum("bd,bkd->bk", features, hard) / 0.05
+        assert F.cross_entropy(logits, labels) > plain
+    same = hard_person_features(features, prototypes, labels, 0.05, 0, 0.00035, 0.0028)
+    torch.testing.assert_close(same, prototypes.expand(16, -1, -1))
+    with pytest.raises(UserError, match="hpf_mode"):
+        M.HARD_SAMPLES["hpf"](apply_dict(Config(), {"acfl": {"hpf_mode": "all"}}, "test"), CPU)
+
+
+# -- hard positive instances (Eq. 3-4, Alg. 3) ------------------------------------------------------------------
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return {"params": {k: v.detach().clone() for k, v in model.named_parameters()},
+            "grads": {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None},
+            "buffers": {k: v.clone() for k, v in model.named_buffers()},
+            "versions": {k: v._version for k, v in model.named_buffers()},  # no in-place write at all
+            "optim": copy.deepcopy(optimizer.state_dict()), "training": model.training}
+
+
+@pytest.mark.parametrize("net", ["tiny", "mobilenet_v2"])
+def test_hard_positive_generation_leaves_the_model_untouched(net):
+    torch.manual_seed(0)
+    model = TinyNet() if net == "tiny" else build_model("mobilenet_v2", last_stride=2)
+    shape = (8, 3, 8, 4) if net == "tiny" else (4, 3, 32, 16)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = torch.randn(shape)
+    model(images).pow(2).sum().backward()
+    optimizer.step()  # parameters have .grad and the optimiser has state
+    anchors = model(images).detach()
+    prototypes = F.normalize(torch.randn(4, anchors.shape[1]), dim=1)
+    before = _snapshot(model, optimizer)
+    assert any("num_batches_tracked" in k for k in before["buffers"])
+    hard = hard_positive_instances(model, anchors, images.roll(1, 0), prototypes, 3, 1.0, 0.05)
+    after = _snapshot(model, optimizer)
+    for part in ("params", "grads", "buffers", "versions"):
+        assert before[part].keys() == after[part].keys()
+        for key in before[part]:
+            a, b = before[part][key], after[part][key]
+            assert (torch.equal(a, b) if torch.is_tensor(a) else a == b), (part, key)
+    assert after["training"] is True
+    assert before["optim"]["state"].keys() == after["optim"]["state"].keys()
+    for key, state in before["optim"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(after["optim"]["state"][key][name]))
+    assert hard.shape == images.shape and not hard.requires_grad
+
+
+@pytest.mark.parametrize("loss", ["re", "distance"])
+def test_instance_loss_rises_over_the_steps_and_the_perturbation_is_bounded(loss):
+    torch.manual_seed(1)
+    model = TinyNet().train()
+    images = torch.randn(8, 3, 8, 4)
+    anchors = model(images).detach()
+    prototypes = _means(anchors, torch.arange(8) // 2, 4)
+    positives = images.view(4, 2, 3, 8, 4).flip(1).reshape(8, 3, 8, 4)  # the other image of each pair
+    for steps, lr in ((3, 1.0), (5, 0.5)):
+        history: list[float] = []
+        hard = hard_positive_instances(model, anchors, positives, prototypes, steps, lr, 0.05, loss=loss, history=history)
+        assert len(history) == steps + 1
+        assert all(b > a for a, b in zip(history, history[1:])), history
+        moved = (hard - positives).flatten(1).norm(dim=1)
+        assert (moved <= steps * lr + 1e-5).all() and (moved > 0).all()
+    assert torch.equal(hard_positive_instances(model, anchors, positives, prototypes, 0, 1.0, 0.05), positives)
+
+
+def test_hard_positives_are_generated_in_one_batched_pass_with_a_per_image_norm():
+    """In eval mode images do not interact: the batched generation equals one image at a time."""
+    torch.manual_seed(2)
+    model = TinyNet().eval()
+    images = torch.randn(6, 3, 8, 4)
+    anchors = F.normalize(torch.randn(6, 8), dim=1)
+    prototypes = F.normalize(torch.randn(3, 8), dim=1)
+    batched = hard_positive_instances(model, anchors, images, prototypes, 3, 1.0, 0.05)
+    single = torch.cat([hard_positive_instances(model, anchors[i:i + 1], images[i:i + 1], prototypes, 3, 1.0, 0.05)
+                        for i in range(6)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    hard_positive_instances(model, anchors, images, prototypes, 3, 1.0, 0.05)
+    handle.remove()
+    assert calls == [6, 6, 6]  # Z forward passes over the whole batch
+
+
+def test_select_positives():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert select_positives(torch.zeros(6, 2), labels, torch.arange(6)).tolist() == [1, 0, 3, 2, 5, 4]
+    # an image sampled twice is not its own positive while the cluster has another image in the batch
+    for _ in range(5):
+        got = select_positives(torch.zeros(3, 2), torch.tensor([0, 0, 0]), torch.tensor([5, 5, 7])).tolist()
+        assert got[:2] == [2, 2] and got[2] in (0, 1)
+    features = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 0.2], [1.0, 0.0], [0.9, 0.1]]), dim=1)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    hardest = select_positives(features, labels, torch.arange(6), "hardest").tolist()
+    assert hardest[:4] == [2, 2, 0, 2] and hardest[4:] == [5, 4]  # lowest cosine similarity (Table 4 "Mining")
+    with pytest.raises(UserError, match="num_instances >= 2"):
+        select_positives(torch.zeros(2, 2), torch.tensor([0, 1]), torch.arange(2))
+
+
+def test_composed_objective_is_equation_5():
+    """[hpf, align] with the hardest positive: total = CE(Q(x_i).C*/tau) + KL(v(Q(x_i)) || v(Q(x_j)))."""
+    torch.manual_seed(3)
+    features, labels = _clustered(24, 3, 8, seed=6, outliers=0)
+    cfg = apply_dict(Config(), {"memory": {"kind": "instance"}, "method": {"hard_samples": ["hpf", "align"]},
+                                "acfl": {"positive": "hardest"}}, "test")
+    method = M.build_method(cfg, CPU)
+    linear = nn.Linear(3, 8)
+    model = lambda x: F.normalize(linear(x), dim=1)  # noqa: E731
+    method.start_epoch(M.EpochData(0, features, labels, torch.zeros(24, dtype=torch.long), 3), linear)
+    batch = M.Batch(torch.randn(8, 3), torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]), torch.zeros(8, dtype=torch.long),
+                    torch.tensor([0, 3, 6, 9, 1, 4, 2, 5]))
+    out = method.training_step(model, batch)
+    f = model(batch.images)
+    c = method.base.prototypes()
+    hard = torch.stack([_autograd_hard_prototypes(f[i].double(), c.double(), int(batch.labels[i]), 0.05, 10,
+                                                  0.00035, 0.0028) for i in range(8)])
+    ce = F.cross_entropy(torch.einsum("bd,bkd->bk", f.double(), hard) / 0.05, batch.labels)
+    sim = f @ f.t()
+    sim[batch.labels[:, None] != batch.labels[None, :]] = float("inf")
+    sim.fill_diagonal_(float("inf"))
+    kl = relative_entropy_loss(f, f[sim.argmin(1)], c, 0.05)
+    assert out.loss.item() == pytest.approx(ce.item() + kl.item(), rel=1e-5)
+    assert set(out.logs) == {"loss_contrast", "loss_ins"}
+
+
+def test_align_and_hpi_together_are_rejected():
+    cfg = apply_dict(Config(), {"method": {"hard_samples": ["align", "hpi"]}}, "test")
+    with pytest.raises(UserError, match="choose one instance term"):
+        M.build_method(cfg, CPU)
+    with pytest.raises(UserError, match="acfl.alignment"):
+        M.build_method(apply_dict(Config(), {"method": {"hard_samples": ["hpi"]}, "acfl": {"alignment": "l2"}}, "t"), CPU)
+
+
+# -- configs and training ---------------------------------------------------------------------------------------
+ACFL_CONFIGS = sorted(ACFL.glob("*.yaml"))
+
+
+def test_every_table_row_has_a_config():
+    names = {p.stem for p in ACFL_CONFIGS}
+    expected = {"base", "cpu_mobilenet", "t2_base", "t2_distance", "t2_distance_hpi", "t2_re", "t2_hpf", "t2_hpf_re",
+                "t2_re_hpi", "t2_full", "t3_positive_only", "t3_negative_only", "t3_both", "t4_easy", "t4_mining",
+                "t4_acfl", *(f"fig3_v{v}" for v in range(2, 15, 2)), *(f"t1_z{z}" for z in range(1, 6)),
+                *(f"t10_mu{m}" for m in ("01", "03", "05", "07", "09", "10"))}
+    assert expected <= names
+    for path in ACFL_CONFIGS:
+        assert path.read_text().startswith("# ACFL"), path.name
+
+
+@pytest.mark.parametrize("path", ACFL_CONFIGS, ids=lambda p: p.stem)
+def test_every_acfl_config_builds_and_takes_a_step(path):
+    cfg = load_config(path)
+    assert cfg.optim.lr == 0.0005 and cfg.method.base == "cluster_contrast"
+    assert cfg.memory.kind in ("instance", "queue")
+    method = M.build_method(cfg, CPU)
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    features, labels = _clustered(60, 4, 8, seed=7)
+    method.start_epoch(M.EpochData(0, features, labels, torch.zeros(60, dtype=torch.long), 4), model)
+    clustered = (labels >= 0).nonzero().flatten()
+    indices = torch.cat([clustered[labels[clustered] == a][:4] for a in (0, 1)])
+    batch = M.Batch(torch.randn(8, 3, 8, 4), labels[indices], torch.zeros(8, dtype=torch.long), indices)
+    out = method.training_step(model, batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    method.after_step(out)
+    expected_terms = {"loss_contrast"} | ({"loss_ins"} if {"align", "hpi"} & set(cfg.method.hard_samples) else set())
+    assert set(out.logs) == expected_terms
+
+
+def _tiny_acfl(**sections) -> Config:
+    """configs/acfl/base.yaml (full ACFL) with the tiny test settings (MobileNetV2 64x32, batch 8, 2 steps)."""
+    cfg = load_config(ACFL / "base.yaml")
+    tiny = tiny_config(**sections).to_dict()
+    return apply_dict(cfg, {k: tiny[k] for k in ("data", "model", "cluster", "train", "eval")}, "tiny settings")
+
+
+def test_full_acfl_trains_one_epoch(tiny_root, tmp_path):
+    data = load_dataset("market", tiny_root)
+    cfg = _tiny_acfl(train={"epochs": 1})
+    assert cfg.method.hard_samples == ["hpf", "hpi"] and cfg.memory.kind == "instance"
+    result = train(cfg, data, tmp_path / "run", log_to_stderr=False)
+    row = result.final
+    assert row["loss_ins"] > 0 and row["loss_contrast"] > 0
+    assert row["loss"] == pytest.approx(row["loss_ins"] + row["loss_contrast"], rel=1e-5)
+    assert 0 <= row["mAP"] <= 100
+
+
+@pytest.mark.slow  # about 2 minutes on 2 busy cores
+def test_full_acfl_resumes_exactly(tiny_root, tmp_path):
+    data = load_dataset("market", tiny_root)
+    cfg = _tiny_acfl()  # 2 epochs x 2 steps, evaluation after each (as tests/test_training.py)
+    straight = train(cfg, data, tmp_path / "straight", log_to_stderr=False)
+    train(_tiny_acfl(train={"epochs": 1}), data, tmp_path / "split", log_to_stderr=False)
+    resumed = train(cfg, data, tmp_path / "split", resume=True, log_to_stderr=False)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    assert resumed.history[1]["mAP"] == pytest.approx(straight.history[1]["mAP"])
+    assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"])
