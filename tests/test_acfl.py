@@ -195,6 +195,24 @@ def test_hard_person_features_match_autograd_algorithm_2(mode, seed):
         assert torch.equal(hard[own], plain[own])
 
 
+def test_hard_person_features_without_a_positive_person_feature():
+    """Label -1 (SpCL's un-clustered instances): every person feature moves as a negative (eta2)."""
+    g = torch.Generator().manual_seed(5)
+    tau, steps, eta2 = 0.05, 10, 0.0028
+    query = F.normalize(torch.randn(8, generator=g), dim=0).double()
+    prototypes = 0.8 * F.normalize(torch.randn(5, 8, generator=g), dim=1).double()
+    c = prototypes.clone()
+    for _ in range(steps):  # ascent on L = -log sum_a exp(q.c_a / tau) + const: dL/dc_a = p_a q / tau
+        c.requires_grad_(True)
+        loss = -torch.logsumexp(query @ c.t() / tau, dim=0)
+        (grad,) = torch.autograd.grad(loss, c)
+        c = (c - eta2 * grad).detach()  # the softmax part of the InfoNCE gradient, (p_a - 0) q / tau
+    hard = hard_person_features(query.float().unsqueeze(0), prototypes.float(), torch.tensor([-1]), tau, steps,
+                                0.00035, eta2)
+    torch.testing.assert_close(hard[0].double(), c, atol=1e-6, rtol=0)
+    assert (hard[0].double() @ query > prototypes @ query).all()  # every negative became harder
+
+
 def test_hard_person_features_make_the_class_loss_harder():
     torch.manual_seed(0)
     features = F.normalize(torch.randn(16, 32), dim=1)

@@ -35,10 +35,13 @@ def hard_person_feature_coefficients(query_logits: torch.Tensor, labels: torch.T
     """alpha (B x Nc) with c*_a = c_a + alpha_a q after V = ``steps`` ascent steps (ACFL Eq. 2, Alg. 2).
 
     ``query_logits`` = q.c_a / tau of the plain person features (B x Nc), ``query_sqnorm`` = |q|^2 (B).
-    ``lr_positive`` = eta1 (a = y_i), ``lr_negative`` = eta2 (a != y_i).
+    ``lr_positive`` = eta1 (a = y_i), ``lr_negative`` = eta2 (a != y_i); ``labels`` -1: no positive person
+    feature (SpCL's un-clustered instances), every person feature is treated as a negative.
     """
     query_logits = query_logits.detach().float()
-    positive = F.one_hot(labels, query_logits.shape[1]).to(query_logits.dtype)
+    # label -1 (SpCL's un-clustered instances: the positive is not a person feature): every c_a is a negative
+    positive = F.one_hot(labels.clamp(min=0), query_logits.shape[1]).to(query_logits.dtype)
+    positive = positive * (labels >= 0).unsqueeze(1).to(query_logits.dtype)
     rates = lr_negative + (lr_positive - lr_negative) * positive  # eta per (query, person)
     sqnorm = query_sqnorm.detach().float().unsqueeze(1)
     alpha = torch.zeros_like(query_logits)
