@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -73,8 +73,29 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Op
         optimizer = torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9)
     else:
         raise UserError(f"unknown optim.name '{o.name}'; choose adam or sgd")
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(o.step_size, 1), gamma=o.gamma)
+    if o.lr_schedule:
+        factor = piecewise_lr_factor(o.lr_schedule)
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(o.step_size, 1), gamma=o.gamma)
     return optimizer, scheduler
+
+
+def piecewise_lr_factor(schedule: list[list[float]]) -> Callable[[int], float]:
+    """``optim.lr_schedule`` [[epoch, factor], ...] -> epoch -> factor (the last entry whose epoch <= this one)."""
+    points = []
+    for entry in schedule:
+        if len(entry) != 2 or entry[0] < 0 or entry[1] < 0:
+            raise UserError(f"optim.lr_schedule entries must be [epoch >= 0, factor >= 0], got {entry}")
+        points.append((int(entry[0]), float(entry[1])))
+    points.sort()
+    if points[0][0] != 0:
+        raise UserError(f"optim.lr_schedule must start at epoch 0, got {schedule}")
+
+    def factor(epoch: int) -> float:
+        return [f for start, f in points if start <= epoch][-1]
+
+    return factor
 
 
 def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any, Any]:
