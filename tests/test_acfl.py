@@ -361,7 +361,7 @@ def test_every_table_row_has_a_config():
     expected = {"base", "cpu_mobilenet", "t2_base", "t2_distance", "t2_distance_hpi", "t2_re", "t2_hpf", "t2_hpf_re",
                 "t2_re_hpi", "t2_full", "t3_positive_only", "t3_negative_only", "t3_both", "t4_easy", "t4_mining",
                 "t4_acfl", *(f"fig3_v{v}" for v in range(2, 15, 2)), *(f"t1_z{z}" for z in range(1, 6)),
-                *(f"t10_mu{m}" for m in ("01", "03", "05", "07", "09", "10"))}
+                *(f"t10_mu{m}" for m in ("01", "03", "05", "07", "09", "10")), "t6_acfl_c", "t7_acfl_vit", "t9_acfl_st"}
     assert expected <= names
     for path in ACFL_CONFIGS:
         assert path.read_text().startswith("# ACFL"), path.name
@@ -385,6 +385,7 @@ def test_every_acfl_config_builds_and_takes_a_step(path):
     out.loss.backward()
     method.after_step(out)
     expected_terms = {"loss_contrast"} | ({"loss_ins"} if {"align", "hpi"} & set(cfg.method.hard_samples) else set())
+    expected_terms |= {"loss_camera_proxy"} if "camera_proxy" in cfg.method.hard_samples else set()
     assert set(out.logs) == expected_terms
 
 

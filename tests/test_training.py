@@ -65,6 +65,16 @@ def test_resume_continues_exactly(tiny_root, tmp_path):
     assert resumed.history[1]["mAP"] == pytest.approx(straight.history[1]["mAP"])
 
 
+def test_evaluation_does_not_change_training(tiny_root, tmp_path):
+    """Evaluating after every epoch or only at the end gives the same weights (evaluation forks the RNG)."""
+    data = load_dataset("market", tiny_root)
+    every = train(tiny_config(train={"eval_every": 1}), data, tmp_path / "every", log_to_stderr=False)
+    end = train(tiny_config(train={"eval_every": 0}), data, tmp_path / "end", log_to_stderr=False)
+    assert "mAP" in every.history[0] and "mAP" not in end.history[0]
+    for key, value in every.model.state_dict().items():
+        torch.testing.assert_close(end.model.state_dict()[key], value, msg=key)
+
+
 def test_resume_without_run_is_an_error(tiny_root, tmp_path):
     with pytest.raises(UserError, match="cannot resume"):
         train(tiny_config(), load_dataset("market", tiny_root), tmp_path / "none", resume=True, log_to_stderr=False)

@@ -77,6 +77,10 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=list)  # epochs after which lr *= gamma; non-empty replaces step_size
     warmup_epochs: int = 0  # linear warm-up from warmup_factor x lr to lr over these epochs (ICE: 10)
     warmup_factor: float = 0.1
+    # Piecewise-constant lr factors [[epoch, factor], ...] (factor applies from that epoch on); non-empty replaces
+    # step_size / gamma / milestones (warm-up still applies). Lets one run hold several stages, e.g. SHNG's
+    # warm-up + joint fine-tuning.
+    lr_schedule: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -156,9 +160,30 @@ class AcflConfig:
 
 @dataclass
 class HngConfig:
-    """Self-guided hard negative generation (IJCAI 2022)."""
+    """Self-guided hard negative generation (SHNG, IJCAI 2022); paper values where it gives them."""
 
-    fusion_lambda: float = 0.75  # DESIGN.md section 5: the paper gives no value
+    fusion: str = "part"  # h(f_anc, f_neg), Table 2: part | global | concat | noise | mixup
+    fusion_lambda: float = 0.75  # lambda, Eq. 2-3 (also global fusion and mixup); DESIGN.md 5: the paper gives none
+    part_stride: int = 2  # d, the sliding window's stride in latent rows (window: H/2 x W), Sec. 3.2
+    noise_std: float = 1.0  # Table 2 "random noise": std of the Gaussian added to f_anc (paper gives none)
+    ngf: int = 64  # generator width (CycleGAN's default)
+    ndf: int = 64  # discriminator width (PatchGAN's default)
+    res_blocks: int = 3  # residual blocks in the encoder and in the decoder, Sec. 4.2
+    norm: str = "instance"  # instance | batch: the norm of conv-norm-ReLU (CycleGAN: instance)
+    lr: float = 1.0e-4  # Adam lr of G and D, Sec. 4.2
+    weight_decay: float = 5.0e-4  # Sec. 4.2
+    beta1: float = 0.9  # Adam beta1 (paper: "Adam", no betas given; torch default)
+    temperature: float = 0.05  # tau, Eq. 4 and Eq. 7
+    rec_weight: float = 1.0  # L_rec, Eq. 1 (Eq. 9 sums all terms with weight 1)
+    hng_weight: float = 1.0  # L_hng, Eq. 4-5
+    adv_weight: float = 1.0  # L_adv, Eq. 6
+    con_weight: float = 1.0  # L_con, Eq. 7-8
+    warmup_epochs: int = 50  # warm-up stage (epochs 0..warmup_epochs-1), then joint fine-tuning, Sec. 4.2
+    warmup_lr_step: int = 20  # G's lr x lr_gamma after this many warm-up epochs
+    joint_lr_step: int = 10  # G's and D's lr x lr_gamma after this many joint epochs
+    lr_gamma: float = 0.1
+    warmup_generator: bool = True  # train G with L_rec during warm-up (Table 3 "w/o gen warm-up": false)
+    pictures: int = 8  # samples in the per-epoch picture grid; 0 = no pictures
 
 
 @dataclass

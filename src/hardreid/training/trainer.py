@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -78,14 +78,17 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Op
 
 
 def lr_factor(o: OptimConfig, epoch: int) -> float:
-    """Multiplier of optim.lr in epoch ``epoch`` (0-based): linear warm-up, then step decay.
+    """Multiplier of optim.lr in epoch ``epoch`` (0-based): decay times linear warm-up.
 
-    Warm-up as ICE's WarmupMultiStepLR: warmup_factor * (1 - a) + a with a = epoch / warmup_epochs.
-    Decay: gamma ** (milestones passed), or gamma ** (epoch // step_size) without milestones.
+    Decay: the piecewise ``lr_schedule`` when given, else gamma ** (milestones passed), else
+    gamma ** (epoch // step_size). Warm-up as ICE's WarmupMultiStepLR: warmup_factor * (1 - a) + a
+    with a = epoch / warmup_epochs.
     """
     if any(m <= 0 for m in o.milestones) or sorted(o.milestones) != list(o.milestones):
         raise UserError(f"optim.milestones must be increasing positive epochs, not {o.milestones}")
-    if o.milestones:
+    if o.lr_schedule:
+        decay = piecewise_lr_factor(o.lr_schedule)(epoch)
+    elif o.milestones:
         decay = o.gamma ** sum(epoch >= m for m in o.milestones)
     else:
         decay = o.gamma ** (epoch // max(o.step_size, 1))
@@ -93,6 +96,23 @@ def lr_factor(o: OptimConfig, epoch: int) -> float:
         alpha = epoch / o.warmup_epochs
         return decay * (o.warmup_factor * (1 - alpha) + alpha)
     return decay
+
+
+def piecewise_lr_factor(schedule: list[list[float]]) -> Callable[[int], float]:
+    """``optim.lr_schedule`` [[epoch, factor], ...] -> epoch -> factor (the last entry whose epoch <= this one)."""
+    points = []
+    for entry in schedule:
+        if len(entry) != 2 or entry[0] < 0 or entry[1] < 0:
+            raise UserError(f"optim.lr_schedule entries must be [epoch >= 0, factor >= 0], got {entry}")
+        points.append((int(entry[0]), float(entry[1])))
+    points.sort()
+    if points[0][0] != 0:
+        raise UserError(f"optim.lr_schedule must start at epoch 0, got {schedule}")
+
+    def factor(epoch: int) -> float:
+        return [f for start, f in points if start <= epoch][-1]
+
+    return factor
 
 
 def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any, Any]:
@@ -219,8 +239,11 @@ class Trainer:
                                **losses, **agreement, "lr": self.optimizer.param_groups[0]["lr"],
                                "cluster_sizes": stats.to_dict(), **self.method.end_epoch(epoch, self.run_dir)}
         if self.should_evaluate(epoch):
-            result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, cfg.data, cfg.eval,
-                                    self.device)
+            # evaluation must not move the random streams: a run that evaluates at other epochs (eval_every)
+            # or is resumed trains exactly as one that does not (the loaders draw their seeds from torch's RNG)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, cfg.data, cfg.eval,
+                                        self.device)
             row.update({"mAP": 100 * result.mAP, "top1": 100 * result.cmc[0], "top5": 100 * result.cmc[4],
                         "top10": 100 * result.cmc[9]})
         row["seconds"] = time.time() - start

@@ -1,0 +1,60 @@
+"""Per-epoch pictures of hard negative generation: image grids and the paper's Fig. 2 curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+
+from .fusion import fuse  # noqa: E402
+from .networks import to_gan_space  # noqa: E402
+
+if TYPE_CHECKING:
+    from .component import HardNegativeGeneration
+
+
+@torch.no_grad()
+def save_picture_grid(hng: "HardNegativeGeneration", anchors: torch.Tensor, negatives: torch.Tensor, path: Path,
+                      seed: int = 0) -> Path:
+    """Rows: anchor / negative / generated hard negative / reconstruction (columns: samples), from G as it is now."""
+    assert hng.generator is not None
+    device = next(hng.generator.parameters()).device
+    a = to_gan_space(anchors.float().to(device), hng.mean, hng.std)
+    n = to_gan_space(negatives.float().to(device), hng.mean, hng.std)
+    f_a, f_n = hng.generator.encode(a), hng.generator.encode(n)
+    fused = fuse(hng.h.fusion, f_a, f_n, hng.h.fusion_lambda, hng.h.part_stride, hng.h.noise_std,
+                 torch.Generator().manual_seed(seed))
+    rec_input = torch.cat([f_a, f_a], dim=1) if hng.h.fusion == "concat" else f_a
+    rows = torch.cat([a, n, hng.generator.decode(fused.features), hng.generator.decode(rec_input)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(((rows + 1) / 2).clamp(0, 1).cpu(), path, nrow=len(anchors), padding=2)
+    return path
+
+
+def plot_hard_negative_statistics(history: list[dict[str, float]], path: Path) -> Path:
+    """Paper Fig. 2: anchor-negative similarity (top) and loss (bottom), generated vs mined hard negatives."""
+    fig, (sim, loss) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    for kind, colour in (("generated", "red"), ("mined", "blue")):
+        for ax, key in ((sim, f"hng_sim_{kind}"), (loss, f"hng_loss_{kind}")):
+            points = [(row["epoch"], row[key]) for row in history if key in row]
+            if points:
+                ax.plot(*zip(*points), marker="o", color=colour, label=f"{kind} hard negative")
+    joint = [row["epoch"] for row in history if row.get("hng_stage_joint")]
+    for ax, label in ((sim, "anchor-negative cosine similarity"), (loss, "loss")):
+        if joint:
+            ax.axvline(min(joint) - 0.5, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylabel(label), ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    loss.set_xlabel("epoch (dashed: joint fine-tuning starts)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
