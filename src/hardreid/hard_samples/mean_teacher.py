@@ -8,18 +8,16 @@ mode here); saved and restored with the checkpoint.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import UserError
-from ..models.ema import LazyTeacher
+from ..models.ema import LazyTeacher, TeacherHooks
 from ..training import methods
-from ..training.methods import BaseMethod, Component, StepContext
+from ..training.methods import BaseMethod, Component
 
 
-class MeanTeacher(Component):
+class MeanTeacher(TeacherHooks, Component):
     """EMA teacher as the clustering network."""
 
     name = "mean_teacher"
@@ -33,22 +31,6 @@ class MeanTeacher(Component):
             raise UserError("method.hard_samples: mean_teacher is already part of the ICE base")
         if base.name == "spcl":
             raise UserError("method.hard_samples: mean_teacher has no effect on SpCL, which clusters its instance memory")
-
-    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
-        """The EMA teacher when ``ice.evaluate_teacher`` (ICE evaluates and saves its teacher), else the student."""
-        return self.teacher.get(model).module if self.cfg.ice.evaluate_teacher else None
-
-    def clustering_model(self, model: nn.Module) -> nn.Module:
-        return self.teacher.get(model).module
-
-    def after_step(self, ctx: StepContext) -> None:
-        self.teacher.get(ctx.model).update(ctx.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state.get("teacher"))
 
 
 methods.HARD_SAMPLES["mean_teacher"] = MeanTeacher

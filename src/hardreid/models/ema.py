@@ -77,3 +77,30 @@ class LazyTeacher:
             self._pending = state
         else:
             self.ema.load_state_dict(state)
+
+
+class TeacherHooks:
+    """Method-component hooks shared by everything that owns an EMA teacher (ICE, the mean_teacher add-on).
+
+    The class using it sets ``self.teacher`` (a ``LazyTeacher``) and ``self.cfg``. The teacher extracts the
+    features that are clustered, is evaluated when ``ice.evaluate_teacher``, follows the student after each
+    optimiser step and is saved with the checkpoint.
+    """
+
+    teacher: LazyTeacher
+    cfg: Any
+
+    def clustering_model(self, model: nn.Module) -> nn.Module:
+        return self.teacher.get(model).module
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
+        return self.teacher.get(model).module if self.cfg.ice.evaluate_teacher else None
+
+    def after_step(self, ctx: Any) -> None:
+        self.teacher.get(ctx.model).update(ctx.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state.get("teacher"))

@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 
 from ..errors import UserError
+from .weights import load_fitting_state
 from .vit import TIMM_NAMES, ViTBackbone, download_vit_weights, load_vit_weights, vit_backbone
 
 
@@ -138,16 +139,9 @@ def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         raise UserError(f"cannot read weights file {path}: {exc}") from None
     mapped = _backbone_state(state, model.backbone_name)
-    own = model.backbone.state_dict()
-    missing = [k for k in own if k not in mapped]
-    wrong = [k for k in own if k in mapped and mapped[k].shape != own[k].shape]
-    if missing or wrong:
-        raise UserError(
-            f"weights file {path} does not fit backbone '{model.backbone_name}': "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(wrong)} with other shapes (e.g. {wrong[:3]}). "
-            "Pass a torchvision state dict of the same architecture."
-        )
-    model.backbone.load_state_dict({k: mapped[k] for k in own}, strict=True)
+    load_fitting_state(model.backbone, mapped, path, model.backbone_name,
+                       "Pass a torchvision state dict of the same architecture.")
+
 
 
 def _download_pretrained(model: ReidModel) -> None:

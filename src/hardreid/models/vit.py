@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .weights import load_fitting_state
 
 # Our name -> timm architecture name.
 TIMM_NAMES = {"vit_small": "vit_small_patch16_224"}
@@ -103,15 +104,7 @@ def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
         state = checkpoint_filter_fn(state, backbone.vit)
     except Exception as exc:  # noqa: BLE001 - timm raises on layouts it cannot resample
         raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {exc}). {hint}") from None
-    own = backbone.vit.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        raise UserError(
-            f"weights file {path} does not fit backbone '{backbone.name}': {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(wrong)} with other shapes (e.g. "
-            f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:2]]}). {hint}")
-    backbone.vit.load_state_dict({k: state[k] for k in own}, strict=True)
+    load_fitting_state(backbone.vit, state, path, backbone.name, hint)
 
 
 def download_vit_weights(backbone: ViTBackbone) -> None:

@@ -26,14 +26,13 @@ student here (the official code evaluates the teacher).
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...hard_samples.camera_proxy import CameraProxyLoss
-from ...models.ema import LazyTeacher
+from ...models.ema import LazyTeacher, TeacherHooks
 from .. import methods
 from ..methods import BaseMethod, EpochData, StepContext
 
@@ -70,7 +69,7 @@ def label_smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps
     return F.cross_entropy(logits, labels, label_smoothing=epsilon)
 
 
-class ICE(BaseMethod):
+class ICE(TeacherHooks, BaseMethod):
     """Camera-agnostic and camera-aware proxies, hard and soft instance losses, EMA teacher."""
 
     name = "ice"
@@ -83,14 +82,6 @@ class ICE(BaseMethod):
         self.teacher = LazyTeacher(cfg.ice.ema_momentum, ema_buffers=False)
         self.centres: torch.Tensor | None = None
         self.camera = CameraProxyLoss(cfg, device, prefix="ice_camera")  # L_cam, shared with the camera_proxy add-on
-
-    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
-        """The EMA teacher when ``ice.evaluate_teacher`` (ICE evaluates and saves its teacher), else the student."""
-        return self.teacher.get(model).module if self.cfg.ice.evaluate_teacher else None
-
-    def clustering_model(self, model: nn.Module) -> nn.Module:
-        """The EMA teacher: its features are clustered and build the centres and proxies."""
-        return self.teacher.get(model).module
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
         self.teacher.get(model)
@@ -128,15 +119,6 @@ class ICE(BaseMethod):
         terms["ice_soft_instance"] = cfg.consistency_weight * soft_instance_consistency(
             ctx.features, teacher_view2, teacher_weak, cfg.consistency_temperature)
         return terms
-
-    def after_step(self, ctx: StepContext) -> None:
-        self.teacher.get(ctx.model).update(ctx.model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state.get("teacher"))
 
 
 methods.BASES["ice"] = ICE
