@@ -138,14 +138,13 @@ def test_figures_command_errors(tiny_run, tmp_path, capsys):
     assert (tmp_path / "o" / "fig5a_curves.png").is_file()
 
 
-def test_missing_generator_is_a_clear_error(monkeypatch):
-    import importlib.util
-
-    try:
-        present = importlib.util.find_spec("hardreid.hard_samples.hpi") is not None
-    except ModuleNotFoundError:
-        present = False
-    if present:
-        pytest.skip("hardreid.hard_samples.hpi exists")
-    with pytest.raises(UserError, match="--which fig5a fig5b"):
-        figures._default_generator()
+def test_fig4_with_the_real_hard_positive_generator(state, tiny_root, tmp_path):
+    """Fig. 4 through hardreid.hard_samples.hpi (Eq. 3-4): the picture is made and the model is untouched."""
+    data = load_dataset("market", tiny_root)
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+    image = np.asarray(Image.open(hard_positive_figure(state, data, tmp_path / "fig4.png", num_queries=2))).astype(int)
+    easy = image[16:16 + 128, 6 + 70:6 + 70 + 64]
+    hard = image[16:16 + 128, 6 + 140:6 + 140 + 64]
+    assert np.abs(easy - hard).max() > 0
+    for key, value in state.model.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -143,11 +143,12 @@ def _perturbation(hard: torch.Tensor, easy: torch.Tensor, cfg: Config) -> tuple[
 
 
 def hard_positive_figure(state: RunState, dataset: ReidDataset, out_path: str | Path, num_queries: int = 4,
-                         seed: int = 0, generate: HardPositiveFn | None = None, loss: str = "re",
+                         seed: int = 0, generate: HardPositiveFn | None = None, loss: str | None = None,
                          device: torch.device | str = "cpu") -> Path:
     """ACFL Fig. 4: query | easy positive | hard positive (Eq. 3-4 from the easy one) | perturbation magnified.
 
     Captions give the cosine similarity of each positive to the query under the checkpoint model.
+    ``loss``: the L_ins that drives the ascent (default: the run's ``acfl.alignment``, re or distance).
     """
     generate = generate or _default_generator()
     cfg, model = state.cfg, state.model.to(device).eval()
@@ -157,7 +158,7 @@ def hard_positive_figure(state: RunState, dataset: ReidDataset, out_path: str | 
     with torch.no_grad():
         anchors = model(queries)
     hard = generate(model, anchors, easy, state.prototypes.to(device), steps=cfg.acfl.hpi_steps, lr=cfg.acfl.hpi_lr,
-                    temperature=cfg.memory.temperature, loss=loss).detach()
+                    temperature=cfg.memory.temperature, loss=loss or cfg.acfl.alignment).detach()
     with torch.no_grad():
         cos_easy = (model(easy) * anchors).sum(1).tolist()
         cos_hard = (model(hard) * anchors).sum(1).tolist()
