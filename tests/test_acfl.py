@@ -4,6 +4,7 @@ instances (Alg. 3) leave the model untouched, every configs/acfl YAML builds and
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -419,3 +420,22 @@ def test_full_acfl_resumes_exactly(tiny_root, tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
     assert resumed.history[1]["mAP"] == pytest.approx(straight.history[1]["mAP"])
     assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"])
+
+
+def test_an_image_alone_with_its_label_is_its_own_positive():
+    labels = torch.tensor([0, 0, 7, 1, 1])  # 7: an un-clustered instance (SpCL samples it once)
+    indices = torch.tensor([10, 11, 12, 13, 14])
+    for mode in ("random", "hardest"):
+        positions = select_positives(F.normalize(torch.randn(5, 4), dim=1), labels, indices, mode)
+        assert positions.tolist()[2] == 2 and positions.tolist()[:2] == [1, 0] and positions.tolist()[3:] == [4, 3]
+    with pytest.raises(UserError, match="num_instances"):
+        select_positives(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("base", ["spcl", "ice"])
+def test_acfl_generators_train_on_every_base(tiny_root, tmp_path, base):
+    data = load_dataset("market", tiny_root)
+    cfg = tiny_config(method={"base": base, "hard_samples": ["hpf", "hpi"]}, train={"epochs": 1, "eval_every": 0})
+    result = train(cfg, data, tmp_path / base, log_to_stderr=False)
+    row = result.history[0]
+    assert row["loss_ins"] > 0 and math.isfinite(row["loss"])

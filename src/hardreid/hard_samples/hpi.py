@@ -81,7 +81,8 @@ def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torc
 
     ``random``: uniformly among them (ACFL Algorithm 1 line 9). ``hardest``: the lowest cosine similarity
     Q(x_i).Q(x_j) (Table 4 "Mining"). An image sampled twice (a cluster smaller than K) only counts as its
-    own positive when its cluster has no other image in the batch.
+    own positive when its cluster has no other image in the batch; an image alone with its label (SpCL's
+    un-clustered instances) is its own positive.
     """
     batch = labels.numel()
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
@@ -90,9 +91,12 @@ def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torc
     if alone.any():
         eye = torch.eye(batch, dtype=torch.bool, device=labels.device)
         candidates[alone] = same[alone] & ~eye[alone]
-    if not candidates.any(dim=1).all():
-        raise UserError("ACFL instance alignment needs a positive for every image in the batch: "
-                        "use data.num_instances >= 2 (P x K sampling)")
+    lonely = ~candidates.any(dim=1)
+    if lonely.all():
+        raise UserError("ACFL instance alignment needs positives in the batch: use data.num_instances >= 2 "
+                        "(P x K sampling)")
+    if lonely.any():  # SpCL's un-clustered instances: the image itself is its only positive (instance level)
+        candidates[lonely] = torch.eye(batch, dtype=torch.bool, device=labels.device)[lonely]
     if mode == "random":
         scores = torch.rand(batch, batch, device=labels.device)
         return scores.masked_fill(~candidates, -1.0).argmax(dim=1)
