@@ -128,7 +128,9 @@ class IceConfig:
     The add-ons ``camera_proxy`` and ``mean_teacher`` (method.hard_samples) read the keys they share with ICE here.
     """
 
-    ema_momentum: float = 0.999  # alpha of the EMA teacher (also the mean_teacher add-on), --alpha
+    # alpha of the EMA teacher (also the mean_teacher add-on), --alpha. Tuned for 400 steps per epoch: with fewer
+    # steps per epoch the teacher lags; keep 1 - alpha**iters about equal (100 steps: 0.996)
+    ema_momentum: float = 0.999
     agnostic_temperature: float = 0.5  # tau_a of the camera-agnostic proxy loss on cluster centres, --tau-c
     label_smoothing: float = 0.1  # CrossEntropyLabelSmooth of the camera-agnostic loss
     camera_temperature: float = 0.07  # tau_c (beta) of the camera-aware proxy losses
