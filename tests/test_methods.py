@@ -161,6 +161,7 @@ def test_lr_factor_warmup_then_milestones_or_steps():
     seen = []
     for _ in range(3):
         seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: a no-op that keeps the scheduler's order check quiet
         scheduler.step()
     assert seen == pytest.approx([1e-4, 5.5e-4, 1e-3])
 
