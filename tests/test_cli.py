@@ -114,3 +114,22 @@ def test_datasets_inspect_and_help(tiny_root, capsys):
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "hardreid.cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "hardreid" in out and "train" in out
+
+
+def test_weights_path_is_stored_absolute_so_resume_works_from_elsewhere(tiny_root, tmp_path, capsys, monkeypatch):
+    from hardreid.config import dump_config, load_config
+
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), tmp_path / "mnv2.pth")
+    dump_config(tiny_config(train={"epochs": 1, "iters": 1}), tmp_path / "tiny.yaml")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "--config", "tiny.yaml", "--data-root", tiny_root, "--output", "run",
+                            "--weights", "mnv2.pth"], capsys)
+    assert code == 0, err
+    stored = load_config(tmp_path / "run" / "config.yaml").model.weights
+    assert stored == str((tmp_path / "mnv2.pth").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # resume from another directory with the run's own config (2 epochs now)
+    code, _, err = run_cli(["train", "--output", tmp_path / "run", "--data-root", tiny_root, "--resume",
+                            "train.epochs=2"], capsys)
+    assert code == 0, err

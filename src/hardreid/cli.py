@@ -65,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     cfg = load_config(config_file, overrides)
+    if cfg.model.weights:  # the run's config.yaml must work from any directory (resume, figures)
+        cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
     if args.format:
         cfg.data.format = args.format
     dataset = _load_data(args, cfg)
