@@ -19,6 +19,15 @@ def cluster_centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters
     return F.normalize(sums, dim=1)
 
 
+@torch.no_grad()
+def momentum_update_rows_(table: torch.Tensor, rows: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
+    """table[r] <- m table[r] + (1 - m) f, renormalised, one feature after another (a row may repeat), in place."""
+    features = features.detach().to(table.dtype)
+    for feature, r in zip(features, rows.tolist()):
+        row = momentum * table[r] + (1.0 - momentum) * feature
+        table[r] = row / row.norm()
+
+
 class ClusterMemory:
     """Prototypes C (Nc x D, unit rows), InfoNCE against them, momentum update."""
 
@@ -48,10 +57,7 @@ class ClusterMemory:
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """c_y <- m c_y + (1 - m) f, renormalised, one instance after another (as the reference)."""
-        features = features.detach().to(self.prototypes.dtype)
-        for feature, label in zip(features, labels.tolist()):
-            row = self.momentum * self.prototypes[label] + (1.0 - self.momentum) * feature
-            self.prototypes[label] = row / row.norm()
+        momentum_update_rows_(self.prototypes, labels, features, self.momentum)
 
     def state_dict(self) -> dict:
         return {"prototypes": self.prototypes, "temperature": self.temperature, "momentum": self.momentum}

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .cluster_memory import momentum_update_rows_
+
 
 class HybridMemory:
     """Instance memory V with hybrid labels (clusters + un-clustered instances)."""
@@ -82,10 +84,7 @@ class HybridMemory:
     @torch.no_grad()
     def update(self, features: torch.Tensor, indices: torch.Tensor) -> None:
         """v_i <- m v_i + (1 - m) f_i, renormalised (SpCL Eq. 3), one image after another as the reference."""
-        features = features.detach().to(self.features.dtype)
-        for feature, i in zip(features, indices.tolist()):
-            row = self.momentum * self.features[i] + (1.0 - self.momentum) * feature
-            self.features[i] = row / row.norm()
+        momentum_update_rows_(self.features, indices, features, self.momentum)
 
     def state_dict(self) -> dict[str, Any]:
         return {"features": self.features, "labels": self.labels, "num_clusters": self.num_clusters}

@@ -247,46 +247,8 @@ class ClusterContrast(BaseMethod):
             self.memory.update(ctx.features, ctx.batch.labels, ctx.batch.indices)
 
 
-class Method:
-    """Interface the trainer uses; ``ComposedMethod`` is the implementation."""
-
-    num_views = 1
-    weak_view = False
-    singletons_once = False
-
-    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
-        raise NotImplementedError
-
-    def training_step(self, model: nn.Module, batch: Batch, epoch: int = 0, step: int = 0) -> StepOutput:
-        raise NotImplementedError
-
-    def after_step(self, out: StepOutput) -> None:
-        """State changes after the optimiser step (memory updates)."""
-
-    def sampling_labels(self, data: EpochData) -> torch.Tensor:
-        return data.labels
-
-    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        return {}
-
-    def clustering_model(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def clustering_features(self) -> torch.Tensor | None:
-        return None
-
-    def evaluation_model(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class ComposedMethod(Method):
-    """A base and its hard-sample generators, called in that order at every hook."""
+class ComposedMethod:
+    """A method: a base and its hard-sample generators, called in that order at every hook (what the trainer runs)."""
 
     def __init__(self, base: BaseMethod, generators: list[Component] | None = None) -> None:
         self.base = base
@@ -301,15 +263,15 @@ class ComposedMethod(Method):
                 attach(base)
 
     @property
-    def num_views(self) -> int:  # type: ignore[override]
+    def num_views(self) -> int:
         return max(c.num_views for c in self.components)
 
     @property
-    def weak_view(self) -> bool:  # type: ignore[override]
+    def weak_view(self) -> bool:
         return any(c.weak_view for c in self.components)
 
     @property
-    def singletons_once(self) -> bool:  # type: ignore[override]
+    def singletons_once(self) -> bool:
         return self.base.singletons_once
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
@@ -414,3 +376,6 @@ def build_method(cfg: Config, device: torch.device) -> ComposedMethod:
         raise UserError(f"method.hard_samples lists a generator twice: {cfg.method.hard_samples}")
     base = BASES[cfg.method.base](cfg, device)
     return ComposedMethod(base, [HARD_SAMPLES[name](cfg, device) for name in cfg.method.hard_samples])
+
+
+Method = ComposedMethod  # the trainer's view of a method
