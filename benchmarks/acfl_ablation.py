@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="train.epochs for every row (default: each row's own)")
     p.add_argument("--iters", type=int, default=None, help="train.iters for every row (default: each row's own)")
     p.add_argument("--device", default=None, help="train.device for every row")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every row, e.g. --set data.workers=2 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config override for every row, e.g. --set data.workers=2 (repeatable, or several after one --set)")
     p.add_argument("--output", default="benchmarks/results/acfl_ablation", metavar="DIR",
                    help="results.json, results.md and runs/NAME/ go here")
     p.add_argument("--dry-run", action="store_true", help="list the rows, run directories and overrides, run nothing")
@@ -107,15 +107,17 @@ def load_data(root: str, cfg: Config):
 
 
 def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy of the last evaluated epoch; training-step time over all epochs (trainer's train_seconds)."""
+    """Accuracy of the last evaluated epoch; training-step time over all epochs (trainer's train_seconds);
+    the last epoch's pseudo labels (clusters, outliers, ARI against the true ids when the data set has them)."""
     evaluated = [r for r in history if "mAP" in r]
     final = evaluated[-1] if evaluated else {}
+    last = history[-1] if history else {}
     train_seconds = sum(r.get("train_seconds", 0.0) for r in history)
     steps = sum(round(r["train_seconds"] / r["seconds_per_step"]) for r in history if r.get("seconds_per_step"))
     return {"mAP": final.get("mAP"), "top1": final.get("top1"), "top5": final.get("top5"),
             "evaluated_epoch": final.get("epoch"), "epochs": len(history), "train_steps": steps,
             "train_seconds": train_seconds, "seconds_per_step": train_seconds / steps if steps else None,
-            "clusters": history[-1].get("clusters") if history else None}
+            "clusters": last.get("clusters"), "outliers": last.get("outliers"), "label_ari": last.get("label_ari")}
 
 
 def run_row(entry: dict[str, Any], data_root: str, datasets: dict[str, Any], quiet: bool) -> dict[str, Any]:
@@ -139,11 +141,12 @@ def _num(value: Any, fmt: str) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The results table; the step-time ratio is relative to the first row."""
     base = rows[0].get("seconds_per_step") if rows else None
-    lines = ["| row | mAP | top-1 | top-5 | wall time (s) | s / training step | step time vs first row |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| row | mAP | top-1 | top-5 | clusters | outliers | label ARI | wall time (s) | s / training step "
+             "| step time vs first row |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = r["seconds_per_step"] / base if base and r.get("seconds_per_step") else None
         lines.append(f"| {r['row']} | {_num(r['mAP'], '.1f')} | {_num(r['top1'], '.1f')} | {_num(r['top5'], '.1f')} | "
+                     f"{_num(r.get('clusters'), 'd')} | {_num(r.get('outliers'), 'd')} | {_num(r.get('label_ari'), '.3f')} | "
                      f"{r['wall_seconds']:.0f} | {_num(r['seconds_per_step'], '.3f')} | {_num(ratio, '.2f')}x |")
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,6 +21,15 @@ def tiny_root(tmp_path_factory) -> Path:
 
     cfg = SyntheticConfig(num_train_ids=10, num_test_ids=6, num_cameras=2, images_per_camera=3, num_distractors=2, seed=3)
     return generate_synthetic(tmp_path_factory.mktemp("tiny") / "data", cfg)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ (not a package) imported as a module, e.g. ``load_benchmark("acfl_ablation")``."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(**sections) -> Config:

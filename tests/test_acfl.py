@@ -343,6 +343,17 @@ def test_composed_objective_is_equation_5():
     kl = relative_entropy_loss(f, f[sim.argmin(1)], c, 0.05)
     assert out.loss.item() == pytest.approx(ce.item() + kl.item(), rel=1e-5)
     assert set(out.logs) == {"loss_contrast", "loss_ins"}
+    # per-epoch statistics: how far C* moved along s(q), and the anchor-positive similarity L_ins saw
+    stats = method.end_epoch(0, None)
+    shift = torch.einsum("bd,bkd->bk", f.detach().double(), hard - c.double())  # s(q).(c*_a - c_a)
+    own = F.one_hot(batch.labels, 3).bool()
+    assert stats["hpf_pos_shift"] == pytest.approx(shift[own].mean().item(), rel=1e-4)
+    assert stats["hpf_neg_shift"] == pytest.approx(shift.masked_fill(own, -1e9).max(1).values.mean().item(), rel=1e-4)
+    assert stats["hpf_pos_shift"] < 0 < stats["hpf_neg_shift"]
+    assert stats["ins_pos_cos"] == pytest.approx(F.cosine_similarity(f, f[sim.argmin(1)]).mean().item(), rel=1e-5)
+    assert "ins_plain_cos" not in stats  # only hpi has a plain positive besides the one it aligns with
+    method.start_epoch(M.EpochData(1, features, labels, torch.zeros(24, dtype=torch.long), 3), linear)
+    assert method.end_epoch(1, None) == {}  # a new epoch starts from zero
 
 
 def test_align_and_hpi_together_are_rejected():
@@ -439,3 +450,5 @@ def test_acfl_generators_train_on_every_base(tiny_root, tmp_path, base):
     result = train(cfg, data, tmp_path / base, log_to_stderr=False)
     row = result.history[0]
     assert row["loss_ins"] > 0 and math.isfinite(row["loss"])
+    assert row["hpf_pos_shift"] <= 0 <= row["hpf_neg_shift"]
+    assert -1 <= row["ins_pos_cos"] <= 1 and -1 <= row["ins_plain_cos"] <= 1

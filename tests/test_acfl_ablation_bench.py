@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import tiny_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "acfl_ablation.py"
+from conftest import load_benchmark, tiny_config
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("acfl_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("acfl_ablation")
 
 
 @pytest.fixture
@@ -65,6 +59,10 @@ def test_two_rows_and_trainer_step_time(bench, rows, tiny_root, tmp_path, capsys
     table = (out / "results.md").read_text().splitlines()
     assert table[0].startswith("| row | mAP | top-1 | top-5 |") and len(table) == 4
     assert table[2].startswith("| base |") and table[2].endswith("| 1.00x |")
+    last = json.loads((Path(report["rows"][0]["run_dir"]) / "metrics.json").read_text())[-1]
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert table[0].split("|")[5:8] == [" clusters ", " outliers ", " label ARI "]
+    assert cells[4:7] == [str(last["clusters"]), str(last["outliers"]), f"{last['label_ari']:.3f}"]
     # the same output again: the runs exist, a clear error instead of overwriting them
     assert bench.main(["--rows", rows[0], "--data-root", str(tiny_root), "--format", "market", "--epochs", "1",
                        "--iters", "1", "--output", str(out), "--quiet"]) == 2
@@ -73,7 +71,9 @@ def test_two_rows_and_trainer_step_time(bench, rows, tiny_root, tmp_path, capsys
 
 def test_summarize_weights_step_time_by_steps(bench):
     history = [{"epoch": 1, "train_seconds": 2.0, "seconds_per_step": 1.0},
-               {"epoch": 2, "train_seconds": 6.0, "seconds_per_step": 2.0, "mAP": 10.0, "top1": 20.0, "top5": 30.0}]
+               {"epoch": 2, "train_seconds": 6.0, "seconds_per_step": 2.0, "mAP": 10.0, "top1": 20.0, "top5": 30.0},
+               {"epoch": 3, "train_seconds": 2.0, "seconds_per_step": 1.0, "clusters": 7, "outliers": 3}]
     s = bench.summarize(history)
-    assert s["train_steps"] == 5 and s["seconds_per_step"] == pytest.approx(8.0 / 5) and s["mAP"] == 10.0
+    assert s["train_steps"] == 7 and s["seconds_per_step"] == pytest.approx(10.0 / 7) and s["mAP"] == 10.0
+    assert s["evaluated_epoch"] == 2 and (s["clusters"], s["outliers"], s["label_ari"]) == (7, 3, None)
     assert bench.row_names(["a/x.yaml", "b/x.yaml", "c/y.yaml"]) == ["a_x", "b_x", "y"]

@@ -297,6 +297,19 @@ def test_mixup_and_concat_variants_run_a_joint_step():
             assert hng.pending.parts is None  # only part fusion selects parts
 
 
+def test_every_fusion_warms_up_its_generator_on_reconstruction():
+    """The warm-up step (L_rec only) works for every decoder, the concatenation one included ([f, f] input)."""
+    for fusion in ("part", "concat"):
+        cfg, model, optimizer, method, hng, batch = _setup(warmup_epochs=1, fusion=fusion)
+        x = to_gan_space(batch.images, cfg.data.mean, cfg.data.std)
+        f = hng.generator.encode(x)
+        wide = torch.cat([f, f], dim=1) if fusion == "concat" else f
+        assert torch.equal(hng.generator(x), hng.generator.decode(wide))
+        g0 = _snapshot(hng.generator)
+        logs = hng.before_step(model, batch, epoch=0, step=0)
+        assert set(logs) == {"hng_rec"} and _changed(hng.generator, g0)
+
+
 def test_generator_lr_schedule_and_reid_lr_schedule():
     cfg, model, optimizer, method, hng, batch = _setup(warmup_epochs=50)
     assert [hng.lr_factor(e) for e in (0, 19, 20, 49, 50, 59, 60, 69)] == [1, 1, 0.1, 0.1, 1, 1, 0.1, 0.1]

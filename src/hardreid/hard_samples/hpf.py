@@ -15,16 +15,23 @@ Q(x_i).c*_a / tau = (Q(x_i).c_a + alpha_a Q(x_i).s(Q(x_i))) / tau; the gradient 
 through its own side (Eq. 1's stop-gradient: the ascent never reaches the network).
 
 Because it only adjusts the base's cluster logits (``BaseMethod.logit_adjusters``), HPF works on any base.
+Per epoch it reports how hard the person features became (``end_epoch``): ``hpf_pos_shift``, the mean change
+of s(q).c_y (the own person feature, pushed away: < 0), and ``hpf_neg_shift``, the mean over queries of the
+largest change of s(q).c_a over the other person features (pulled closer: > 0); both in cosine units
+(multiply by 1/tau for logits).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import Config
 from ..errors import UserError
-from ..training.methods import HARD_SAMPLES, BaseMethod, Component
+from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData
 
 HPF_MODES = ("both", "positive", "negative")
 
@@ -78,6 +85,29 @@ class HardPersonFeatures(Component):
         self.lr_positive = a.hpf_lr_positive if a.hpf_mode in ("both", "positive") else 0.0
         self.lr_negative = a.hpf_lr_negative if a.hpf_mode in ("both", "negative") else 0.0
         self.temperature = cfg.memory.temperature
+        self.sums = {"hpf_pos_shift": 0.0, "hpf_neg_shift": 0.0}
+        self.counts = {"hpf_pos_shift": 0, "hpf_neg_shift": 0}
+
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
+        self.sums = dict.fromkeys(self.sums, 0.0)
+        self.counts = dict.fromkeys(self.counts, 0)
+
+    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+
+    @torch.no_grad()
+    def record(self, alpha: torch.Tensor, query: torch.Tensor, labels: torch.Tensor) -> None:
+        """Accumulate the cosine changes alpha_a |s(q)|^2 of the own and of the most-raised other person feature."""
+        shift = alpha * (query * query).sum(1, keepdim=True)
+        has_positive = labels >= 0
+        own = F.one_hot(labels.clamp(min=0), alpha.shape[1]).bool() & has_positive.unsqueeze(1)
+        if has_positive.any():
+            self.sums["hpf_pos_shift"] += float(shift[own].sum())
+            self.counts["hpf_pos_shift"] += int(has_positive.sum())
+        if alpha.shape[1] > 1:
+            others = shift.masked_fill(own, float("-inf")).max(dim=1).values
+            self.sums["hpf_neg_shift"] += float(others.sum())
+            self.counts["hpf_neg_shift"] += others.numel()
 
     def attach(self, base: BaseMethod) -> None:
         self.temperature = base.temperature
@@ -90,6 +120,7 @@ class HardPersonFeatures(Component):
         query = features.detach().float()  # s(Q(x_i)), Eq. 1
         alpha = hard_person_feature_coefficients(logits, labels, (query * query).sum(1), tau, self.steps,
                                                  self.lr_positive, self.lr_negative)
+        self.record(alpha, query, labels)
         return logits.float() + alpha * (features.float() * query).sum(1, keepdim=True) / tau
 
 

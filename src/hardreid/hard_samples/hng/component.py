@@ -139,8 +139,7 @@ class HardNegativeGeneration(Component):
         f = self.generator.encode(x)
         fused = fuse(self.h.fusion, f, f[negatives.to(f.device)], self.h.fusion_lambda, self.h.part_stride,
                      self.h.noise_std, self.rng)
-        reconstruction_input = torch.cat([f, f], dim=1) if self.h.fusion == "concat" else f
-        return Generated(self.generator.decode(reconstruction_input), self.generator.decode(fused.features), fused.part_rows)
+        return Generated(self.generator.reconstruct(f), self.generator.decode(fused.features), fused.part_rows)
 
     def discriminator_step(self, x: torch.Tensor, generated: Generated) -> dict[str, float]:
         """D step: Eq. 6 on real x_anc and detached x~_anc, x_gen; only D's parameters change."""

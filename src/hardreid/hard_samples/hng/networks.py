@@ -101,8 +101,12 @@ class Generator(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return self.decoder(f)
 
+    def reconstruct(self, f: torch.Tensor) -> torch.Tensor:
+        """x~_anc from f_anc = G_E(x_anc); a concatenation decoder (twice as wide) gets [f_anc, f_anc]."""
+        return self.decoder(torch.cat([f, f], dim=1) if self.decoder.in_channels == 2 * f.shape[1] else f)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.reconstruct(self.encode(x))
 
 
 class PatchDiscriminator(nn.Module):

@@ -30,8 +30,7 @@ def save_picture_grid(hng: "HardNegativeGeneration", anchors: torch.Tensor, nega
     f_a, f_n = hng.generator.encode(a), hng.generator.encode(n)
     fused = fuse(hng.h.fusion, f_a, f_n, hng.h.fusion_lambda, hng.h.part_stride, hng.h.noise_std,
                  torch.Generator().manual_seed(seed))
-    rec_input = torch.cat([f_a, f_a], dim=1) if hng.h.fusion == "concat" else f_a
-    rows = torch.cat([a, n, hng.generator.decode(fused.features), hng.generator.decode(rec_input)])
+    rows = torch.cat([a, n, hng.generator.decode(fused.features), hng.generator.reconstruct(f_a)])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(((rows + 1) / 2).clamp(0, 1).cpu(), path, nrow=len(anchors), padding=2)
     return path
