@@ -206,3 +206,12 @@ def test_evaluation_model_is_the_teacher_when_asked_and_checkpoint_keeps_it(tiny
         assert torch.equal(value, evaluated.state_dict()[key])
     differs = [k for k, v in trained.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, evaluated.state_dict()[k])]
     assert differs  # teacher (EMA 0.999) != student after two steps
+
+
+def test_epoch_means_average_tensors_and_numbers_and_skip_empty_keys():
+    means = M.EpochMeans()
+    means.add("a", torch.tensor([1.0, 2.0, 3.0]).sum(), torch.tensor(3))
+    means.add("a", 6.0, 1)
+    means.add("b", torch.tensor(0.0), torch.tensor(0))  # nothing counted: left out
+    means.add("c", 0.5)
+    assert means.means() == {"a": pytest.approx(3.0), "c": 0.5}

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import Config
 from ..errors import UserError
-from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData
+from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData, EpochMeans
 
 HPF_MODES = ("both", "positive", "negative")
 
@@ -85,15 +85,13 @@ class HardPersonFeatures(Component):
         self.lr_positive = a.hpf_lr_positive if a.hpf_mode in ("both", "positive") else 0.0
         self.lr_negative = a.hpf_lr_negative if a.hpf_mode in ("both", "negative") else 0.0
         self.temperature = cfg.memory.temperature
-        self.sums = {"hpf_pos_shift": 0.0, "hpf_neg_shift": 0.0}
-        self.counts = {"hpf_pos_shift": 0, "hpf_neg_shift": 0}
+        self.stats = EpochMeans()
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
-        self.sums = dict.fromkeys(self.sums, 0.0)
-        self.counts = dict.fromkeys(self.counts, 0)
+        self.stats = EpochMeans()
 
     def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
+        return self.stats.means()
 
     @torch.no_grad()
     def record(self, alpha: torch.Tensor, query: torch.Tensor, labels: torch.Tensor) -> None:
@@ -101,13 +99,10 @@ class HardPersonFeatures(Component):
         shift = alpha * (query * query).sum(1, keepdim=True)
         has_positive = labels >= 0
         own = F.one_hot(labels.clamp(min=0), alpha.shape[1]).bool() & has_positive.unsqueeze(1)
-        if has_positive.any():
-            self.sums["hpf_pos_shift"] += float(shift[own].sum())
-            self.counts["hpf_pos_shift"] += int(has_positive.sum())
+        self.stats.add("hpf_pos_shift", shift[own].sum(), has_positive.sum())
         if alpha.shape[1] > 1:
             others = shift.masked_fill(own, float("-inf")).max(dim=1).values
-            self.sums["hpf_neg_shift"] += float(others.sum())
-            self.counts["hpf_neg_shift"] += others.numel()
+            self.stats.add("hpf_neg_shift", others.sum(), others.numel())
 
     def attach(self, base: BaseMethod) -> None:
         self.temperature = base.temperature

@@ -29,7 +29,7 @@ from torch.func import functional_call
 from ..config import Config
 from ..errors import UserError
 from ..losses import ALIGNMENTS, instance_loss
-from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData, StepContext
+from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData, EpochMeans, StepContext
 
 POSITIVE_CHOICES = ("random", "hardest")
 
@@ -130,14 +130,13 @@ class InstanceAlignment(Component):
             raise UserError(f"acfl.hpi_steps (Z) must be >= 0, got {a.hpi_steps}")
         self.acfl = a
         self.base: BaseMethod | None = None
-        self.sums: dict[str, float] = {}
-        self.count = 0
+        self.stats = EpochMeans()
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
-        self.sums, self.count = {}, 0
+        self.stats = EpochMeans()
 
     def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        return self.stats.means()
 
     @torch.no_grad()
     def record(self, ctx: StepContext, positions: torch.Tensor, positive: torch.Tensor) -> None:
@@ -147,8 +146,7 @@ class InstanceAlignment(Component):
         if self.generates:
             values["ins_plain_cos"] = F.cosine_similarity(anchor, anchor[positions], dim=1)
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value.sum())
-        self.count += anchor.shape[0]
+            self.stats.add(key, value.sum(), anchor.shape[0])
 
     def attach(self, base: BaseMethod) -> None:
         other = getattr(base, "instance_alignment", None)

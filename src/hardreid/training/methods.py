@@ -109,6 +109,30 @@ class StepOutput:
         return None if self.context is None else self.context.batch
 
 
+class EpochMeans:
+    """Per-key running means over an epoch's steps, kept as tensors on their device (no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, torch.Tensor | int] = {}
+
+    def add(self, key: str, total: torch.Tensor | float, count: torch.Tensor | int = 1) -> None:
+        """Add ``total`` (a sum over ``count`` items) to ``key``; tensors are detached."""
+        if isinstance(total, torch.Tensor):
+            total = total.detach().float()
+        self.sums[key] = self.sums.get(key, 0.0) + total
+        self.counts[key] = self.counts.get(key, 0) + count
+
+    def means(self) -> dict[str, float]:
+        """The means of the keys that counted anything (one device sync per key)."""
+        out = {}
+        for key, total in self.sums.items():
+            count = float(self.counts[key])
+            if count > 0:
+                out[key] = float(total) / count
+        return out
+
+
 class Component:
     """A part of a method: a base (memory + loss) or a hard-sample generator. Every hook is optional."""
 

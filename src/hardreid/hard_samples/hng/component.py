@@ -30,7 +30,7 @@ from torch import nn
 
 from ...config import Config
 from ...errors import UserError
-from ...training.methods import Batch, Component, EpochData, StepContext
+from ...training.methods import Batch, Component, EpochData, EpochMeans, StepContext
 from . import losses as L
 from .fusion import FUSIONS, fuse, mixup_features, pick_negatives
 from .networks import Generator, PatchDiscriminator, to_gan_space, to_reid_space
@@ -110,8 +110,7 @@ class HardNegativeGeneration(Component):
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h.lr, betas=(h.beta1, 0.999), weight_decay=h.weight_decay)
         self.pending: Pending | None = None
         self.picture_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
+        self.stats = EpochMeans()
         self.history: list[dict[str, float]] = []
 
     # -- schedule --------------------------------------------------------------------------------
@@ -130,7 +129,7 @@ class HardNegativeGeneration(Component):
             for opt in (self.opt_g, self.opt_d):
                 for group in opt.param_groups:
                     group["lr"] = self.h.lr * self.lr_factor(data.epoch)
-        self.sums, self.counts = {}, {}
+        self.stats = EpochMeans()
 
     # -- G and D ---------------------------------------------------------------------------------
     def generate(self, x: torch.Tensor, negatives: torch.Tensor) -> Generated:
@@ -241,11 +240,10 @@ class HardNegativeGeneration(Component):
 
     def record(self, values: dict[str, float]) -> None:
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.stats.add(key, value)
 
     def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        row = {k: self.sums[k] / self.counts[k] for k in self.sums}
+        row = self.stats.means()
         row["hng_stage_joint"] = float(not self.in_warmup(epoch))
         self.history.append({"epoch": epoch + 1, **row})
         if run_dir is not None:
