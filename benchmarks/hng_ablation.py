@@ -62,9 +62,8 @@ def row_config(base_cfg: Config, base: str, fusion: str | None) -> Config:
 
 def warmup_run(cfg: Config, dataset: Any, output: Path) -> Path:
     """Train (or reuse) the warm-up stage of ``cfg`` alone in ``output``; return its last checkpoint."""
-    import torch
-
     from hardreid.training import train
+    from hardreid.training.checkpoint import load_checkpoint
 
     if cfg.hng.warmup_epochs < 1:
         raise SystemExit("--shared-warmup needs hng.warmup_epochs >= 1")
@@ -73,7 +72,7 @@ def warmup_run(cfg: Config, dataset: Any, output: Path) -> Path:
     wcfg.train.epochs = cfg.hng.warmup_epochs
     last = output / "checkpoints" / "last.pth"
     if last.is_file():
-        saved = torch.load(last, map_location="cpu", weights_only=False)
+        saved = load_checkpoint(last)
         if saved["config"] != wcfg.to_dict() or saved["epoch"] != wcfg.train.epochs:
             raise SystemExit(f"{output} holds a warm-up run with other settings; delete it or choose another --output")
         print(f"reusing the warm-up run {output}", flush=True)

@@ -23,15 +23,12 @@ largest change of s(q).c_a over the other person features (pulled closer: > 0); 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import Config
 from ..errors import UserError
-from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData, EpochMeans
+from ..training.methods import HARD_SAMPLES, BaseMethod, Component
 
 HPF_MODES = ("both", "positive", "negative")
 
@@ -85,13 +82,6 @@ class HardPersonFeatures(Component):
         self.lr_positive = a.hpf_lr_positive if a.hpf_mode in ("both", "positive") else 0.0
         self.lr_negative = a.hpf_lr_negative if a.hpf_mode in ("both", "negative") else 0.0
         self.temperature = cfg.memory.temperature
-        self.stats = EpochMeans()
-
-    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
-        self.stats = EpochMeans()
-
-    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        return self.stats.means()
 
     @torch.no_grad()
     def record(self, alpha: torch.Tensor, query: torch.Tensor, labels: torch.Tensor) -> None:

@@ -18,7 +18,6 @@ much harder the generated positives are.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -29,7 +28,7 @@ from torch.func import functional_call
 from ..config import Config
 from ..errors import UserError
 from ..losses import ALIGNMENTS, instance_loss
-from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData, EpochMeans, StepContext
+from ..training.methods import HARD_SAMPLES, BaseMethod, Component, StepContext
 
 POSITIVE_CHOICES = ("random", "hardest")
 
@@ -130,13 +129,6 @@ class InstanceAlignment(Component):
             raise UserError(f"acfl.hpi_steps (Z) must be >= 0, got {a.hpi_steps}")
         self.acfl = a
         self.base: BaseMethod | None = None
-        self.stats = EpochMeans()
-
-    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
-        self.stats = EpochMeans()
-
-    def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        return self.stats.means()
 
     @torch.no_grad()
     def record(self, ctx: StepContext, positions: torch.Tensor, positive: torch.Tensor) -> None:

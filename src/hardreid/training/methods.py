@@ -143,9 +143,11 @@ class Component:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
+        self.stats = EpochMeans()  # per-epoch diagnostics; the default end_epoch reports their means
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
-        """Build per-epoch state (memories) from the epoch's features and pseudo labels."""
+        """Build per-epoch state (memories) from the epoch's features and pseudo labels; resets ``stats``."""
+        self.stats = EpochMeans()
 
     def before_step(self, model: nn.Module, batch: Batch, epoch: int, step: int) -> dict[str, float]:
         """Update the component's own networks before the re-ID step; returns values to log."""
@@ -159,8 +161,8 @@ class Component:
         """State changes after the optimiser step (memory updates, teacher EMA)."""
 
     def end_epoch(self, epoch: int, run_dir: Path | None) -> dict[str, float]:
-        """After the epoch's steps: pictures, statistics; returns values for the metrics row."""
-        return {}
+        """After the epoch's steps: pictures, statistics; returns values for the metrics row (``stats`` means)."""
+        return self.stats.means()
 
     def clustering_model(self, model: nn.Module) -> nn.Module | None:
         """The network whose features are clustered each epoch (e.g. an EMA teacher); None = no opinion."""

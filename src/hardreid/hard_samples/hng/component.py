@@ -30,7 +30,7 @@ from torch import nn
 
 from ...config import Config
 from ...errors import UserError
-from ...training.methods import Batch, Component, EpochData, EpochMeans, StepContext
+from ...training.methods import Batch, Component, EpochData, StepContext
 from . import losses as L
 from .fusion import FUSIONS, fuse, mixup_features, pick_negatives
 from .networks import Generator, PatchDiscriminator, to_gan_space, to_reid_space
@@ -110,7 +110,6 @@ class HardNegativeGeneration(Component):
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h.lr, betas=(h.beta1, 0.999), weight_decay=h.weight_decay)
         self.pending: Pending | None = None
         self.picture_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.stats = EpochMeans()
         self.history: list[dict[str, float]] = []
 
     # -- schedule --------------------------------------------------------------------------------
@@ -129,7 +128,7 @@ class HardNegativeGeneration(Component):
             for opt in (self.opt_g, self.opt_d):
                 for group in opt.param_groups:
                     group["lr"] = self.h.lr * self.lr_factor(data.epoch)
-        self.stats = EpochMeans()
+        super().start_epoch(data, model)
 
     # -- G and D ---------------------------------------------------------------------------------
     def generate(self, x: torch.Tensor, negatives: torch.Tensor) -> Generated:
