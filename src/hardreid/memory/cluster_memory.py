@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..precision import float32
 
+
+@float32
 def cluster_centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
     """Mean feature of each cluster (labels < 0 ignored), L2-normalised (Nc x D)."""
     keep = labels >= 0
@@ -31,6 +34,7 @@ def momentum_update_rows_(table: torch.Tensor, rows: torch.Tensor, features: tor
 class ClusterMemory:
     """Prototypes C (Nc x D, unit rows), InfoNCE against them, momentum update."""
 
+    @float32
     def __init__(self, prototypes: torch.Tensor, temperature: float = 0.05, momentum: float = 0.1) -> None:
         self.prototypes = F.normalize(prototypes.detach().clone(), dim=1)
         self.temperature = temperature
@@ -55,6 +59,7 @@ class ClusterMemory:
         return F.cross_entropy(self.logits(features), labels)
 
     @torch.no_grad()
+    @float32
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """c_y <- m c_y + (1 - m) f, renormalised, one instance after another (as the reference)."""
         momentum_update_rows_(self.prototypes, labels, features, self.momentum)
