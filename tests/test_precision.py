@@ -73,6 +73,14 @@ def test_float32_switches_autocast_off_and_upcasts_half_arguments():
         out = probe(a, torch.randn(2, dtype=torch.float64), [a.half(), a], torch.arange(3), k=a)
         assert torch.is_autocast_enabled("cpu")  # restored after the call
     assert seen["autocast"] is False and out.dtype == torch.float32
+
+    @float32
+    def append(history: list, x: torch.Tensor) -> None:
+        history.append(x.dtype)
+
+    history: list = []
+    append(history, a)
+    assert history == [torch.float32]  # a list without half tensors is the caller's own object
     assert seen["dtypes"] == (torch.float32, torch.float64, [torch.float32, torch.float32], torch.int64, torch.float32)
     with bf16_autocast(), autocast_off():
         assert not torch.is_autocast_enabled("cpu")

@@ -79,17 +79,26 @@ def autocast_off() -> Iterator[None]:
         yield
 
 
+def _is_half(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype in _HALF
+
+
 def _upcast(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.dtype in _HALF else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_upcast(v) for v in value)
+    """A half tensor as float32; a list / tuple holding one as a new one with float32 tensors; anything else as is
+    (a list the function appends to, e.g. a history, stays the caller's object)."""
+    if _is_half(value):
+        return value.float()
+    if isinstance(value, (list, tuple)) and any(_is_half(v) for v in value):
+        return type(value)(v.float() if _is_half(v) else v for v in value)
     return value
 
 
 def float32(fn: F) -> F:
     """Run ``fn`` in float32 whatever the autocast state: autocast off, float16/bfloat16 tensor arguments
-    (also inside lists and tuples) cast to float32. Other dtypes (integers, float64) pass unchanged."""
+    (also inside lists and tuples) cast to float32. Other dtypes (integers, float64) pass unchanged.
+
+    The casts are copies: do not guard a function that updates a half-precision argument in place (guard the
+    method that owns the float32 table instead, as the memories do)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
