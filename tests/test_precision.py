@@ -1,5 +1,6 @@
 """Mixed precision without a GPU: the run's autocast settings, the float32 guards of the delicate parts
-(each compared with and without CPU bfloat16 autocast), and every base x generator training under autocast."""
+(each compared with and without CPU bfloat16 autocast), and every base x generator training under autocast
+with a device-placement audit of its steps (tests/device_audit.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from hardreid.training.bases.ice import soft_instance_consistency
 from hardreid.training.trainer import Trainer
 
 from conftest import tiny_config
+from device_audit import PACKAGE, DeviceAudit
 
 CPU = torch.device("cpu")
 
@@ -284,6 +286,29 @@ REDUNDANT = {("ice", "camera_proxy"), ("ice", "mean_teacher"), ("spcl", "mean_te
 COMBINATIONS = [(b, g) for b in BASES for g in GENERATORS if (b, g) not in REDUNDANT]
 
 
+# Host placements inside a training step that are there on purpose (everything else must stay on the device).
+INTENDED_HOST_WORK = {
+    ("hard_samples/hng/fusion.py:pick_negatives", "cpu"):
+        "x_neg is drawn with hng's CPU generator (the same negatives on every device, exact resume): B labels a step",
+    ("hard_samples/hng/fusion.py:pick_negatives", "torch.rand without device"): "the same draw, on that generator",
+    ("memory/cluster_memory.py:momentum_update_rows_", "tolist"): "the sizes of the K update rounds (K integers)",
+}
+
+
+def audit_steps(trainer: Trainer) -> DeviceAudit:
+    """Run every ``trainer.train_step`` (losses, backward, optimiser, memory updates) under a DeviceAudit."""
+    audit, step = DeviceAudit(), trainer.train_step
+
+    def audited(batch, epoch, index):
+        for value in (batch.images, batch.labels, batch.camids, batch.indices, *batch.views):
+            assert value.device == trainer.device
+        with audit:
+            return step(batch, epoch, index)
+
+    trainer.train_step = audited
+    return audit
+
+
 @pytest.fixture(scope="module")
 def train_only(tiny_root):
     """The tiny synthetic set without query / gallery: the epochs train, no evaluation."""
@@ -301,7 +326,9 @@ def test_every_method_trains_under_cpu_autocast(train_only, tmp_path, base, gene
     dtypes: list[torch.dtype] = []
     trainer.model.backbone.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     before = [p.detach().clone() for p in trainer.model.parameters()]
+    audit = audit_steps(trainer)
     row = trainer.run_epoch(0)
+    assert audit.records <= set(INTENDED_HOST_WORK), sorted(audit.records - set(INTENDED_HOST_WORK))
     assert torch.isfinite(torch.tensor(row["loss"])) and row["loss"] > 0
     assert torch.bfloat16 in dtypes  # the training forward really ran under autocast
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
@@ -310,3 +337,24 @@ def test_every_method_trains_under_cpu_autocast(train_only, tmp_path, base, gene
     for key, value in row.items():
         if isinstance(value, float):
             assert value == value, key  # no NaN in any logged term
+
+
+
+def test_device_audit_reports_host_placements_made_by_package_code():
+    source = """
+def step(x):
+    offset = torch.zeros(x.shape[1])  # no device: a CPU tensor on a GPU run
+    index = torch.arange(3, device=x.device)  # named: fine
+    like = torch.zeros_like(x) + torch.as_tensor(x)  # derived: fine
+    rows = x.argmax(1).tolist()  # a host copy
+    return x.to("cpu") + offset + like
+"""
+    audit = DeviceAudit()
+    for where, recorded in (("memory/audit_example.py", True), ("data/audit_example.py", False)):
+        namespace = {"torch": torch}
+        exec(compile(source, str(PACKAGE / where), "exec"), namespace)  # code that reads as the package's own
+        with audit:
+            namespace["step"](torch.randn(4, 3))
+            torch.zeros(2)  # this file is not the package: not recorded
+    assert audit.records == {("memory/audit_example.py:step", what)
+                             for what in ("torch.zeros without device", "tolist", 'to("cpu")')}
