@@ -74,11 +74,11 @@ class Stage:
 
 STAGES = [
     Stage("cuda_tests", 75, 30, 15, "the tests marked cuda (pytest -m cuda)"),
-    Stage("methods_amp", 100, 35, 20, "one short epoch of every method under mixed precision, synthetic data"),
-    Stage("throughput", 80, 20, 20, "training images/s against the forward + backward floor"),
+    Stage("methods_amp", 100, 40, 20, "one short epoch of every method under mixed precision, synthetic data"),
+    Stage("throughput", 80, 25, 20, "training images/s against the forward + backward floor"),
     Stage("pseudo_labels", 180, 20, 30, "Jaccard distance + DBSCAN, exact and fast, GPU vs CPU"),
     Stage("evaluation", 60, 15, 10, "CMC / mAP at Market-1501 test size and 100k x 100k"),
-    Stage("real_data", None, 30, 45, "Cluster Contrast vs full ACFL on --data, as many epochs as fit"),
+    Stage("real_data", None, 35, 45, "Cluster Contrast vs full ACFL on --data, as many epochs as fit"),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
 
@@ -656,12 +656,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--weights", help="MobileNetV2 ImageNet weights (torchvision layout) for the real_data stage")
     ap.add_argument("--iters", type=int, default=100, help="training steps per epoch in the real_data stage (default 100)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads in every stage (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in every stage (default: torch's; 1 with --smoke, whose tensors are tiny)")
     ap.add_argument("--stage", choices=STAGE_NAMES, help=argparse.SUPPRESS)
     ap.add_argument("--stage-out", help=argparse.SUPPRESS)
     ap.add_argument("--stage-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.device = args.device or ("cpu" if args.smoke else "cuda")
+    if args.smoke and args.threads is None:
+        args.threads = 1
     if args.stage:
         sys.exit(run_stage_here(args))
     if args.out is None:
