@@ -10,8 +10,13 @@ the calls made *directly by hardreid's own code* (the caller's frame is a file o
 * copy a tensor to the host: ``.cpu()``, ``.numpy()``, ``.tolist()``, ``.to("cpu")``, ``torch.from_numpy``.
 
 Derived tensors (``*_like``, ``new_*``, ``device=x.device``, results of operations) follow their inputs and are
-not recorded. On a CPU-only machine the audit cannot see a tensor built with ``device=some_variable`` that
-holds the CPU by mistake, nor ``.to(device)`` with a wrong device object: those are left to a run on a GPU.
+not recorded.
+
+What it cannot cover on a CPU-only machine (left to ``benchmarks/device_run.py``'s ``methods_amp`` stage on a
+GPU, and to reading the code): a tensor built with ``device=some_variable`` or moved with ``.to(device)`` where
+the variable holds the CPU by mistake (on the CPU every device is the CPU), hence where the state built in
+``start_epoch`` (memories, prototypes, proxies, the EMA teacher, hng's networks) ends up; and host syncs
+(``.item()``, ``float(t)``, ``if t.any()``), which are reads, not placements (each step reads its loss anyway).
 """
 
 from __future__ import annotations
