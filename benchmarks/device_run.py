@@ -58,8 +58,8 @@ common.repo_src_on_path()
 
 REPORT_RESERVE_S = 8.0  # kept back from every stage for the reports and a killed stage's clean-up
 KILL_GRACE_S = 3.0  # a stage gets this long after its limit to finish writing before it is killed
-MULTI_GPU_NOTE = ("One GPU cannot test multi-GPU training (DDP, added later): its check is a CPU test with the "
-                  "gloo backend, in the default test run.")
+MULTI_GPU_NOTE = ("One GPU cannot test multi-GPU training (DDP, being added separately): that check is a CPU "
+                  "test with the gloo backend, not part of this run.")
 SMOKE_NOTE = "Smoke run: every stage at toy size on the CPU (bfloat16 autocast); these are not GPU numbers."
 
 
