@@ -137,6 +137,13 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _available_bytes() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").is_file() else []:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024.0
+    return math.inf
+
+
 def _loader_workers() -> int:
     """Data-loading processes: up to 8, none when /dev/shm (where workers hand batches over) is small,
     as in some containers: a full /dev/shm kills the loader."""
@@ -158,7 +165,7 @@ def _config(ctx: StageContext, **sections: dict[str, Any]):
                  "workers": 0 if smoke else _loader_workers(), "batch_size": 8 if smoke else 32, "num_instances": 4},
         "model": {"backbone": "mobilenet_v2" if smoke else "resnet50", "last_stride": 2 if smoke else 1},
         "cluster": {"k1": 6 if smoke else 10, "k2": 2 if smoke else 3, "eps": 0.6, "min_samples": 2},
-        "train": {"epochs": 1, "iters": 1 if smoke else 5, "eval_every": 0, "device": str(ctx.device), "seed": 0,
+        "train": {"epochs": 1, "iters": 1 if smoke else 12, "eval_every": 0, "device": str(ctx.device), "seed": 0,
                   "amp": True, "amp_cpu": True},
         "eval": {"batch_size": 32 if smoke else 128},
         "hng": {"warmup_epochs": 0, "pictures": 0, **({"ngf": 8, "ndf": 8} if smoke else {})},
@@ -264,7 +271,9 @@ def stage_methods_amp(ctx: StageContext) -> None:
             row = trainer.run_epoch(0)
             terms = {k: v for k, v in row.items() if k.startswith("loss")}
             bad = [k for k, v in terms.items() if not math.isfinite(v)]
-            result = {"ok": not bad, "loss": row["loss"], "nonfinite": bad, "seconds_per_step": row["seconds_per_step"],
+            skipped = row.get("amp_skipped_steps", 0.0)  # float16: the gradient scaler's first steps overflow
+            result = {"ok": not bad and skipped < cfg.train.iters, "loss": row["loss"], "nonfinite": bad,
+                      "amp_skipped_steps": skipped, "seconds_per_step": row["seconds_per_step"],
                       "clusters": row["clusters"], "peak_gpu_mb": ctx.peak_gpu_mb(reset=True)}
             if "mAP" in row:
                 result["mAP"] = row["mAP"]
@@ -483,6 +492,10 @@ def stage_evaluation(ctx: StageContext) -> None:
         for device in devices:
             if ctx.left() < 5:
                 ctx.put("runs", {"skipped": "stage time limit"}, f"{name} {device.type}")
+                continue
+            if device.type == "cpu" and nq * ng * 4 > 0.25 * _available_bytes():
+                ctx.put("runs", {"skipped": f"the {nq} x {ng} matrix needs {nq * ng * 4 / 2**30:.0f} GB"},
+                        f"{name} {device.type}")
                 continue
             try:
                 qf, gf = torch.from_numpy(split["qf"]).to(device), torch.from_numpy(split["gf"]).to(device)
@@ -772,10 +785,11 @@ def _render_methods(s: dict[str, Any]) -> list[str]:
     setup = s.get("setup", {})
     out = [", ".join(f"{k} {v}" for k, v in setup.items()), ""]
     rows = [[name, {True: "pass", False: "FAIL", None: "skipped"}[r.get("ok")], r.get("loss"), r.get("seconds_per_step"),
-             r.get("clusters"), r.get("peak_gpu_mb"), (r.get("error") or ", ".join(r.get("nonfinite", [])) or
-                                                       r.get("skipped") or "")[:100]]
+             r.get("amp_skipped_steps"), r.get("clusters"), r.get("peak_gpu_mb"),
+             (r.get("error") or ", ".join(r.get("nonfinite", [])) or r.get("skipped") or "")[:100]]
             for name, r in s.get("methods", {}).items()]
-    return out + _table(["method", "result", "loss", "s / step", "clusters", "peak GPU MB", "note"], rows)
+    return out + _table(["method", "result", "loss", "s / step", "scaler-skipped steps", "clusters", "peak GPU MB",
+                         "note"], rows)
 
 
 def _render_throughput(s: dict[str, Any]) -> list[str]:

@@ -358,3 +358,22 @@ def step(x):
             torch.zeros(2)  # this file is not the package: not recorded
     assert audit.records == {("memory/audit_example.py:step", what)
                              for what in ("torch.zeros without device", "tolist", 'to("cpu")')}
+
+
+def test_float16_autocast_with_loss_scaling_resumes_exactly(train_only, tmp_path):
+    """float16 needs the gradient scaler; its scale is part of the checkpoint, so a resumed run matches."""
+    from hardreid.training import train
+    from hardreid.training.checkpoint import load_checkpoint
+
+    def cfg(epochs: int):
+        return tiny_config(train={"amp_cpu": True, "amp_dtype": "float16", "epochs": epochs, "iters": 6, "eval_every": 0})
+
+    straight = train(cfg(2), train_only, tmp_path / "straight", log_to_stderr=False)
+    skipped = [row["amp_skipped_steps"] for row in straight.history]
+    assert skipped[0] > 0 and skipped[1] < 6  # the scaler backed off from 2^16 by skipping steps, then stepped
+    train(cfg(1), train_only, tmp_path / "split", log_to_stderr=False)
+    scale = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pth")["scaler"]["scale"]
+    assert scale == 2.0**16 / 2**skipped[0]
+    resumed = train(cfg(2), train_only, tmp_path / "split", resume=True, log_to_stderr=False)
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)

@@ -293,10 +293,15 @@ class Trainer:
             out = self.train_step(batch, epoch, step)
             for key, value in {"loss": out.loss.item(), **out.logs}.items():
                 totals[key] = totals.get(key, 0.0) + value
+            if self.scaler.is_enabled():
+                totals.setdefault("amp_skipped_steps", 0.0)
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
         self._synchronize()
         seconds = time.perf_counter() - start
-        return {**{k: v / iters for k, v in totals.items()}, "train_seconds": seconds, "seconds_per_step": seconds / iters}
+        means = {k: v / iters for k, v in totals.items() if k != "amp_skipped_steps"}
+        if "amp_skipped_steps" in totals:  # a count, not a mean
+            means["amp_skipped_steps"] = totals["amp_skipped_steps"]
+        return {**means, "train_seconds": seconds, "seconds_per_step": seconds / iters}
 
     def train_step(self, batch: Batch, epoch: int, step: int) -> StepOutput:
         """One optimiser step on a batch already on the device: the method's losses under the run's autocast
@@ -309,7 +314,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:  # float16 gradients overflowed: the scaler skipped this step
+                out.logs["amp_skipped_steps"] = 1.0
         self.method.after_step(out)
         return out
 
