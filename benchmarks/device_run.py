@@ -659,7 +659,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  epilog="examples:\n  python benchmarks/device_run.py --out results/device --data "
                                         "device_data/cuhk03 --weights device_data/mobilenet_v2_imagenet.pth\n"
                                         "  python benchmarks/device_run.py --smoke --out /tmp/device_smoke")
-    ap.add_argument("--out", type=Path, help="folder for device_run.json / .md / .log (required unless --stage)")
+    ap.add_argument("--out", type=Path, help="folder for device_run.json / .md / .log (required)")
     ap.add_argument("--budget-min", type=float, default=None,
                     help="hard wall-time budget in minutes (default 8; 2.8 with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="every stage at toy size on the CPU (not GPU numbers)")
