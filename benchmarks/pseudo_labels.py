@@ -59,15 +59,19 @@ def _set_threads(threads: int | None) -> None:
 
 
 def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_samples: int,
-                 threads: int | None) -> dict[str, Any]:
-    """One mode of hardreid: Jaccard distance (kNN timed separately) then DBSCAN at each eps."""
+                 threads: int | None, device: str = "cpu") -> dict[str, Any]:
+    """One mode of hardreid: Jaccard distance (kNN timed separately) then DBSCAN at each eps.
+
+    ``device``: where the features are (the kNN search runs there; the rest of the Jaccard distance on the CPU).
+    """
     _set_threads(threads)
     import torch
 
     import hardreid.pseudo_labels.jaccard as jac
     from hardreid.pseudo_labels import cluster_statistics, dbscan_labels
 
-    feats = torch.from_numpy(np.load(path))
+    feats = torch.from_numpy(np.load(path)).to(device)
+    cuda = feats.device.type == "cuda"
     knn_name = "_knn_candidates" if mode == "exact" else "_fast_knn_candidates"
     knn_fn = getattr(jac, knn_name)
     knn_time = [0.0]
@@ -75,13 +79,20 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
     def timed_knn(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         out = knn_fn(*args, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
         knn_time[0] += time.perf_counter() - t
         return out
 
     setattr(jac, knn_name, timed_knn)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     rss0 = common.rss_mb()
     t = time.perf_counter()
-    dist = jac.compute_jaccard_distance(feats, k1=k1, k2=k2, mode=mode)
+    try:
+        dist = jac.compute_jaccard_distance(feats, k1=k1, k2=k2, mode=mode)
+    finally:
+        setattr(jac, knn_name, knn_fn)
     t_jaccard = time.perf_counter() - t
     peak_jaccard = common.peak_rss_mb()
     labels, t_dbscan, stats = {}, {}, {}
@@ -101,6 +112,8 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
         },
         "rss_start_mb": rss0,
         "peak_rss_after_jaccard_mb": peak_jaccard,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "device": str(feats.device),
         "nnz_per_row": dist.nnz / dist.shape[0],
         "result_mb": (dist.data.nbytes + dist.indices.nbytes + dist.indptr.nbytes) / 2**20,
         "labels": labels,

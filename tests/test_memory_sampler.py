@@ -74,3 +74,21 @@ def test_sampler_chains_passes_when_few_identities_and_is_seeded():
     sampler = IdentitySampler(labels, num_instances=4, seed=3, min_length=32)
     assert len(sampler) == 32 and len(list(sampler)) == 32
     assert list(IdentitySampler(labels, 4, seed=5)) == list(IdentitySampler(labels, 4, seed=5))
+
+
+def test_momentum_update_in_rounds_equals_the_sequential_loop():
+    from hardreid.memory.cluster_memory import momentum_update_rows_, occurrence_rank
+
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randint(0, 6, (40,), generator=g)  # rows repeat up to ~12 times, in any order
+    assert occurrence_rank(torch.tensor([3, 1, 3, 3, 1, 0])).tolist() == [0, 0, 1, 2, 1, 0]
+    table = F.normalize(torch.randn(8, 16, generator=g), dim=1)
+    feats = F.normalize(torch.randn(40, 16, generator=g), dim=1)
+    expected = table.clone()
+    for f, r in zip(feats, rows.tolist()):
+        row = 0.3 * expected[r] + 0.7 * f
+        expected[r] = row / row.norm()
+    momentum_update_rows_(table, rows, feats, 0.3)
+    torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)
+    momentum_update_rows_(table, rows[:0], feats[:0], 0.3)  # an empty batch changes nothing
+    torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)

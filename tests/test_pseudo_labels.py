@@ -152,10 +152,52 @@ def test_block_size_does_not_change_result(case):
     np.testing.assert_allclose(jaccard_to_dense(blocked), jaccard_to_dense(dist), atol=1e-6, rtol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.cuda
+@CUDA
 def test_jaccard_on_cuda_matches_reference(case):
     feats, k1, k2, ref, _ = case
     dist = compute_jaccard_distance(feats.cuda(), k1=k1, k2=k2, block_size=128)
+    np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=1e-5, rtol=0)
+
+
+class _NewTF32API:
+    """Stand-in for torch.backends.cuda.matmul with the fp32_precision flag."""
+
+    fp32_precision = "tf32"
+
+
+class _LegacyTF32API:
+    """Stand-in with the legacy allow_tf32 flag only: reading fp32_precision raises, as PyTorch does when mixed."""
+
+    allow_tf32 = True
+
+    @property
+    def fp32_precision(self):
+        raise RuntimeError("mixing the legacy and the new TF32 API")
+
+
+def test_jaccard_cuda_path_on_cpu_matches_reference_with_tf32_switched_off(case, monkeypatch):
+    """CPU counterpart of test_jaccard_on_cuda_matches_reference: the same blocked search (block 128), and the
+    CUDA-only part, the TF32 switch around the products, checked on stand-ins of both PyTorch flag APIs."""
+    import hardreid.pseudo_labels.jaccard as jaccard
+
+    feats, k1, k2, ref, _ = case
+    cuda = torch.device("cuda")
+    for api, flag, off in ((_NewTF32API(), "fp32_precision", "ieee"), (_LegacyTF32API(), "allow_tf32", False)):
+        before = getattr(api, flag)
+        with jaccard._ieee_fp32_matmul(cuda, api):
+            assert getattr(api, flag) == off
+        assert getattr(api, flag) == before
+        with jaccard._ieee_fp32_matmul(torch.device("cpu"), api):
+            assert getattr(api, flag) == before  # nothing to switch on the CPU
+    entered = []
+    real = jaccard._ieee_fp32_matmul
+    monkeypatch.setattr(jaccard, "_ieee_fp32_matmul", lambda device: (entered.append(device), real(device))[1])
+    dist = compute_jaccard_distance(feats, k1=k1, k2=k2, block_size=128)
+    assert entered  # every product of the search runs inside the switch
     np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=1e-5, rtol=0)
 
 
@@ -406,12 +448,30 @@ def test_unknown_search_mode_is_a_user_error():
         pseudo_labels(feats, k1=10, k2=6, mode="FAST")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@CUDA
 def test_fast_mode_on_cuda_agrees_with_exact(fast_case):
     from sklearn.metrics import adjusted_rand_score
 
     feats, exact, _ = fast_case
     fast = compute_jaccard_distance(feats.cuda(), k1=30, k2=6, mode="fast", block_size=256)
+    ari = adjusted_rand_score(dbscan_labels(exact, 0.5, 4), dbscan_labels(fast, 0.5, 4))
+    assert ari >= 0.98
+
+
+def test_fast_mode_fp16_products_on_cpu_agree_with_exact(fast_case, monkeypatch):
+    """CPU counterpart of test_fast_mode_on_cuda_agrees_with_exact: the CUDA branch (fp16 products) run on CPU."""
+    from sklearn.metrics import adjusted_rand_score
+
+    import hardreid.pseudo_labels.jaccard as jaccard
+
+    assert jaccard._fast_precision(torch.device("cuda"), 512) == "fp16"  # what CUDA takes
+    assert jaccard._fast_precision(torch.device("cpu"), 256) == "exact"
+    feats, exact, fast_int8 = fast_case
+    monkeypatch.setattr(jaccard, "_fast_precision", lambda device, dim: "fp16")
+    fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
+    assert (fast != exact).nnz > 0 and (fast != fast_int8).nnz > 0  # really another, reduced-precision search
+    assert (fast != fast.T).nnz == 0 and np.all(fast.diagonal() == 0.0)
     ari = adjusted_rand_score(dbscan_labels(exact, 0.5, 4), dbscan_labels(fast, 0.5, 4))
     assert ari >= 0.98
 

@@ -90,7 +90,9 @@ class TrainConfig:
     eval_every: int = 10  # evaluate every N epochs (and after the last one); 0 = only at the end
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # mixed precision (autocast) of the training steps on CUDA; on CPU only with amp_cpu
+    amp_dtype: str = "auto"  # auto (float16 on CUDA, bfloat16 on CPU) | float16 | bfloat16
+    amp_cpu: bool = False  # autocast on CPU too (bfloat16): the mixed-precision path without a GPU (tests)
     calibrate_bn: str = "auto"  # auto (only from random init) | always | never: BatchNorm statistics before epoch 1
     channels_last: bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
     bn_chunk: int = 0  # >0: normalise BatchNorm over chunks of this many images (emulates multi-GPU)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import float32
+
 ALIGNMENTS = ("re", "distance")
 
 
@@ -22,6 +24,7 @@ def similarity_distribution(features: torch.Tensor, prototypes: torch.Tensor, te
     return F.log_softmax(features.float() @ prototypes.float().t() / temperature, dim=1)
 
 
+@float32
 def relative_entropy_loss(anchor: torch.Tensor, positive: torch.Tensor, prototypes: torch.Tensor,
                           temperature: float, detach_target: bool = False) -> torch.Tensor:
     """L_ins = KL(v(Q(x_i)) || v(Q(x_j))), mean over the batch (ACFL Eq. 7).
@@ -37,6 +40,7 @@ def relative_entropy_loss(anchor: torch.Tensor, positive: torch.Tensor, prototyp
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
+@float32
 def distance_loss(anchor: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """L_d = 2 (1 - Q(x_i).Q(x_j)), mean over the batch (ACFL Table 2, "Base.+distance")."""
     return (2.0 * (1.0 - (anchor.float() * positive.float()).sum(dim=1))).mean()

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..errors import UserError
+from ..precision import float32
 from ..training.methods import HARD_SAMPLES, BaseMethod, Component
 
 HPF_MODES = ("both", "positive", "negative")
 
 
+@float32
 def hard_person_feature_coefficients(query_logits: torch.Tensor, labels: torch.Tensor, query_sqnorm: torch.Tensor,
                                      temperature: float, steps: int, lr_positive: float,
                                      lr_negative: float) -> torch.Tensor:
@@ -98,6 +100,7 @@ class HardPersonFeatures(Component):
         self.temperature = base.temperature
         base.logit_adjusters.append(self.adjust_logits)
 
+    @float32
     def adjust_logits(self, features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:
         """Q(x_i).c*_a / tau = logits + alpha_a Q(x_i).s(Q(x_i)) / tau (B x Nc)."""

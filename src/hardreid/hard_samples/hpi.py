@@ -28,6 +28,7 @@ from torch.func import functional_call
 from ..config import Config
 from ..errors import UserError
 from ..losses import ALIGNMENTS, instance_loss
+from ..precision import float32
 from ..training.methods import HARD_SAMPLES, BaseMethod, Component, StepContext
 
 POSITIVE_CHOICES = ("random", "hardest")
@@ -44,6 +45,7 @@ def scratch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: functional_call(model, buffers, (x,))
 
 
+@float32  # the network too: float16 image gradients underflow
 def hard_positive_instances(model: nn.Module, anchor_features: torch.Tensor, positives: torch.Tensor,
                             prototypes: torch.Tensor, steps: int, lr: float, temperature: float, loss: str = "re",
                             *, history: list[float] | None = None) -> torch.Tensor:

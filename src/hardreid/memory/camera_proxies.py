@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..precision import float32
+
 
 class CameraProxies:
     """Proxies (Np x D, unit rows) with their pseudo label and camera."""
@@ -36,6 +38,7 @@ class CameraProxies:
         self.proxy_cams = proxy_cams.long()
 
     @classmethod
+    @float32
     def from_clusters(cls, features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor) -> "CameraProxies":
         """One proxy per (label, camera) pair of the clustered images (labels < 0 ignored), ordered by camera then label."""
         keep = labels >= 0

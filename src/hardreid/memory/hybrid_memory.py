@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..precision import float32
 from .cluster_memory import momentum_update_rows_
 
 
@@ -82,6 +83,7 @@ class HybridMemory:
         return F.cross_entropy(logits, self.hybrid_targets(indices))
 
     @torch.no_grad()
+    @float32
     def update(self, features: torch.Tensor, indices: torch.Tensor) -> None:
         """v_i <- m v_i + (1 - m) f_i, renormalised (SpCL Eq. 3), one image after another as the reference."""
         momentum_update_rows_(self.features, indices, features, self.momentum)

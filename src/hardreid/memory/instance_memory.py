@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..precision import float32
 
 
 def _last_occurrence(indices: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,7 @@ class InstanceMemory(PersonFeatureMemory):
         self._refresh(torch.arange(num_clusters, device=features.device))
 
     @torch.no_grad()
+    @float32
     def update(self, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
         """M[i] <- Q(x_i) (Algorithm 1 line 13); the sums change by Q(x_i) - M[i]. Call after the optimiser step."""
         keep = _last_occurrence(indices)  # an image twice in a batch: the later feature wins, as in a loop
@@ -130,6 +132,7 @@ class QueueMemory(PersonFeatureMemory):
         return self.features.shape[0]
 
     @torch.no_grad()
+    @float32
     def update(self, features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> None:
         """Enqueue each Q(x_i), dequeueing the oldest replaceable feature (see the class docstring)."""
         features = features.detach().to(self.features.dtype)

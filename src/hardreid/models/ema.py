@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..precision import float32
+
 
 class ModelEMA:
     """A frozen copy of ``model`` whose weights follow it by exponential moving average."""
@@ -29,6 +31,7 @@ class ModelEMA:
         self.ema_buffers = ema_buffers
 
     @torch.no_grad()
+    @float32
     def update(self, model: nn.Module) -> None:
         """theta_t <- alpha theta_t + (1 - alpha) theta_s (call after the optimiser step)."""
         a = self.momentum

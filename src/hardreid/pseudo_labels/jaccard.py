@@ -117,17 +117,19 @@ def _prepare_features(features: torch.Tensor | np.ndarray, k1: int, k2: int, blo
 
 
 @contextmanager
-def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
+def _ieee_fp32_matmul(device: torch.device, backend: object | None = None) -> Iterator[None]:
     """Exact float32 products on CUDA even when the caller enabled TF32 (it reorders neighbours).
 
     Only the TF32 API that reports TF32 as enabled is touched (PyTorch refuses
     reads that mix the legacy ``allow_tf32`` and the new ``fp32_precision``
-    flags), and its value is restored afterwards.
+    flags), and its value is restored afterwards.  ``backend``: the object
+    holding those flags (default ``torch.backends.cuda.matmul``; tests pass a
+    stand-in to check the switching on a machine without CUDA).
     """
     if device.type != "cuda":
         yield
         return
-    mm = torch.backends.cuda.matmul
+    mm = torch.backends.cuda.matmul if backend is None else backend
     restore = None
     try:
         if getattr(mm, "fp32_precision", None) == "tf32":
@@ -353,6 +355,16 @@ def _rotate_quantize(f: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, 
     return q, scale
 
 
+def _fast_precision(device: torch.device, dim: int) -> str:
+    """The products of the fast search on ``device``: ``fp16`` (CUDA), ``int8`` (CPU with ``torch._int_mm``),
+    ``bf16`` (other CPUs), or ``exact`` (CPU below ``_FAST_MIN_DIM`` dimensions)."""
+    if device.type == "cuda":
+        return "fp16"
+    if dim < _FAST_MIN_DIM:
+        return "exact"
+    return "int8" if device.type == "cpu" and _int8_matmul_available() else "bf16"
+
+
 def _fast_knn_candidates(
     f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,24 +380,18 @@ def _fast_knn_candidates(
     n, d = f.shape
     c = min(k + slack, n)
     dev = f.device
-    if dev.type != "cuda" and d < _FAST_MIN_DIM:
+    precision = _fast_precision(dev, d)
+    if precision == "exact":
         return _knn_candidates(f, k, block_size, slack)
-    if dev.type == "cuda":
-        x = f.half()
-        scale = 1.0
-
-        def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
-            return x[a0:a1] @ x[b0:b1].T
-
-    elif dev.type == "cpu" and _int8_matmul_available():
+    if precision == "int8":
         x, s = _rotate_quantize(f)
         scale = s * s
 
         def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
             return torch._int_mm(x[a0:a1], x[b0:b1].T)
 
-    else:
-        x = f.bfloat16()
+    else:  # fp16 / bf16 products (float32 accumulation)
+        x = f.half() if precision == "fp16" else f.bfloat16()
         scale = 1.0
 
         def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:

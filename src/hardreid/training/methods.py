@@ -44,6 +44,7 @@ from torch import nn
 from ..config import Config
 from ..errors import UserError
 from ..memory import ClusterMemory, InstanceMemory, QueueMemory
+from ..precision import float32
 
 
 @dataclass
@@ -209,8 +210,9 @@ class BaseMethod(Component):
         """
         return data.labels
 
+    @float32  # the prototypes are float32 memories; HPF's ascent steps are small changes of these logits
     def cluster_logits(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """q . c_a / tau for every cluster prototype (B x Nc), after every registered adjuster.
+        """q . c_a / tau for every cluster prototype (B x Nc), after every registered adjuster (float32).
 
         ``labels``: the index of each row's own prototype, or -1 when its positive is not a prototype
         (SpCL's un-clustered instances); adjusters must treat -1 as "every prototype is a negative".

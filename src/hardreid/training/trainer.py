@@ -25,9 +25,10 @@ from ..errors import UserError
 from ..evaluation.features import calibrate_batchnorm, extract_features
 from ..evaluation.pipeline import evaluate_model
 from ..models import ReidModel, build_model
+from ..precision import training_precision
 from ..pseudo_labels import cluster_statistics, compute_jaccard_distance, dbscan_labels
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .methods import Batch, EpochData, Method, build_method
+from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
 from .run_files import LOG, setup_logging, write_metrics
 
@@ -169,14 +170,16 @@ class Trainer:
         self.model = (model or model_from_config(cfg)).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        t = cfg.train
+        self.precision = training_precision(t.amp, t.amp_dtype, t.amp_cpu, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.best_map = -1.0
 
     @property
     def use_amp(self) -> bool:
-        return self.cfg.train.amp and self.device.type == "cuda"
+        return self.precision.enabled
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
@@ -184,6 +187,7 @@ class Trainer:
         extra = {} if evaluated is self.model else {"eval_model": evaluated.state_dict()}
         return {"epoch": epoch, "config": self.cfg.to_dict(), "model": self.model.state_dict(), **extra,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
                 "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim}
 
@@ -192,6 +196,8 @@ class Trainer:
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state.get("method", {}))
         self.history, self.best_map = state["history"], state["best_map"]
         self.start_epoch = state["epoch"]
@@ -274,6 +280,7 @@ class Trainer:
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
                                         singletons_once=self.method.singletons_once)
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
+        keep_index = torch.as_tensor(keep)  # loader position -> row of the training list (moves with the batch)
         totals: dict[str, float] = {}
         self.model.train()
         bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=None, unit="step")
@@ -281,24 +288,39 @@ class Trainer:
         start = time.perf_counter()  # training steps only: batch loading, forward, backward, update
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
-            index = torch.as_tensor(keep)[positions]
+            index = keep_index[positions]
             batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
-                out = self.method.training_step(self.model, batch, epoch, step)
-            if not torch.isfinite(out.loss):
-                raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
-                                f"lower optim.lr (now {cfg.optim.lr}) or check the data")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out.loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.method.after_step(out)
+            out = self.train_step(batch, epoch, step)
             for key, value in {"loss": out.loss.item(), **out.logs}.items():
                 totals[key] = totals.get(key, 0.0) + value
+            if self.scaler.is_enabled():
+                totals.setdefault("amp_skipped_steps", 0.0)
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
         self._synchronize()
         seconds = time.perf_counter() - start
-        return {**{k: v / iters for k, v in totals.items()}, "train_seconds": seconds, "seconds_per_step": seconds / iters}
+        means = {k: v / iters for k, v in totals.items() if k != "amp_skipped_steps"}
+        if "amp_skipped_steps" in totals:  # a count, not a mean
+            means["amp_skipped_steps"] = totals["amp_skipped_steps"]
+        return {**means, "train_seconds": seconds, "seconds_per_step": seconds / iters}
+
+    def train_step(self, batch: Batch, epoch: int, step: int) -> StepOutput:
+        """One optimiser step on a batch already on the device: the method's losses under the run's autocast
+        (``train.amp*``), backward (loss scaled for float16), optimiser step, then the method's state updates."""
+        with self.precision.autocast():
+            out = self.method.training_step(self.model, batch, epoch, step)
+        if not torch.isfinite(out.loss):
+            raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
+                            f"lower optim.lr (now {self.cfg.optim.lr}) or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:  # float16 gradients overflowed: the scaler skipped this step
+                out.logs["amp_skipped_steps"] = 1.0
+        self.method.after_step(out)
+        return out
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so that step timings are real."""

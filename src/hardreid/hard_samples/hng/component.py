@@ -197,7 +197,7 @@ class HardNegativeGeneration(Component):
         negatives = pick_negatives(batch.labels, self.rng).to(batch.images.device)
         n = self.h.pictures
         if n > 0:
-            self.picture_batch = (batch.images[:n].detach().cpu(), batch.images[negatives[:n]].detach().cpu())
+            self.picture_batch = (batch.images[:n].detach(), batch.images[negatives[:n]].detach())  # stays on the device
         if not self.uses_generator:
             self.pending = Pending(batch.images, negatives)
             return {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...precision import float32
+
 
 def reconstruction_loss(reconstructed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """L_rec, Eq. 1: L1 between x~_anc and x_anc, averaged over images and pixel values
@@ -18,6 +20,7 @@ def reconstruction_loss(reconstructed: torch.Tensor, images: torch.Tensor) -> to
     return (reconstructed - images).abs().mean()
 
 
+@float32
 def multi_positive_nce(anchors: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor,
                        temperature: float) -> torch.Tensor:
     """mean_i -log( sum_{p in P^i} exp(s_ip / tau) / sum_{q in P^i u N^i} exp(s_iq / tau) ), s = cosine (unit inputs).
@@ -68,11 +71,13 @@ def con_loss(v_anc: torch.Tensor, v_aug: torch.Tensor, labels: torch.Tensor, tem
     return multi_positive_nce(v_anc, torch.cat([v_anc, v_aug, extra]), positive, valid, temperature)
 
 
+@float32
 def lsgan_discriminator_loss(d_real: torch.Tensor, d_reconstructed: torch.Tensor, d_generated: torch.Tensor) -> torch.Tensor:
     """L_adv, Eq. 6 (D's side): 1/3 [ (D(x_anc) - 1)^2 + D(x~_anc)^2 + D(x_gen)^2 ], each averaged over images and patches."""
     return ((d_real - 1).pow(2).mean() + d_reconstructed.pow(2).mean() + d_generated.pow(2).mean()) / 3
 
 
+@float32
 def lsgan_generator_loss(d_reconstructed: torch.Tensor, d_generated: torch.Tensor) -> torch.Tensor:
     """L_adv for G (least-squares GAN, Mao et al. 2017): 1/2 [ (D(x~_anc) - 1)^2 + (D(x_gen) - 1)^2 ], averaged."""
     return ((d_reconstructed - 1).pow(2).mean() + (d_generated - 1).pow(2).mean()) / 2

@@ -33,6 +33,7 @@ from torch import nn
 
 from ...hard_samples.camera_proxy import CameraProxyLoss
 from ...models.ema import LazyTeacher, TeacherHooks
+from ...precision import float32
 from .. import methods
 from ..methods import BaseMethod, EpochData, StepContext
 
@@ -51,6 +52,7 @@ def hard_instance_loss(student: torch.Tensor, teacher: torch.Tensor, labels: tor
     return -logits.log_softmax(dim=1)[:, 0].mean()
 
 
+@float32
 def soft_instance_consistency(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
                               temperature: float = 0.4) -> torch.Tensor:
     """ICE's L_s_ins: KL(softmax(w w^T / tau) || softmax(s t^T / tau)), batch mean.
