@@ -153,7 +153,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         if not (run_dir / "metrics.json").is_file():
             raise UserError(f"{run_dir} has no metrics.json; pass the --output folder of 'hardreid train'")
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {plot_training_curves(run_dir, out_dir / 'fig5a_curves.png')}")
+        print(f"wrote {plot_training_curves(run_dir, out_dir / 'fig5a_curves.png', diagnostics=False)}")
     needs_model = [w for w in which if w != "fig5a"]
     if needs_model:
         from .training import resolve_device
