@@ -191,10 +191,10 @@ def test_hdbscan_reads_absent_pairs_as_far_not_missing():
     padded = hdbscan_input(dist, 4)
     assert abs(padded - padded.T).max() == 0 and np.diff(padded.indptr).min() >= 4
     stored = dist.tocoo()
-    assert np.array_equal(np.asarray(padded[stored.row, stored.col]).ravel().astype(np.float32) > 0,
-                          (stored.data > 0) | (stored.row != stored.col))  # zeros off the diagonal kept as tiny
-    extra = padded - sp.csr_matrix((np.asarray(padded[stored.row, stored.col]).ravel(), (stored.row, stored.col)),
-                                   shape=padded.shape)
+    kept = np.asarray(padded[stored.row, stored.col]).ravel()
+    assert (stored.data == 0).sum() > len(feats)  # the diagonal and duplicate pairs
+    np.testing.assert_array_equal(kept, np.where(stored.data == 0, 1e-12, stored.data.astype(np.float64)))  # zeros: tiny
+    extra = padded - sp.csr_matrix((kept, (stored.row, stored.col)), shape=padded.shape)
     extra.eliminate_zeros()
     assert np.all(extra.data == 1.0)  # everything added is "far": distance 1
     labels = hdbscan_labels(dist, 4, 4)

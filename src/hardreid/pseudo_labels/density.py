@@ -32,8 +32,8 @@ with fewer than min_samples entries in a row or with several connected
 components), while in the Jaccard matrix a missing entry means distance 1 (the
 maximum; ``compute_jaccard_distance``).  So before handing it over:
 
-1. explicit off-diagonal zeros (duplicate images) become ``1e-12``: scipy's
-   minimum spanning tree treats zero weights as missing edges;
+1. explicit zeros (duplicate images, and the diagonal) become ``1e-12``:
+   scipy's minimum spanning tree treats zero weights as missing edges;
 2. every row gets entries at distance exactly 1 to the next ``min_samples``
    images (cyclically, where no entry is stored; mirrored, so the matrix stays
    symmetric): every row has min_samples entries, the core distance of a row
@@ -102,21 +102,24 @@ def auto_eps(distance: sp.spmatrix | sp.sparray, rho: float = 1.6e-3) -> float:
 def hdbscan_input(distance: sp.spmatrix | sp.sparray, min_samples: int) -> sp.csr_matrix:
     """Steps 1-2 of the module docstring: a symmetric float64 CSR that scikit-learn's HDBSCAN reads like the dense matrix.
 
-    ``distance`` as ``compute_jaccard_distance`` returns it (diagonal stored, absent pairs = 1).
+    ``distance`` as ``compute_jaccard_distance`` returns it (diagonal stored, absent pairs = 1).  Zeros on the
+    diagonal become ``1e-12`` too (self pairs never enter the spanning tree; the self entry stays the smallest of
+    its row, so the core distances are unchanged).
     """
-    coo = sp.coo_matrix(distance)
-    n = coo.shape[0]
-    data = coo.data.astype(np.float64)
-    data[(data == 0) & (coo.row != coo.col)] = _ZERO
-    stored = coo.row.astype(np.int64) * n + coo.col
+    csr = sp.csr_matrix(distance, dtype=np.float64, copy=True)
+    csr.sum_duplicates()
+    csr.sort_indices()
+    n = csr.shape[0]
+    csr.data[csr.data == 0] = _ZERO
+    stored = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr)) * n + csr.indices  # sorted (row-major)
     i = np.repeat(np.arange(n, dtype=np.int64), min_samples)
     j = (i + np.tile(np.arange(1, min_samples + 1), n)) % n
     pad = np.unique(np.concatenate([i * n + j, j * n + i]))  # both directions: symmetric
-    pad = pad[(pad // n != pad % n) & ~np.isin(pad, stored)]
-    rows = np.concatenate([coo.row, pad // n])
-    cols = np.concatenate([coo.col, pad % n])
-    vals = np.concatenate([data, np.ones(pad.size)])
-    out = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    at = np.minimum(np.searchsorted(stored, pad), max(stored.size - 1, 0))
+    pad = pad[(pad // n != pad % n) & ((stored.size == 0) | (stored[at] != pad))]
+    del stored
+    extra = sp.csr_matrix((np.ones(pad.size), (pad // n, pad % n)), shape=(n, n))
+    out = (csr + extra).tocsr()  # disjoint patterns: a merge, every value kept (none is zero)
     out.sort_indices()
     return out
 
