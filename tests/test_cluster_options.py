@@ -86,7 +86,7 @@ def test_collapse_reasons_and_warning():
     assert "38% of the images are in clusters of more than 4 images" in reasons["large_clusters"]
     line = collapse_warning(reasons, eps=0.55)
     assert "\n" not in line and "cluster.eps (now 0.55)" in line and "cluster.algorithm=hdbscan" in line
-    assert "cluster.camera_normalize=mean" in line and "cluster.same_camera_penalty=4" in line
+    assert "cluster.camera_normalize=mean" in line and "cluster.same_camera_penalty (e.g. 0.1)" in line
     camera_only = collapse_warning({"one_camera": "x"})
     assert "camera_normalize" in camera_only and "cluster.eps" not in camera_only
     # one camera in the data: never a one-camera warning

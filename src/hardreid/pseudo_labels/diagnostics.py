@@ -154,6 +154,6 @@ def collapse_warning(reasons: dict[str, str], eps: float | None = None) -> str:
         tries += [f"a lower cluster.eps (now {eps:.3g})" if eps is not None else "a lower cluster.eps",
                   "cluster.algorithm=hdbscan", "a larger cluster.min_samples"]
     if "one_camera" in reasons:
-        tries += ["cluster.camera_normalize=mean (or standardize)", "cluster.same_camera_penalty=4"]
+        tries += ["cluster.camera_normalize=mean (or standardize)", "a small cluster.same_camera_penalty (e.g. 0.1)"]
     return ("pseudo labels look collapsed: " + "; ".join(reasons.values()) + ". Training on them can make the model "
             "worse; try " + ", ".join(tries) + " (README: pseudo labels on small or camera-biased data)")
