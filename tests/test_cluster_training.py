@@ -90,3 +90,12 @@ def test_spcl_moves_the_radius_of_the_labels(monkeypatch):
     with pytest.raises(UserError, match="eps = 0.985"):
         method.start_epoch(EpochData(1, data.features, data.labels, data.camids, 2, data.distance, eps=0.985),
                            torch.nn.Identity())
+
+
+def test_a_bad_cluster_key_fails_before_any_work(tiny_root, tmp_path, monkeypatch):
+    import hardreid.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "extract_features", lambda *a, **k: pytest.fail("extracted features first"))
+    with pytest.raises(UserError, match="unknown cluster.camera_normalize 'per_camera'"):
+        train(tiny_config(cluster={"camera_normalize": "per_camera"}), load_dataset("market", tiny_root),
+              tmp_path / "run", log_to_stderr=False)

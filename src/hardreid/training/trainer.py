@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..evaluation.features import calibrate_batchnorm, extract_features
 from ..evaluation.pipeline import evaluate_model
 from ..models import ReidModel, build_model
-from ..pseudo_labels import cluster_epoch
+from ..pseudo_labels import check_cluster_config, cluster_epoch
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, build_method
 from ..viz.curves import plot_training_curves
@@ -148,6 +148,7 @@ class Trainer:
         if not dataset.train:
             raise UserError(f"data set at {dataset.root} has no training images")
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
+        check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         self.model = (model or model_from_config(cfg)).to(self.device)
