@@ -68,7 +68,7 @@ def _set_threads(threads: int | None) -> None:
 
 def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_samples: int,
                  threads: int | None, clusterers: tuple[str, ...] = (), camera: str | None = None,
-                 penalty: float = 4.0) -> dict[str, Any]:
+                 penalty: float = 0.1) -> dict[str, Any]:
     """One mode of hardreid: Jaccard distance (kNN timed separately) then DBSCAN at each eps.
 
     ``clusterers``: also eps auto and / or HDBSCAN on the same distance (timed, with the peak RSS after each).
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--camera", nargs="*", default=[], choices=["mean", "standardize", "penalty"],
                     help="camera-aware variants of the exact mode, each in its own process: camera_normalize "
                          "mean / standardize, same_camera_penalty --penalty")
-    ap.add_argument("--penalty", type=float, default=4.0, help="same_camera_penalty of --camera penalty (default 4)")
+    ap.add_argument("--penalty", type=float, default=0.1, help="same_camera_penalty of --camera penalty (default 0.1)")
     ap.add_argument("--reference", metavar="PATH", help="a copy of faiss_rerank.py to time in the same run")
     ap.add_argument("--k1", type=int, default=30)
     ap.add_argument("--k2", type=int, default=6)
