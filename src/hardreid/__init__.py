@@ -24,7 +24,11 @@ def train(cfg, dataset, output, model=None, resume: bool = False):
 
 
 def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto"):
-    """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol)."""
+    """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol), in percent.
+
+    ``.mAP``, ``.cmc`` and ``.all_ap`` are percentages, the numbers the logs, ``metrics.csv``
+    and ``hardreid evaluate --json`` show.
+    """
     from .config import Config
     from .evaluation.pipeline import evaluate_model
     from .training import resolve_device

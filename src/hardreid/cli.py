@@ -122,7 +122,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     start = time.time()
     dist = query_gallery_distances(model.to(device), dataset, cfg.data, cfg.eval, device, rerank=args.rerank)
     result = score_distances(dist, dataset, cfg.eval.max_rank)
-    report = result.to_dict(percent=True)
+    report = result.to_dict()
     report.update({"num_query": len(dataset.query), "num_gallery": len(dataset.gallery)})
     print(f"{dataset.name}: mAP {report['mAP']:.1f}  top-1 {report['cmc']['1']:.1f}  top-5 {report['cmc']['5']:.1f}  "
           f"top-10 {report['cmc']['10']:.1f}  ({len(dataset.query)} queries, {len(dataset.gallery)} gallery, "

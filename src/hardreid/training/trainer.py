@@ -244,8 +244,7 @@ class Trainer:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, cfg.data, cfg.eval,
                                         self.device)
-            row.update({"mAP": 100 * result.mAP, "top1": 100 * result.cmc[0], "top5": 100 * result.cmc[4],
-                        "top10": 100 * result.cmc[9]})
+            row.update({"mAP": result.mAP, "top1": result.rank(1), "top5": result.rank(5), "top10": result.rank(10)})
         row["seconds"] = time.time() - start
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
