@@ -157,12 +157,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def require_training_images(dataset: ReidDataset) -> None:
+    if not dataset.train:
+        raise UserError(f"data set at {dataset.root} has no training images (e.g. bounding_box_train/ is missing or "
+                        "empty): train needs them; a test-only folder works with evaluate and extract")
+
+
 class Trainer:
     """One run: holds model, optimiser, method and history; ``fit`` runs the remaining epochs."""
 
     def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None) -> None:
-        if not dataset.train:
-            raise UserError(f"data set at {dataset.root} has no training images")
+        require_training_images(dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
@@ -322,6 +327,7 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
 
     With ``resume`` the run continues from ``output/checkpoints/last.pth``.
     """
+    require_training_images(dataset)  # before anything is written into the run directory
     run_dir = Path(output)
     last = run_dir / "checkpoints" / "last.pth"
     if resume and not last.is_file():
