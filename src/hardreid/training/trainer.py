@@ -24,12 +24,13 @@ from ..data.types import ReidDataset
 from ..errors import UserError
 from ..evaluation.features import calibrate_batchnorm, extract_features
 from ..evaluation.pipeline import evaluate_model
+from ..export.info import write_model_info
 from ..models import ReidModel, build_model
 from ..pseudo_labels import cluster_statistics, compute_jaccard_distance, dbscan_labels
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, build_method
 from ..viz.curves import plot_training_curves
-from .run_files import LOG, setup_logging, write_metrics
+from .run_files import LOG, TensorBoardLog, setup_logging, write_metrics
 
 
 @dataclass
@@ -178,6 +179,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.best_map = -1.0
+        self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if cfg.train.tensorboard else None
 
     @property
     def use_amp(self) -> bool:
@@ -216,6 +218,8 @@ class Trainer:
             row = self.run_epoch(epoch)
             self.history.append(row)
             write_metrics(self.history, self.run_dir)
+            if self.tensorboard:
+                self.tensorboard.log_epoch(row)
             self.save(epoch + 1, row)
         if self.history:
             plot_training_curves(self.run_dir)
@@ -338,6 +342,7 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
     setup_logging(run_dir / "train.log", verbose=log_to_stderr)
     dump_config(cfg, run_dir / "config.yaml")
     trainer = Trainer(cfg, dataset, run_dir, model)
+    write_model_info(trainer.model, cfg, run_dir / "model_info.json")  # parameters and FLOPs at the input size
     if resume:
         trainer.resume(last)
     return trainer.fit()
