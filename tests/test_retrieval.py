@@ -165,6 +165,8 @@ def test_approximate_index_reports_its_recall_against_exact(tmp_path, kind):
     feats = _clustered(4000, 32)
     folder = _feature_dir(tmp_path, feats, [f"img{i}.jpg" for i in range(4000)])
     index = build_index(folder, tmp_path / "index", kind=kind, nprobe=4 if kind == "ivf" else None)
+    if kind == "ivf":
+        assert build_index(folder, tmp_path / "default", kind="ivf").meta["params"]["nprobe"] == 16  # a quarter of 63
     assert index.meta["kind"] == kind and 0.5 < index.meta["recall_at_10"] <= 1.0
     # the recorded recall is what a direct comparison with brute force gives
     rows = np.sort(np.random.default_rng(0).choice(4000, size=200, replace=False))
@@ -174,20 +176,21 @@ def test_approximate_index_reports_its_recall_against_exact(tmp_path, kind):
     manual = recall_at_k(np.array([f(t) for f, t in zip(drop, found)]), np.array([f(t) for f, t in zip(drop, exact)]))
     assert index.meta["recall_at_10"] == pytest.approx(manual, abs=0.01)
     if kind == "ivf":
-        assert index.meta["params"]["nlist"] == default_nlist(4000) and index.meta["params"]["nprobe"] == 4
+        assert index.meta["params"]["nlist"] == default_nlist(4000) == 63 and index.meta["params"]["nprobe"] == 4
         wider = build_index(folder, tmp_path / "wide", kind="ivf", nprobe=default_nlist(4000))
         assert wider.meta["recall_at_10"] == pytest.approx(1.0)  # every list scanned: exact
 
 
 def test_recall_helpers_and_auto_kind(monkeypatch):
     assert recall_at_k(np.array([[1, 2, 3], [4, 5, -1]]), np.array([[3, 2, 9], [4, 5, 6]])) == pytest.approx((2 / 3 + 2 / 3) / 2)
-    assert choose_kind("auto", 10) == "flat"
+    assert choose_kind("auto", 262_144, 2048) == "flat" and choose_kind("auto", 262_145, 2048) == "ivf"  # 2 GiB
+    assert choose_kind("auto", 1_000_000, 512) == "flat" and choose_kind("hnsw", 10, 8) == "hnsw"
     from hardreid.retrieval import index as index_module
 
-    monkeypatch.setattr(index_module, "EXACT_MAX_GALLERY", 100)
-    assert index_module.choose_kind("auto", 101) == "ivf" and index_module.choose_kind("auto", 100) == "flat"
+    monkeypatch.setattr(index_module, "EXACT_MAX_VALUES", 100 * 8)
+    assert index_module.choose_kind("auto", 101, 8) == "ivf" and index_module.choose_kind("auto", 100, 8) == "flat"
     with pytest.raises(UserError, match="unknown index kind"):
-        choose_kind("lsh", 10)
+        choose_kind("lsh", 10, 8)
     exact = faiss.IndexFlatIP(8)
     feats = _clustered(100, 8)
     exact.add(feats)

@@ -456,16 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="a gallery index (faiss) of extracted features", formatter_class=_formatter,
                        description="Builds a faiss index of a features folder: exact inner product (cosine) search by "
-                                   "default; an approximate IVF or HNSW index above 200,000 images (--kind auto) or when "
+                                   "default; an approximate IVF index when the features take more than 2 GiB (--kind auto: over "
+                                   "262,144 features of 2048-d) or IVF / HNSW when "
                                    "asked, with its recall@10 against exact search measured and printed.",
                        epilog="examples:\n  hardreid index --features feats --output gallery\n"
                               "  hardreid index --features feats --output gallery_ivf --kind ivf --nprobe 64")
     p.add_argument("--features", required=True, metavar="FEATS_DIR", help="output of 'hardreid extract'")
     p.add_argument("--output", required=True, metavar="INDEX_DIR", help="where the index goes")
     p.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto",
-                   help="auto (default): flat (exact) up to 200,000 features, ivf above")
-    p.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default 4 sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=None, help="ivf: lists scanned per query (default 32)")
+                   help="auto (default): flat (exact) while N x D <= 2 GiB of float32, ivf above")
+    p.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default sqrt(N))")
+    p.add_argument("--nprobe", type=int, default=None, help="ivf: lists scanned per query (default: a quarter of them)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="top-k gallery matches of query images", formatter_class=_formatter,

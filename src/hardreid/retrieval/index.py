@@ -7,17 +7,21 @@ every index here ranks by it (higher = more similar):
     ``IndexFlatIP``: exact, every gallery feature compared with the query.
 ``ivf``
     ``IndexIVFFlat`` (inner product): k-means splits the gallery into
-    ``nlist`` lists (default ``4 sqrt(N)``) and a query scans the ``nprobe``
-    nearest lists (default 32); exact scores inside them.
+    ``nlist`` lists (default ``sqrt(N)``) and a query scans the ``nprobe``
+    nearest lists (default a quarter of them); exact scores inside them.
 ``hnsw``
-    ``IndexHNSWFlat`` (inner product, M = 32 links, efSearch 128): a graph
-    walk; slow to build on large galleries.
+    ``IndexHNSWFlat`` (inner product, M = 32 links, efSearch 512): a graph
+    walk; fast queries, but slow to build on large galleries.
 ``auto`` (default)
-    ``flat`` up to :data:`EXACT_MAX_GALLERY` features, ``ivf`` above. The
-    threshold comes from ``benchmarks/search.py`` (see benchmarks/README.md):
-    one 2048-d query against 200,000 features takes ~40 ms exactly on 2 CPU cores,
-    and grows linearly, while IVF answers in a few ms at recall@10 >= 0.95; below it
-    exact search is fast enough and needs no training.
+    ``flat`` while the gallery's features take at most 2 GiB
+    (:data:`EXACT_MAX_VALUES` = N x D: 262,144 features of 2048-d, 1M of
+    512-d), ``ivf`` above. Measured with ``benchmarks/search.py`` on re-ID-like
+    2048-d features, 2 CPU cores (benchmarks/README.md): exact search streams
+    every feature for every query, 0.21 s for one query over 100,000 and 1.7 s
+    over 1,000,000, so past ~2 GiB one query takes more than half a second;
+    IVF with a quarter of the lists scanned keeps recall@10 at about 0.9 and is
+    ~6x faster (0.27 s at 1M), but needs minutes of k-means to build and misses
+    some neighbours, so it is not worth it below.
 
 An approximate index measures its recall@10 against exact search when it is
 built (gallery features as queries, themselves left out) and records it in
@@ -46,9 +50,9 @@ from .features import IMAGES, FeatureSet, ImageRecord, load_features, read_recor
 
 INDEX_FILE, META = "index.faiss", "index.json"
 KINDS = ("auto", "flat", "ivf", "hnsw")
-EXACT_MAX_GALLERY = 200_000  # auto: exact search up to this many gallery features (benchmarks/search.py)
-DEFAULT_NPROBE = 32
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+EXACT_MAX_VALUES = 512 * 2**20  # auto: exact search while N x D <= this (2 GiB of float32; benchmarks/search.py)
+NPROBE_FRACTION = 4  # ivf: scan nlist / 4 lists by default (recall@10 ~0.9 at 1M re-ID-like features)
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 40, 512
 ADD_CHUNK = 65536  # rows handed to faiss at a time (the features stay memory-mapped)
 
 
@@ -62,16 +66,25 @@ def import_faiss():
 
 
 def default_nlist(n: int) -> int:
-    """IVF lists: 4 sqrt(N) (faiss's guideline), at least 1 and at most N / 39 so each centroid gets 39 training points."""
-    return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+    """IVF lists: sqrt(N), at least 1 and at most N / 39 (faiss wants 39 training points per centroid).
+
+    Building costs about N x nlist x D multiply-adds (k-means, then assigning every feature);
+    sqrt(N) keeps a 1M x 2048 gallery to minutes on 2 CPU cores, where faiss's 4 sqrt(N) for
+    large sets would cost 4x as much.
+    """
+    return int(max(1, min(round(math.sqrt(n)), n // 39)))
 
 
-def choose_kind(kind: str, n: int) -> str:
+def choose_kind(kind: str, n: int, dim: int) -> str:
     if kind not in KINDS:
         raise UserError(f"unknown index kind '{kind}'; choose one of {', '.join(KINDS)}")
     if kind == "auto":
-        return "flat" if n <= EXACT_MAX_GALLERY else "ivf"
+        return "flat" if n * dim <= EXACT_MAX_VALUES else "ivf"
     return kind
+
+
+def default_nprobe(nlist: int) -> int:
+    return max(1, math.ceil(nlist / NPROBE_FRACTION))
 
 
 def _chunks(features: np.ndarray):
@@ -95,7 +108,7 @@ def build_faiss_index(features: np.ndarray, kind: str, nlist: int | None = None,
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))  # k-means on a sample
         index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
-        index.nprobe = min(nprobe or DEFAULT_NPROBE, nlist)
+        index.nprobe = min(nprobe or default_nprobe(nlist), nlist)
         params = {"nlist": nlist, "nprobe": index.nprobe, "train_size": int(len(sample))}
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -198,7 +211,7 @@ def build_index(features: str | Path | FeatureSet, output: str | Path, kind: str
     n, dim = fs.features.shape
     if n == 0:
         raise UserError("the feature set is empty: nothing to index")
-    chosen = choose_kind(kind, n)
+    chosen = choose_kind(kind, n, dim)
     start = time.perf_counter()
     index, params = build_faiss_index(fs.features, chosen, nlist, nprobe, seed=seed)
     seconds = time.perf_counter() - start
