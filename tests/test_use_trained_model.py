@@ -97,3 +97,25 @@ def test_one_unit_for_scores_in_the_api_the_logs_and_the_json(tiny_root, tiny_ch
     assert api.mAP == pytest.approx(cli["mAP"], abs=1e-9) == pytest.approx(logged["mAP"], abs=1e-9)
     assert api.rank(1) == pytest.approx(cli["cmc"]["1"], abs=1e-9) == pytest.approx(logged["top1"], abs=1e-9)
     assert api.mAP > 1.0  # percent, not a fraction (random features already give more than 1 %)
+
+
+def test_new_commands_have_help_with_examples(capsys):
+    for command in ("extract", "index", "search", "export", "info", "configs"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
+
+
+def test_user_mistakes_in_the_new_commands_get_one_clear_line(tmp_path, capsys):
+    def error(args: list[str]) -> str:
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+        return err
+
+    assert "needs --checkpoint FILE" in error(["extract", "--images", str(tmp_path), "--output", str(tmp_path / "f")])
+    assert "nowhere does not exist" in error(["extract", "--backbone", "mobilenet_v2", "--images", str(tmp_path / "nowhere"),
+                                              "--output", str(tmp_path / "f")])
+    assert "holds no extracted features" in error(["index", "--features", str(tmp_path), "--output", str(tmp_path / "i")])
+    assert "is not a gallery index" in error(["search", "--index", str(tmp_path), "--query", str(tmp_path)])
+    assert "does not exist" in error(["info", "--config", "acfl/no_such_row"])

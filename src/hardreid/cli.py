@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "      --output runs/cuhk03 --weights ../shared/weights/mobilenet_v2_imagenet.pth train.epochs=20\n"
                               "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n\n"
                               "--config takes a YAML file or the name of a packaged config ('hardreid configs' lists them).\n"
-                              "Any config key can be overridden as section.key=value (see 'hardreid configs base': base.yaml).")
+                              "Any config key can be overridden as section.key=value (every key and its default: the packaged base.yaml).")
     p.add_argument("--config", default=None, metavar="NAME_OR_FILE",
                    help="packaged config name (acfl/market1501) or YAML file (may inherit with _base_)")
     _add_data_args(p)
