@@ -10,8 +10,29 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError, clean_message
+from .signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, terminate_as_interrupt
 
 FORMATS = ["auto", "market1501", "dukemtmc", "msmt17", "cuhk03np", "market", "folder"]
+
+
+def _path(text: str) -> str:
+    """argparse type of path arguments: an empty string is a mistake, not the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -19,7 +40,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data-root", required=required, metavar="DIR", help="data set folder (or its parent)")
+    p.add_argument("--data-root", required=required, metavar="DIR", type=_path, help="data set folder (or its parent)")
     p.add_argument("--format", choices=FORMATS, default=None, help="data set layout (default: the config's, else auto-detect)")
     p.add_argument("--subset", choices=["labeled", "detected"], default=None, help="CUHK03-NP subset")
     p.add_argument("--camera-pattern", default=None, metavar="REGEX",
@@ -49,22 +70,37 @@ def _load_data(args: argparse.Namespace, cfg=None):
 
 
 # -- train -------------------------------------------------------------------------------------
+def _resume_config(run_dir: Path, overrides: list[str]):
+    """The run's own config.yaml (else the checkpoint's config) plus ``overrides``."""
+    from .config import config_from_dict, load_config
+    from .training.checkpoint import load_checkpoint
+
+    last = run_dir / "checkpoints" / "last.pth"
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml", overrides)
+    if last.is_file():
+        stored = load_checkpoint(last)["config"]
+        return load_config(None, overrides, base=config_from_dict(stored, f"the config stored in {last}"))
+    raise UserError(f"nothing to resume in {run_dir}: it holds no checkpoints/last.pth (start a new run "
+                    "without --resume, or pass the --output folder of an earlier run)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
     run_dir = Path(args.output)
-    config_file = args.config
-    if args.resume and config_file is None and (run_dir / "config.yaml").is_file():
-        config_file = run_dir / "config.yaml"  # continue with the run's own resolved config
-    if config_file is None:
-        raise UserError("train needs --config FILE (e.g. --config configs/cluster_contrast/market1501.yaml)")
     overrides = list(args.overrides)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
     if args.device:
         overrides.append(f"train.device={args.device}")
-    cfg = load_config(config_file, overrides)
+    if args.resume and args.config is None:
+        cfg = _resume_config(run_dir, overrides)  # continue with the run's own resolved config
+    elif args.config is None:
+        raise UserError("train needs --config FILE (e.g. --config configs/cluster_contrast/market1501.yaml)")
+    else:
+        cfg = load_config(args.config, overrides)
     if cfg.model.weights:  # the run's config.yaml must work from any directory (resume, figures)
         cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
     if args.format:
@@ -113,23 +149,29 @@ def _model_for_eval(args: argparse.Namespace):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.pipeline import query_gallery_distances, score_distances
+    from .evaluation.pipeline import check_evaluable, query_gallery_distances, score_distances
+    from .files import atomic_write_text, check_writable_file
     from .training import resolve_device
 
+    for flag, path in (("--json", args.json), ("--ranked-image", args.ranked_image)):
+        if path is not None:
+            check_writable_file(path, flag)  # before the evaluation, not after it
     model, cfg = _model_for_eval(args)
     device = resolve_device(args.device or "auto")
     dataset = _load_data(args, cfg)
+    check_evaluable(dataset)
     start = time.time()
     dist = query_gallery_distances(model.to(device), dataset, cfg.data, cfg.eval, device, rerank=args.rerank)
     result = score_distances(dist, dataset, cfg.eval.max_rank)
     report = result.to_dict(percent=True)
-    report.update({"num_query": len(dataset.query), "num_gallery": len(dataset.gallery)})
+    skipped = len(dataset.query) - result.num_valid_queries
+    report.update({"num_query": len(dataset.query), "num_skipped_query": skipped, "num_gallery": len(dataset.gallery)})
+    note = f" ({skipped} skipped: no gallery image of their identity from another camera)" if skipped else ""
     print(f"{dataset.name}: mAP {report['mAP']:.1f}  top-1 {report['cmc']['1']:.1f}  top-5 {report['cmc']['5']:.1f}  "
-          f"top-10 {report['cmc']['10']:.1f}  ({len(dataset.query)} queries, {len(dataset.gallery)} gallery, "
-          f"{time.time() - start:.0f}s{', re-ranked' if args.rerank else ''})")
+          f"top-10 {report['cmc']['10']:.1f}  ({result.num_valid_queries} of {len(dataset.query)} queries scored{note}, "
+          f"{len(dataset.gallery)} gallery, {time.time() - start:.0f}s{', re-ranked' if args.rerank else ''})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        atomic_write_text(args.json, json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     if args.ranked_image:
         from .viz.ranked import save_ranked_results
@@ -183,11 +225,15 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def cmd_datasets_inspect(args: argparse.Namespace) -> int:
     from .data.inspect import inspect_dataset
 
+    from .files import atomic_write_text, check_writable_file
+
+    if args.json:
+        check_writable_file(args.json, "--json")
     options = {k: v for k, v in {"subset": args.subset, "camera_pattern": args.camera_pattern}.items() if v}
     report = inspect_dataset(args.root, format=args.format or "auto", verify_images=args.verify, **options)
     print(report.text())
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1))
     return 0
 
 
@@ -228,37 +274,47 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid train --config configs/cluster_contrast/market1501.yaml --data-root ~/data/market --output runs/cc\n"
                               "  hardreid train --config configs/cluster_contrast/cpu_mobilenet.yaml --data-root ../shared/data/cuhk03 \\\n"
                               "      --output runs/cuhk03 --weights ../shared/weights/mobilenet_v2_imagenet.pth train.epochs=20\n"
-                              "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n\n"
-                              "Any config key can be overridden as section.key=value (see configs/base.yaml).")
-    p.add_argument("--config", default=None, metavar="FILE", help="YAML config (may inherit with _base_)")
+                              "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n"
+                              "  hardreid train --output runs/cc --data-root ~/data/market --resume train.epochs=80\n\n"
+                              "Any config key can be overridden as section.key=value (see configs/base.yaml); every value\n"
+                              "is checked before any work starts. --resume refuses changes to keys other than\n"
+                              "train.epochs, train.eval_every, train.save_every, train.device, data.workers,\n"
+                              "eval.batch_size, model.weights and model.pretrained.\n"
+                              "Ctrl-C (SIGINT, exit code 130) and SIGTERM (exit code 143) stop cleanly: the last\n"
+                              "finished checkpoint stays and --resume continues from it.")
+    p.add_argument("--config", default=None, metavar="FILE", type=_path, help="YAML config (may inherit with _base_)")
     _add_data_args(p)
-    p.add_argument("--output", required=True, metavar="RUN_DIR", help="run directory (config, log, metrics, checkpoints)")
-    p.add_argument("--weights", default=None, metavar="FILE", help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
+    p.add_argument("--output", required=True, metavar="RUN_DIR", type=_path, help="run directory (config, log, metrics, checkpoints)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=_path, help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: config, auto)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pth")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pth "
+                                                         "(with its config.yaml unless --config is given)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=20")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="CMC / mAP of a checkpoint or an untrained backbone", formatter_class=_formatter,
-                       description="Score a model on the query/gallery splits (Market-1501 protocol).",
+                       description="Score a model on the query/gallery splits (Market-1501 protocol). Queries without a "
+                                   "gallery image of their identity from another camera cannot be scored: they are "
+                                   "skipped and counted. Output paths are checked before the evaluation starts.",
                        epilog="examples:\n"
                               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market --json result.json\n"
                               "  hardreid evaluate --backbone mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\\n"
                               "      --data-root ../shared/data/cuhk03 --height 128 --width 64\n"
                               "  hardreid evaluate --checkpoint best.pth --data-root ~/data/market --rerank --ranked-image ranked.png")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint (best.pth / last.pth)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path,
+                   help="a hardreid checkpoint (best.pth / last.pth); read safely, nothing in it is run")
     p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
-    p.add_argument("--weights", default=None, metavar="FILE", help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=_path, help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
     p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
     _add_data_args(p)
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
     p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
-    p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 256)")
-    p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 128)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--height", type=_count(1), default=None, help="input height (default: the checkpoint's, else 256)")
+    p.add_argument("--width", type=_count(1), default=None, help="input width (default: the checkpoint's, else 128)")
+    p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the numbers as JSON (percent)")
-    p.add_argument("--ranked-image", default=None, metavar="OUT.png", help="save a picture of ranked results")
+    p.add_argument("--json", default=None, metavar="OUT.json", type=_path, help="write the numbers as JSON (percent)")
+    p.add_argument("--ranked-image", default=None, metavar="OUT.png", type=_path, help="save a picture of ranked results")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("figures", help="the ACFL paper's pictures (Fig. 4, 5a, 5b) from a run", formatter_class=_formatter,
@@ -272,15 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid figures --run runs/acfl --which fig5a                 # curves only, no data needed\n"
                               "  hardreid figures --run runs/acfl --data-root ~/data/market --which fig4 fig5b \\\n"
                               "      --checkpoint runs/acfl/checkpoints/best.pth --output figures/acfl --queries 6")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of 'hardreid train' (config.yaml, metrics.json, checkpoints/)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", type=_path, help="run directory of 'hardreid train' (config.yaml, metrics.json, checkpoints/)")
     _add_data_args(p, required=False)
     p.add_argument("--which", nargs="+", choices=FIGURES, default=FIGURES, help="figures to make (default: all)")
-    p.add_argument("--output", default=None, metavar="DIR", help="where the PNG files go (default: RUN_DIR/figures)")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint for fig4 / fig5b (default: RUN_DIR/checkpoints/last.pth)")
-    p.add_argument("--queries", type=int, default=4, help="fig4: rows (queries from distinct clusters)")
-    p.add_argument("--identities", type=int, default=15, help="fig5b: identities shown (the paper: 15)")
-    p.add_argument("--seed", type=int, default=0, help="random choice of queries and identities")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--output", default=None, metavar="DIR", type=_path, help="where the PNG files go (default: RUN_DIR/figures)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path, help="checkpoint for fig4 / fig5b (default: RUN_DIR/checkpoints/last.pth)")
+    p.add_argument("--queries", type=_count(1), default=4, help="fig4: rows (queries from distinct clusters)")
+    p.add_argument("--identities", type=_count(1), default=15, help="fig5b: identities shown (the paper: 15)")
+    p.add_argument("--seed", type=_count(0), default=0, help="random choice of queries and identities")
+    p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
     p.set_defaults(func=cmd_figures)
 
@@ -289,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generates a synthetic multi-camera data set, scores the untrained model, trains "
                                    "the Cluster Contrast baseline on CPU and scores it again (a few minutes).",
                        epilog="examples:\n  hardreid demo\n  hardreid demo --output /tmp/demo --epochs 4")
-    p.add_argument("--output", default="hardreid_demo", metavar="DIR", help="where data, run and pictures go")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: configs/demo.yaml's)")
-    p.add_argument("--weights", default=None, metavar="FILE", help="start from these MobileNetV2 weights")
+    p.add_argument("--output", default="hardreid_demo", metavar="DIR", type=_path, help="where data, run and pictures go")
+    p.add_argument("--epochs", type=_count(1), default=None, help="training epochs (default: configs/demo.yaml's)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=_path, help="start from these MobileNetV2 weights")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("datasets", help="inspect data sets, generate the synthetic one", formatter_class=_formatter)
@@ -301,20 +357,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "do not parse, query identities without a cross-camera gallery match.",
                         epilog="examples:\n  hardreid datasets inspect ~/data/Market-1501-v15.09.15\n"
                                "  hardreid datasets inspect ~/crops --format folder --camera-pattern 'cam(\\d+)'")
-    q.add_argument("root", metavar="DIR")
+    q.add_argument("root", metavar="DIR", type=_path)
     q.add_argument("--format", choices=FORMATS, default=None)
     q.add_argument("--subset", choices=["labeled", "detected"], default=None)
     q.add_argument("--camera-pattern", default=None, metavar="REGEX")
     q.add_argument("--verify", action="store_true", help="also open every image (slower)")
-    q.add_argument("--json", default=None, metavar="OUT.json")
+    q.add_argument("--json", default=None, metavar="OUT.json", type=_path)
     q.set_defaults(func=cmd_datasets_inspect)
     q = dsub.add_parser("synth", help="write the synthetic data set (Market-1501 layout)", formatter_class=_formatter,
                         epilog="examples:\n  hardreid datasets synth data/synthetic\n  hardreid datasets synth data/big --train-ids 300 --cameras 6")
-    q.add_argument("output", metavar="DIR")
-    q.add_argument("--train-ids", type=int, default=60)
-    q.add_argument("--test-ids", type=int, default=40)
-    q.add_argument("--cameras", type=int, default=4)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("output", metavar="DIR", type=_path)
+    q.add_argument("--train-ids", type=_count(1), default=60)
+    q.add_argument("--test-ids", type=_count(1), default=40)
+    q.add_argument("--cameras", type=_count(2), default=4)
+    q.add_argument("--seed", type=_count(0), default=0)
     q.set_defaults(func=cmd_datasets_synth)
     return parser
 
@@ -328,13 +384,26 @@ def main(argv: list[str] | None = None) -> int:
         (parser if args.command is None else parser._subparsers._group_actions[0].choices[args.command]).print_help()
         return 2
     try:
-        return func(args)
+        with terminate_as_interrupt():
+            return func(args)
     except UserError as exc:
         print(f"hardreid {args.command}: error: {clean_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
+        what = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        print(f"hardreid {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
+        return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
+    except OSError as exc:  # the machine, not the input: a full disk, a vanished mount, ...
+        print(f"hardreid {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted training run (nothing for other commands)."""
+    if args.command != "train" or not (Path(args.output) / "checkpoints" / "last.pth").is_file():
+        return ""
+    return (f"; checkpoints/last.pth holds the last finished epoch: continue with "
+            f"hardreid train --output {args.output} --data-root {args.data_root} --resume")
 
 
 if __name__ == "__main__":
