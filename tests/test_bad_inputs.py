@@ -240,6 +240,7 @@ CASES = [
     Case("last_stride_3", train_with("model.last_stride=3"), 2, "'model.last_stride'"),
     Case("save_every_0", train_with("train.save_every=0"), 2, "'train.save_every'"),
     Case("unknown_key", train_with("train.epoch=2"), 2, "Did you mean 'train.epochs'"),
+    Case("camera_pattern_invalid", train_with("data.camera_pattern=cam("), 2, "'data.camera_pattern'"),
     Case("override_without_section", train_with("epochs=3"), 2, "must look like section.key=value"),
     # config files (issue items 6, 9)
     Case("base_is_a_number", ["train", "--config", "{tmp}/c.yaml", "--data-root", "{root}", "--output", "{tmp}/out"], 2,
@@ -288,6 +289,12 @@ CASES = [
          lambda env, tmp: write(tmp / "f", "x")),
     Case("json_disk_full", EVAL + ["--json", "{tmp}/r.json"], 2, "cannot write", disk_full_on_flush, True),
     Case("checkpoint_disk_full", train_with(), 2, "cannot write", disk_full_on_save, True),
+    Case("synth_output_under_a_file", ["datasets", "synth", "{tmp}/f/data"], 2, "is a file, not a folder",
+         lambda env, tmp: write(tmp / "f", "x")),
+    Case("figures_output_under_a_file", ["figures", "--run", "{run}", "--which", "fig5a", "--output", "{tmp}/f/figs"], 2,
+         "is a file, not a folder", lambda env, tmp: write(tmp / "f", "x")),
+    Case("demo_output_under_a_file", ["demo", "--output", "{tmp}/f/demo"], 2, "is a file, not a folder",
+         lambda env, tmp: write(tmp / "f", "x")),
     Case("inspect_json_under_a_file", ["datasets", "inspect", "{root}", "--json", "{tmp}/f/r.json"], 2, "--json",
          lambda env, tmp: write(tmp / "f", "x")),
     # checkpoints and weights: nothing in them runs (issue items 1, 9)

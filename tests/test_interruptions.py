@@ -145,6 +145,7 @@ def test_sigkill_at_a_random_time_then_resume(seed, config_file, tiny_root, refe
     assert_same_as_reference(run, reference)
 
 
+@pytest.mark.slow  # (tests/test_reliability.py sends a real SIGTERM in-process in the default run)
 def test_sigterm_stops_cleanly_and_the_run_resumes(config_file, tiny_root, reference, tmp_path, capsys):
     """SIGTERM (what cluster schedulers send) inside the last.pth write of epoch 2: exit code 143, a message
     saying how to resume, no temporary file, and --resume finishes like the uninterrupted run."""

@@ -59,9 +59,9 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_root, tmp_path_factory) -> Path:
-    """A run of 2 epochs x 2 steps, evaluated every epoch."""
+    """A run of 2 epochs x 1 step, evaluated every epoch."""
     base = tmp_path_factory.mktemp("finished")
-    dump_config(tiny_config(train={"epochs": 2, "iters": 2}), base / "tiny.yaml")
+    dump_config(tiny_config(train={"epochs": 2, "iters": 1}), base / "tiny.yaml")
     assert main(["train", "--config", str(base / "tiny.yaml"), "--data-root", str(tiny_root), "--output",
                  str(base / "run")]) == 0
     return base / "run"
@@ -186,17 +186,24 @@ def test_resume_on_another_data_set_is_refused_before_any_work(tiny_root, tmp_pa
 
 
 # -- best.pth never stays stale ---------------------------------------------------------------------------------
+def improving_scores(monkeypatch) -> None:
+    """Evaluation replaced by an mAP that improves every epoch (also after a resume)."""
+    from hardreid.training import trainer as trainer_module
+
+    scores = iter(np.linspace(0.1, 0.6, 6))
+    monkeypatch.setattr(trainer_module, "evaluate_model",
+                        lambda *args, **kwargs: SimpleNamespace(mAP=(m := next(scores)), cmc=np.full(10, m)))
+
+
 def test_a_stale_best_checkpoint_is_rewritten_on_resume(tiny_root, tmp_path, monkeypatch):
     """Interrupted while best.pth of an improving epoch was written (the order is last.pth, then best.pth):
     best.pth holds an older epoch; resume rewrites it from last.pth."""
     from hardreid.training import trainer as trainer_module
 
+    improving_scores(monkeypatch)
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(train={"epochs": 3, "iters": 1})
     real_save, best_writes = trainer_module.save_checkpoint, []
-    scores = iter(np.linspace(0.1, 0.6, 6))  # the mAP improves every epoch (also after the resume)
-    monkeypatch.setattr(trainer_module, "evaluate_model",
-                        lambda *args, **kwargs: SimpleNamespace(mAP=(m := next(scores)), cmc=np.full(10, m)))
 
     def save(state, path):
         if path.name == "best.pth":
@@ -210,21 +217,24 @@ def test_a_stale_best_checkpoint_is_rewritten_on_resume(tiny_root, tmp_path, mon
         train(cfg, data, tmp_path / "run", log_to_stderr=False)
     monkeypatch.setattr(trainer_module, "save_checkpoint", real_save)
     ckpt = tmp_path / "run" / "checkpoints"
-    stopped_at = best_writes[-1]
-    assert load_checkpoint(ckpt / "best.pth")["epoch"] < stopped_at == load_checkpoint(ckpt / "last.pth")["epoch"]
+    assert load_checkpoint(ckpt / "best.pth")["epoch"] == 1 and load_checkpoint(ckpt / "last.pth")["epoch"] == 2
     train(cfg, data, tmp_path / "run", resume=True, log_to_stderr=False)
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert load_checkpoint(ckpt / "best.pth")["epoch"] == best_epoch(history)
+    assert load_checkpoint(ckpt / "best.pth")["epoch"] == best_epoch(history) == 3
     assert "rewrote" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_last_is_written_whenever_best_is(tiny_root, tmp_path):
-    """With save_every > 1 an improving epoch still writes last.pth (first), so best.pth can always be rebuilt."""
-    result = train(tiny_config(train={"epochs": 2, "iters": 1, "save_every": 5}), load_dataset("market", tiny_root),
-                   tmp_path / "run", log_to_stderr=False)
-    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
-    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pth")
-    assert last["epoch"] == 2 and best["epoch"] == best_epoch(result.history)
+def test_last_is_written_before_best_and_whenever_best_is(tiny_root, tmp_path, monkeypatch):
+    """With save_every > 1 an improving epoch still writes last.pth, first, so best.pth can always be rebuilt."""
+    from hardreid.training import trainer as trainer_module
+
+    improving_scores(monkeypatch)
+    writes, real_save = [], trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint",
+                        lambda state, path: (writes.append((path.name, state["epoch"])), real_save(state, path)))
+    train(tiny_config(train={"epochs": 2, "iters": 1, "save_every": 5}), load_dataset("market", tiny_root),
+          tmp_path / "run", log_to_stderr=False)
+    assert writes == [("last.pth", 1), ("best.pth", 1), ("last.pth", 2), ("best.pth", 2)]
 
 
 # -- temporary files ---------------------------------------------------------------------------------------------

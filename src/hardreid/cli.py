@@ -186,8 +186,11 @@ FIGURES = ["fig4", "fig5a", "fig5b"]
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    from .files import check_writable_dir
+
     run_dir = Path(args.run)
     out_dir = Path(args.output) if args.output else run_dir / "figures"
+    check_writable_dir(out_dir, "output folder")
     which = list(dict.fromkeys(args.which))
     if "fig5a" in which:
         from .viz.curves import plot_training_curves
@@ -224,7 +227,6 @@ def cmd_figures(args: argparse.Namespace) -> int:
 # -- datasets ----------------------------------------------------------------------------------
 def cmd_datasets_inspect(args: argparse.Namespace) -> int:
     from .data.inspect import inspect_dataset
-
     from .files import atomic_write_text, check_writable_file
 
     if args.json:
@@ -239,7 +241,9 @@ def cmd_datasets_inspect(args: argparse.Namespace) -> int:
 
 def cmd_datasets_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SyntheticConfig, generate_synthetic
+    from .files import check_writable_dir
 
+    check_writable_dir(args.output, "output folder")
     cfg = SyntheticConfig(num_train_ids=args.train_ids, num_test_ids=args.test_ids, num_cameras=args.cameras,
                           seed=args.seed)
     path = generate_synthetic(args.output, cfg, progress=True)
@@ -250,7 +254,9 @@ def cmd_datasets_synth(args: argparse.Namespace) -> int:
 # -- demo --------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .files import check_writable_dir
 
+    check_writable_dir(args.output, "--output")
     run_demo(Path(args.output), epochs=args.epochs, weights=args.weights)
     return 0
 

@@ -17,8 +17,10 @@ starts, passes through it; a bad value is one line naming the key, the value and
       "cluster.eps": Range(0, 1, low_open=True, high_open=True),  # DBSCAN radius on Jaccard distances
       "memory.kind": OneOf("momentum", "instance", "queue"),
 
-  A new key adds one such line (a list key takes ``Each(rule)``; choices kept in a registry take
-  ``OneOf(provider)`` with a function returning them).
+  A new key adds one such line. Rules: ``Range`` (shorthands ``POSITIVE``, ``NON_NEGATIVE``, ``ABOVE_ZERO``,
+  ``PROBABILITY``), ``OneOf`` (choices kept in a registry: ``OneOf(function returning them)``), ``Matches``
+  (a regular expression the text must match), ``Pattern`` (the text is a regex with a group), ``Each(rule)``
+  for list keys.
 * **rules between keys** (batch_size a multiple of num_instances, increasing milestones, ...) live in
   :func:`validate_config`, next to the table.
 """
@@ -283,6 +285,19 @@ class Matches:
         return self.text
 
 
+class Pattern:
+    """A regular expression with at least one group, or empty."""
+
+    def ok(self, value: Any) -> bool:
+        try:
+            return not value or re.compile(value).groups >= 1
+        except re.error:
+            return False
+
+    def describe(self, kind: Any) -> str:
+        return "empty or a regular expression whose first group is the camera id, e.g. 'c(\\d+)'"
+
+
 @dataclass(frozen=True)
 class Each:
     """Every item of a list key satisfies ``rule``."""
@@ -324,6 +339,7 @@ PROBABILITY = Range(0, 1)
 RULES: dict[str, Any] = {
     "data.format": OneOf("auto", "market1501", "dukemtmc", "msmt17", "cuhk03np", "market", "folder"),
     "data.subset": OneOf("labeled", "detected"),
+    "data.camera_pattern": Pattern(),
     "data.height": POSITIVE,
     "data.width": POSITIVE,
     "data.batch_size": POSITIVE,
