@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -330,3 +331,22 @@ def test_sigterm_exits_like_ctrl_c_with_its_own_code(finished_run, tiny_root, tm
     assert "terminated by SIGTERM" in err and f"--output {run}" in err and "--resume" in err
     assert load_checkpoint(run / "checkpoints" / "last.pth")["epoch"] == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is only there while a command runs
+
+
+def test_an_error_caused_by_the_same_sigterm_is_reported_as_termination(tiny_root, tmp_path, capsys, monkeypatch):
+    """A scheduler's SIGTERM also kills the DataLoader workers; their failure is part of the termination."""
+    from hardreid.training import trainer as trainer_module
+    from hardreid.signals import Terminated
+
+    def run_epoch(self, epoch):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises Terminated at once
+        except Terminated:
+            raise RuntimeError("DataLoader worker (pid 12345) exited unexpectedly") from None
+
+    monkeypatch.setattr(trainer_module.Trainer, "run_epoch", run_epoch)
+    dump_config(tiny_config(train={"epochs": 1, "iters": 1}), tmp_path / "tiny.yaml")
+    code, _, err = run_cli(["train", "--config", tmp_path / "tiny.yaml", "--data-root", tiny_root, "--output",
+                            tmp_path / "run"], capsys)
+    assert code == 143 and "terminated by SIGTERM" in err and "Traceback" not in err

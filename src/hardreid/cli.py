@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError, clean_message
-from .signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, terminate_as_interrupt
+from .signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, sigterm_received, terminate_as_interrupt
 
 FORMATS = ["auto", "market1501", "dukemtmc", "msmt17", "cuhk03np", "market", "folder"]
 
@@ -392,16 +392,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with terminate_as_interrupt():
             return func(args)
-    except UserError as exc:
-        print(f"hardreid {args.command}: error: {clean_message(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
-        what = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        terminated = isinstance(exc, Terminated)
+        what = "terminated by SIGTERM" if terminated else "interrupted (Ctrl-C)"
         print(f"hardreid {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
-        return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
-    except OSError as exc:  # the machine, not the input: a full disk, a vanished mount, ...
-        print(f"hardreid {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return SIGTERM_EXIT if terminated else SIGINT_EXIT
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else keeps its traceback
+        if sigterm_received():  # e.g. a loader worker the same SIGTERM killed first
+            print(f"hardreid {args.command}: terminated by SIGTERM{_resume_hint(args)}", file=sys.stderr)
+            return SIGTERM_EXIT
+        if isinstance(exc, UserError):
+            print(f"hardreid {args.command}: error: {clean_message(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):  # the machine, not the input: a full disk, a vanished mount, ...
+            print(f"hardreid {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

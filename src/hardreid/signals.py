@@ -21,7 +21,17 @@ class Terminated(KeyboardInterrupt):
     """The process received SIGTERM."""
 
 
+_received: list[int] = []
+
+
+def sigterm_received() -> bool:
+    """True once SIGTERM arrived inside :func:`terminate_as_interrupt`: an error raised while unwinding (e.g.
+    a DataLoader worker that the same SIGTERM killed first) is part of the termination, not a new problem."""
+    return bool(_received)
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _received.append(signum)
     raise Terminated()
 
 
@@ -32,6 +42,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _received.clear()
     try:
         yield
     finally:
