@@ -187,11 +187,11 @@ def test_resume_on_another_data_set_is_refused_before_any_work(tiny_root, tmp_pa
 
 
 # -- best.pth never stays stale ---------------------------------------------------------------------------------
-def improving_scores(monkeypatch) -> None:
-    """Evaluation replaced by an mAP that improves every epoch (also after a resume)."""
+def fake_scores(monkeypatch, values: list[float]) -> None:
+    """Evaluation replaced by these mAP values, one per evaluated epoch (also after a resume)."""
     from hardreid.training import trainer as trainer_module
 
-    scores = iter(np.linspace(0.1, 0.6, 6))
+    scores = iter(values)
     monkeypatch.setattr(trainer_module, "evaluate_model",
                         lambda *args, **kwargs: SimpleNamespace(mAP=(m := next(scores)), cmc=np.full(10, m)))
 
@@ -201,7 +201,7 @@ def test_a_stale_best_checkpoint_is_rewritten_on_resume(tiny_root, tmp_path, mon
     best.pth holds an older epoch; resume rewrites it from last.pth."""
     from hardreid.training import trainer as trainer_module
 
-    improving_scores(monkeypatch)
+    fake_scores(monkeypatch, [0.1, 0.5, 0.2])  # epoch 2 is the best; epoch 3 (after the resume) is not better
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(train={"epochs": 3, "iters": 1})
     real_save, best_writes = trainer_module.save_checkpoint, []
@@ -221,7 +221,7 @@ def test_a_stale_best_checkpoint_is_rewritten_on_resume(tiny_root, tmp_path, mon
     assert load_checkpoint(ckpt / "best.pth")["epoch"] == 1 and load_checkpoint(ckpt / "last.pth")["epoch"] == 2
     train(cfg, data, tmp_path / "run", resume=True, log_to_stderr=False)
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert load_checkpoint(ckpt / "best.pth")["epoch"] == best_epoch(history) == 3
+    assert load_checkpoint(ckpt / "best.pth")["epoch"] == best_epoch(history) == 2
     assert "rewrote" in (tmp_path / "run" / "train.log").read_text()
 
 
@@ -229,7 +229,7 @@ def test_last_is_written_before_best_and_whenever_best_is(tiny_root, tmp_path, m
     """With save_every > 1 an improving epoch still writes last.pth, first, so best.pth can always be rebuilt."""
     from hardreid.training import trainer as trainer_module
 
-    improving_scores(monkeypatch)
+    fake_scores(monkeypatch, [0.1, 0.2])
     writes, real_save = [], trainer_module.save_checkpoint
     monkeypatch.setattr(trainer_module, "save_checkpoint",
                         lambda state, path: (writes.append((path.name, state["epoch"])), real_save(state, path)))
