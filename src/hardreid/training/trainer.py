@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import Config, OptimConfig, config_from_dict, dump_config
+from ..config import Config, OptimConfig, config_from_dict, dump_config, validate_config
 from ..data.loaders import InfiniteIdentityLoader
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
@@ -31,7 +31,10 @@ from ..pseudo_labels import check_cluster_config, cluster_epoch
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
-from .run_files import LOG, TensorBoardLog, setup_logging, write_metrics
+from .preflight import check_before_training, require_training_images
+from .resume import checkpoint_to_continue, trained_on
+from .rng import rng_state, set_rng_state
+from .run_files import LOG, TensorBoardLog, open_run_dir, write_metrics
 
 
 @dataclass
@@ -50,7 +53,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                        f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -59,9 +66,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_from_config(cfg: Config) -> ReidModel:
+def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
+    """The configured model; ``initial_weights=False`` skips model.weights / model.pretrained (a checkpoint
+    will provide every weight)."""
     m = cfg.model
-    model = build_model(m.backbone, weights=m.weights or None, pretrained=m.pretrained, last_stride=m.last_stride,
+    model = build_model(m.backbone, weights=(m.weights or None) if initial_weights else None,
+                        pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
                         img_size=(cfg.data.height, cfg.data.width))
     return model.use_channels_last(cfg.train.channels_last)
@@ -130,35 +140,17 @@ def label_agreement(labels: torch.Tensor, dataset: ReidDataset) -> dict[str, flo
     return {"label_ari": float(adjusted_rand_score(truth, pred)), "label_nmi": float(normalized_mutual_info_score(truth, pred))}
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def require_training_images(dataset: ReidDataset) -> None:
-    if not dataset.train:
-        raise UserError(f"data set at {dataset.root} has no training images (e.g. bounding_box_train/ is missing or "
-                        "empty): train needs them; a test-only folder works with evaluate and extract")
-
-
 class Trainer:
     """One run: holds model, optimiser, method and history; ``fit`` runs the remaining epochs."""
 
-    def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None) -> None:
+    def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None,
+                 initial_weights: bool = True) -> None:
         require_training_images(dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
-        self.model = (model or model_from_config(cfg)).to(self.device)
+        self.model = (model or model_from_config(cfg, initial_weights)).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
         t = cfg.train
@@ -182,11 +174,13 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
-                "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
-                "pseudo_labels": self.previous_labels}
+                "rng": rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
+                "trained_on": trained_on(self.cfg, self.dataset),
+                "pseudo_labels": None if self.previous_labels is None else torch.as_tensor(self.previous_labels)}
 
-    def resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
+    def resume(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its contents, when already read)."""
+        state = load_checkpoint(path) if state is None else state
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -195,8 +189,9 @@ class Trainer:
         self.method.load_state_dict(state.get("method", {}))
         self.history, self.best_map = state["history"], state["best_map"]
         self.start_epoch = state["epoch"]
-        self.previous_labels = state.get("pseudo_labels")
-        _set_rng_state(state["rng"])
+        labels = state.get("pseudo_labels")
+        self.previous_labels = None if labels is None else np.asarray(labels)
+        set_rng_state(state["rng"])
         LOG.info("resumed from %s after epoch %d", path, self.start_epoch)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -260,8 +255,6 @@ class Trainer:
 
     def wants_bn_calibration(self) -> bool:
         mode = self.cfg.train.calibrate_bn
-        if mode not in ("auto", "always", "never"):
-            raise UserError(f"train.calibrate_bn must be auto, always or never, not '{mode}'")
         random_init = not (self.cfg.model.weights or self.cfg.model.pretrained)
         return mode == "always" or (mode == "auto" and random_init)
 
@@ -329,37 +322,42 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def save(self, epoch: int, row: dict[str, Any]) -> None:
+        """last.pth (every save_every epochs, the last epoch, and whenever the mAP improved), then best.pth.
+
+        In this order a kill between or during the two writes leaves last.pth holding the best epoch, from
+        which resume rewrites a stale best.pth (``resume.repair_best_checkpoint``).
+        """
         ckpt_dir = self.run_dir / "checkpoints"
         improved = "mAP" in row and row["mAP"] > self.best_map
         if improved:
             self.best_map = row["mAP"]
         state = self.state(epoch)
-        if epoch % max(self.cfg.train.save_every, 1) == 0 or epoch == self.cfg.train.epochs:
+        if improved or epoch % self.cfg.train.save_every == 0 or epoch == self.cfg.train.epochs:
             save_checkpoint(state, ckpt_dir / "last.pth")
         if improved:
             save_checkpoint(state, ckpt_dir / "best.pth")
 
 
 def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidModel | None = None,
-          resume: bool = False, log_to_stderr: bool = True) -> TrainResult:
+          resume: bool = False, log_to_stderr: bool = True, start_from: str | Path | None = None) -> TrainResult:
     """Train ``cfg``'s method on ``dataset``, writing everything into ``output``.
 
-    With ``resume`` the run continues from ``output/checkpoints/last.pth``.
+    With ``resume`` the run continues from ``output/checkpoints/last.pth``; only the config keys of
+    ``resume.RESUMABLE_KEYS`` may differ from the checkpoint's. ``start_from``: a checkpoint of another run to
+    continue from as a new stage (any config key may differ; the training images must be the same). Config,
+    checkpoint, data and output folder are checked before anything is written or computed.
     """
-    require_training_images(dataset)  # before anything is written into the run directory
+    validate_config(cfg)
     run_dir = Path(output)
-    last = run_dir / "checkpoints" / "last.pth"
-    if resume and not last.is_file():
-        raise UserError(f"cannot resume: {last} does not exist (was the run started with --output {run_dir}?)")
-    if not resume and last.is_file():
-        raise UserError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "train.log", verbose=log_to_stderr)
+    previous = checkpoint_to_continue(run_dir, cfg, dataset, resume, start_from)
+    check_before_training(cfg, dataset, run_dir)
+    open_run_dir(run_dir, verbose=log_to_stderr)
     dump_config(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, dataset, run_dir, model)
+    trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None)
     write_model_info(trainer.model, cfg, run_dir / "model_info.json")  # parameters and FLOPs at the input size
-    if resume:
-        trainer.resume(last)
+    if previous is not None:
+        trainer.resume(previous.path, previous.state)
+        previous.settle(run_dir)  # logs notes; after a kill: best.pth back in step with the metrics
     return trainer.fit()
 
 
