@@ -324,7 +324,7 @@ def test_composed_objective_is_equation_5():
     torch.manual_seed(3)
     features, labels = _clustered(24, 3, 8, seed=6, outliers=0)
     cfg = apply_dict(Config(), {"memory": {"kind": "instance"}, "method": {"hard_samples": ["hpf", "align"]},
-                                "acfl": {"positive": "hardest"}}, "test")
+                                "acfl": {"positive": "hardest", "mining_scope": "batch"}}, "test")
     method = M.build_method(cfg, CPU)
     linear = nn.Linear(3, 8)
     model = lambda x: F.normalize(linear(x), dim=1)  # noqa: E731
@@ -392,6 +392,10 @@ def test_every_acfl_config_builds_and_takes_a_step(path):
     clustered = (labels >= 0).nonzero().flatten()
     indices = torch.cat([clustered[labels[clustered] == a][:4] for a in (0, 1)])
     batch = M.Batch(torch.randn(8, 3, 8, 4), labels[indices], torch.zeros(8, dtype=torch.long), indices)
+    partners = method.companions()  # t4_mining: each image's hardest positive of its identity comes along
+    if partners is not None:
+        assert (labels[partners[indices]] == labels[indices]).all()
+        batch.companion = torch.randn(8, 3, 8, 4)
     out = method.training_step(model, batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()

@@ -42,14 +42,18 @@ def test_hardest_negative_selection():
     assert CameraProxies.hardest_negatives(sims, positive, k=50).sum() == 4
 
 
-def test_cross_camera_loss_matches_a_naive_loop():
+@pytest.mark.parametrize("scoring", ["official", "cosine"])
+def test_cross_camera_loss_matches_a_naive_loop(scoring):
     proxies = _proxies()
     f = F.normalize(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)), dim=1)
     labels, camids = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 0])
-    loss = proxies.cross_camera_loss(f, labels, camids, temperature=0.07, num_hard_negatives=2)
+    loss = proxies.cross_camera_loss(f, labels, camids, temperature=0.07, num_hard_negatives=2, scoring=scoring)
+    p = proxies.proxies.tolist()
+    # official: normalize(P.t()) scales each feature dimension d by 1 / sqrt(sum_j P[j][d]^2)
+    scale = [math.sqrt(sum(row[d] ** 2 for row in p)) if scoring == "official" else 1.0 for d in range(4)]
     per_query = []
     for q, y in zip(f, labels.tolist()):
-        sims = (proxies.proxies @ q).tolist()
+        sims = [sum(q[d].item() * row[d] / scale[d] for d in range(4)) for row in p]
         pos = [j for j in range(proxies.num_proxies) if proxies.proxy_labels[j] == y]
         neg = sorted((j for j in range(proxies.num_proxies) if j not in pos), key=lambda j: -sims[j])[:2]
         denom = math.log(sum(math.exp(sims[j] / 0.07) for j in pos + neg))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -61,7 +62,7 @@ def model_from_config(cfg: Config) -> ReidModel:
     m = cfg.model
     model = build_model(m.backbone, weights=m.weights or None, pretrained=m.pretrained, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
-                        img_size=(cfg.data.height, cfg.data.width))
+                        img_size=(cfg.data.height, cfg.data.width), gem_learnable=m.gem_learnable)
     return model.use_channels_last(cfg.train.channels_last)
 
 
@@ -233,6 +234,8 @@ class Trainer:
         camids = torch.tensor([s.camid for s in self.dataset.train])
         data = EpochData(epoch, features, labels, camids, stats.num_clusters, distance)
         self.method.start_epoch(data, self.model)
+        if self.method.reset_optimizer:  # OpenUnReID's reset_optim: new labels, fresh Adam moments
+            self.optimizer.state = defaultdict(dict)
         losses = self.train_steps(epoch, self.method.sampling_labels(data))
         self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
@@ -268,12 +271,19 @@ class Trainer:
         cfg = self.cfg
         keep = (labels >= 0).nonzero().flatten().tolist()
         samples = [self.dataset.train[i] for i in keep]
+        partners = self.method.companions()  # e.g. ACFL Mining: each image's hardest positive comes with it
+        companions = None if partners is None else [self.dataset.train[int(partners[i])] for i in keep]
         loader = InfiniteIdentityLoader(samples, labels[keep].tolist(), train_transform(cfg.data), cfg.data.batch_size,
                                         cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch,
                                         num_views=self.method.num_views,
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
-                                        singletons_once=self.method.singletons_once)
+                                        singletons_once=self.method.singletons_once, sampler=self.method.sampler(cfg),
+                                        companions=companions)
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
+        extra = self.method.optimizers()  # a component's own trainable tensors (OpenUnReID's classifier)
+        for optimizer in extra:
+            for group in optimizer.param_groups:
+                group["lr"] = self.optimizer.param_groups[0]["lr"]
         totals: dict[str, float] = {}
         self.model.train()
         bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=None, unit="step")
@@ -282,15 +292,18 @@ class Trainer:
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
             index = torch.as_tensor(keep)[positions]
-            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view)
+            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view,
+                                      companion=companions is not None)
             with torch.autocast(self.device.type, enabled=self.use_amp):
                 out = self.method.training_step(self.model, batch, epoch, step)
             if not torch.isfinite(out.loss):
                 raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                                 f"lower optim.lr (now {cfg.optim.lr}) or check the data")
-            self.optimizer.zero_grad(set_to_none=True)
+            for optimizer in (self.optimizer, *extra):
+                optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
-            self.scaler.step(self.optimizer)
+            for optimizer in (self.optimizer, *extra):
+                self.scaler.step(optimizer)
             self.scaler.update()
             self.method.after_step(out)
             for key, value in {"loss": out.loss.item(), **out.logs}.items():
