@@ -447,7 +447,7 @@ def test_an_image_alone_with_its_label_is_its_own_positive():
         select_positives(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
 
 
-@pytest.mark.parametrize("base", ["spcl", "ice"])
+@pytest.mark.parametrize("base", ["spcl", "ice", "strong_baseline"])
 def test_acfl_generators_train_on_every_base(tiny_root, tmp_path, base):
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method={"base": base, "hard_samples": ["hpf", "hpi"]}, train={"epochs": 1, "eval_every": 0})

@@ -383,14 +383,16 @@ def test_hng_on_cluster_contrast_resumes_exactly_and_draws(tiny_root, tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"base": "spcl", "hard_samples": ["hng"]}, {"base": "ice", "hard_samples": ["hng"]},
+                                     {"base": "strong_baseline", "hard_samples": ["hng"]},
                                      {"base": "cluster_contrast", "hard_samples": ["hpf", "hpi", "hng"]}],
-                         ids=["spcl", "ice", "acfl"])
+                         ids=["spcl", "ice", "strong_baseline", "acfl"])
 def test_hng_plugs_into_every_base_and_acfl(tiny_root, tmp_path, setting):
     """Joint stage from the start: the base's own losses are kept and L_con is added."""
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method=setting, hng={"warmup_epochs": 0, "pictures": 0, **SMALL}, train={"epochs": 1, "eval_every": 0})
     row = train(cfg, data, tmp_path / "run", log_to_stderr=False).history[0]
-    own = {"spcl": "loss_spcl", "ice": "loss_ice_agnostic", "cluster_contrast": "loss_contrast"}[setting["base"]]
+    own = {"spcl": "loss_spcl", "ice": "loss_ice_agnostic", "cluster_contrast": "loss_contrast",
+           "strong_baseline": "loss_ce"}[setting["base"]]
     assert {own, "loss_hng_con", "hng_d_adv", "hng_rec"} <= set(row), sorted(row)
     if "hpi" in setting["hard_samples"]:
         assert "loss_ins" in row

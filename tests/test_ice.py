@@ -141,7 +141,7 @@ class ShiftPositives(M.Component):
         base.logit_adjusters.append(adjust)
 
 
-@pytest.mark.parametrize("base", ["cluster_contrast", "spcl", "ice"])
+@pytest.mark.parametrize("base", ["cluster_contrast", "spcl", "ice", "strong_baseline"])
 def test_logit_adjusters_change_every_base_loss(base):
     torch.manual_seed(0)
     n, dim = 12, 4
