@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -263,6 +264,24 @@ def test_each_update_step_changes_only_its_own_network():
     assert not _changed(hng.generator, before["G"]) and not _changed(hng.discriminator, before["D"])
     for p, g in zip(hng.generator.parameters(), g_grads):  # the re-ID backward put nothing into G
         assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("bn_synthetic", ["frozen", "update"])
+def test_running_statistics_after_a_joint_step_come_from_the_real_images(bn_synthetic):
+    """hng.bn_synthetic: frozen = the running statistics equal those of one forward over the real anchors only."""
+    cfg, model, optimizer, method, hng, batch = _setup(bn_synthetic=bn_synthetic)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference(batch.images)  # what the base alone would do to the statistics
+    out = method.training_step(model, batch, epoch=0, step=0)
+    assert "loss_hng_con" in out.logs
+    out.loss.backward()  # L_con still trains the network through the synthetic forward
+    assert model.neck.weight.grad is not None
+    same = [torch.equal(a, b) for (k, a), (_, b) in zip(model.named_buffers(), reference.named_buffers())
+            if "running" in k]
+    assert all(same) == (bn_synthetic == "frozen") and same
+    with pytest.raises(UserError, match="bn_synthetic"):
+        build_method(tiny_config(method={"hard_samples": ["hng"]}, hng={"bn_synthetic": "never"}), CPU)
 
 
 def test_part_images_keep_only_the_selected_rows():
