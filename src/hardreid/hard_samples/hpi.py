@@ -51,7 +51,7 @@ def generation_forward(model: nn.Module, positives: torch.Tensor, mode: str = "f
     """
     if mode not in HPI_BN_MODES:
         raise UserError(f"unknown acfl.hpi_bn '{mode}'; choose one of {', '.join(HPI_BN_MODES)}")
-    if not model.training:
+    if not isinstance(model, nn.Module) or not model.training:
         return model
     if mode == "batch":
         return scratch_forward(model)
