@@ -315,8 +315,10 @@ def test_select_positives():
     labels = torch.tensor([0, 0, 0, 0, 1, 1])
     hardest = select_positives(features, labels, torch.arange(6), "hardest").tolist()
     assert hardest[:4] == [2, 2, 0, 2] and hardest[4:] == [5, 4]  # lowest cosine similarity (Table 4 "Mining")
+    # a batch of images alone with their labels (SpCL's un-clustered instances only): each is its own positive
+    assert select_positives(torch.zeros(2, 2), torch.tensor([0, 1]), torch.arange(2)).tolist() == [0, 1]
     with pytest.raises(UserError, match="num_instances >= 2"):
-        select_positives(torch.zeros(2, 2), torch.tensor([0, 1]), torch.arange(2))
+        M.build_method(apply_dict(Config(), {"method": {"hard_samples": ["align"]}, "data": {"num_instances": 1}}, "t"), CPU)
 
 
 def test_composed_objective_is_equation_5():
@@ -443,8 +445,7 @@ def test_an_image_alone_with_its_label_is_its_own_positive():
     for mode in ("random", "hardest"):
         positions = select_positives(F.normalize(torch.randn(5, 4), dim=1), labels, indices, mode)
         assert positions.tolist()[2] == 2 and positions.tolist()[:2] == [1, 0] and positions.tolist()[3:] == [4, 3]
-    with pytest.raises(UserError, match="num_instances"):
-        select_positives(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    assert select_positives(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])).tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("base", ["spcl", "ice", "strong_baseline"])

@@ -153,10 +153,7 @@ def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torc
         eye = torch.eye(batch, dtype=torch.bool, device=labels.device)
         candidates[alone] = same[alone] & ~eye[alone]
     lonely = ~candidates.any(dim=1)
-    if lonely.all():
-        raise UserError("ACFL instance alignment needs positives in the batch: use data.num_instances >= 2 "
-                        "(P x K sampling)")
-    if lonely.any():  # SpCL's un-clustered instances: the image itself is its only positive (instance level)
+    if lonely.any():  # SpCL's un-clustered instances (a batch may hold only them): the image itself (instance level)
         candidates[lonely] = torch.eye(batch, dtype=torch.bool, device=labels.device)[lonely]
     if mode == "random":
         scores = torch.rand(batch, batch, device=labels.device)
@@ -191,6 +188,9 @@ class InstanceAlignment(Component):
                 raise UserError(f"unknown acfl.{key} '{value}'; choose one of {', '.join(valid)}{extra}")
         if a.hpi_steps < 0:
             raise UserError(f"acfl.hpi_steps (Z) must be >= 0, got {a.hpi_steps}")
+        if cfg.data.num_instances < 2:
+            raise UserError(f"ACFL instance alignment needs positives in the batch: use data.num_instances >= 2 "
+                            f"(P x K sampling), not {cfg.data.num_instances}")
         self.lr_scale = hpi_step_scale(cfg.data.height, cfg.data.width, a.hpi_lr_reference)
         self.acfl = a
         self.mines_identity = a.positive == "hardest" and a.mining_scope == "identity"
