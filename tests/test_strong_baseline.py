@@ -135,3 +135,15 @@ def test_configs_follow_the_official_strong_baseline_and_table_1_names():
         assert "Not in the paper" in (CONFIGS / "hng" / f"cluster_contrast_{ds}.yaml").read_text().splitlines()[0]
     for row in ("fusion_mixup", "fusion_global", "warmup_no_gen", "warmup_none"):
         assert load_config(CONFIGS / "hng" / f"{row}.yaml").method.base == "strong_baseline"
+
+
+def test_bad_settings_fail_before_training(tiny_root, tmp_path):
+    from hardreid.errors import UserError
+
+    with pytest.raises(UserError, match="label_smoothing"):
+        M.build_method(tiny_config(method={"base": "strong_baseline"}, strong_baseline={"label_smoothing": 1.5}), CPU)
+    data = load_dataset("market", tiny_root)
+    with pytest.raises(UserError, match="data.sampler"):
+        Trainer(tiny_config(data={"sampler": "random"}), data, tmp_path / "a")
+    with pytest.raises(UserError, match="erasing_area"):
+        Trainer(tiny_config(data={"erasing_area": [0.4]}), data, tmp_path / "b")

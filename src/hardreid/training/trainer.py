@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, OptimConfig, config_from_dict, dump_config
 from ..data.loaders import InfiniteIdentityLoader
+from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
@@ -170,6 +171,8 @@ class Trainer:
         self.model = (model or model_from_config(cfg)).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
+        sampler_class(self.method.sampler(cfg))  # unknown data.sampler / bad erasing settings: fail before epoch 1
+        train_transform(cfg.data)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0

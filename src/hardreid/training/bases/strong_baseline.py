@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import UserError
 from ...memory import cluster_centroids
 from .. import methods
 from ..methods import BaseMethod, EpochData, StepContext
@@ -61,6 +62,10 @@ class StrongBaseline(BaseMethod):
 
     def __init__(self, cfg, device: torch.device) -> None:
         super().__init__(cfg, device)
+        s = cfg.strong_baseline
+        for key in ("label_smoothing", "triplet_margin"):
+            if not 0.0 <= getattr(s, key) <= 1.0:
+                raise UserError(f"strong_baseline.{key} must be in [0, 1], got {getattr(s, key)}")
         self.temperature = 1.0  # logits f . w_k of the unnormalised neck output, no temperature
         self.reset_optimizer = cfg.strong_baseline.reset_optimizer
         self.classifier: nn.Parameter | None = None
