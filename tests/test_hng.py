@@ -266,7 +266,7 @@ def test_each_update_step_changes_only_its_own_network():
         assert (p.grad is None and g is None) or torch.equal(p.grad, g)
 
 
-@pytest.mark.parametrize("bn_synthetic", ["frozen", "update"])
+@pytest.mark.parametrize("bn_synthetic", ["frozen", pytest.param("update", marks=pytest.mark.slow)])
 def test_running_statistics_after_a_joint_step_come_from_the_real_images(bn_synthetic):
     """hng.bn_synthetic: frozen = the running statistics equal those of one forward over the real anchors only."""
     cfg, model, optimizer, method, hng, batch = _setup(bn_synthetic=bn_synthetic)

@@ -92,7 +92,7 @@ def test_classifier_starts_at_the_normalised_centres_and_the_loss_is_ce_plus_tri
 def test_trainer_steps_the_classifier_and_resets_adam_each_epoch(tiny_root, tmp_path):
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method={"base": "strong_baseline"}, model={"pooling": "gem"},
-                      train={"epochs": 1, "eval_every": 0})
+                      train={"epochs": 1, "iters": 1, "eval_every": 0})
     trainer = Trainer(cfg, data, tmp_path / "run")
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     before_labels: list[int] = []  # Adam moments of the re-ID optimiser when the new labels come ...
