@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import read_image
-from .sampler import IdentitySampler
+from .sampler import sampler_class
 from .types import Sample
 
 
@@ -22,15 +22,21 @@ class ImageDataset(Dataset):
 
     With ``num_views`` > 1 the image is transformed that many times independently and the
     views are stacked: the image tensor is V x C x H x W (methods that compare augmented views).
+    ``weak_transform`` appends the image under that transform; ``companions`` (one sample per
+    sample) appends the companion image under ``transform``, after everything else.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable, labels: Sequence[int] | None = None,
-                 num_views: int = 1, weak_transform: Callable | None = None) -> None:
+                 num_views: int = 1, weak_transform: Callable | None = None,
+                 companions: Sequence[Sample] | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.labels = list(labels) if labels is not None else [s.pid for s in self.samples]
         self.num_views = num_views
-        self.weak_transform = weak_transform  # appended as the last view (un-augmented image)
+        self.weak_transform = weak_transform  # appended after the views (un-augmented image)
+        self.companions = list(companions) if companions is not None else None  # appended last
+        if self.companions is not None and len(self.companions) != len(self.samples):
+            raise ValueError(f"{len(self.samples)} samples but {len(self.companions)} companions")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -41,6 +47,8 @@ class ImageDataset(Dataset):
         views = [self.transform(picture) for _ in range(self.num_views)]
         if self.weak_transform is not None:
             views.append(self.weak_transform(picture))
+        if self.companions is not None:
+            views.append(self.transform(read_image(self.companions[index].path)))
         image = views[0] if len(views) == 1 else torch.stack(views)
         return image, self.labels[index], sample.camid, index
 
@@ -54,19 +62,22 @@ def eval_loader(samples: Sequence[Sample], transform: Callable, batch_size: int,
 class InfiniteIdentityLoader:
     """Endless P x K batches over pseudo labels (restarts the sampler when a pass ends).
 
+    ``sampler``: a name of ``data.sampler.SAMPLERS`` (the cameras come from the samples).
     ``num_views`` > 1: images come as B x V x C x H x W (independent augmentations of each image);
-    ``weak_transform`` adds one more view, the image under that transform. ``singletons_once``: see
-    ``IdentitySampler``.
+    ``weak_transform`` adds one more view, the image under that transform; ``companions`` one more, each
+    image's companion sample under ``transform``. ``singletons_once``: see ``IdentitySampler``.
     """
 
     def __init__(self, samples: Sequence[Sample], labels: Sequence[int], transform: Callable, batch_size: int,
                  num_instances: int, workers: int, seed: int, num_views: int = 1, weak_transform: Callable | None = None,
-                 singletons_once: bool = False) -> None:
+                 singletons_once: bool = False, sampler: str = "pk", companions: Sequence[Sample] | None = None) -> None:
         if batch_size % num_instances:
             from ..errors import UserError
             raise UserError(f"data.batch_size ({batch_size}) must be a multiple of data.num_instances ({num_instances})")
-        self.sampler = IdentitySampler(labels, num_instances, seed=seed, min_length=batch_size, singletons_once=singletons_once)
-        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views, weak_transform), batch_size=batch_size,
+        self.sampler = sampler_class(sampler)(labels, num_instances, seed=seed, min_length=batch_size,
+                                              singletons_once=singletons_once, camids=[s.camid for s in samples])
+        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views, weak_transform, companions),
+                                 batch_size=batch_size,
                                  sampler=self.sampler,
                                  num_workers=workers, drop_last=True, worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available(),
                                  persistent_workers=workers > 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, OptimConfig, config_from_dict, dump_config, validate_config
 from ..data.loaders import InfiniteIdentityLoader
+from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
@@ -73,7 +75,7 @@ def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
     model = build_model(m.backbone, weights=(m.weights or None) if initial_weights else None,
                         pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
-                        img_size=(cfg.data.height, cfg.data.width))
+                        img_size=(cfg.data.height, cfg.data.width), gem_learnable=m.gem_learnable)
     return model.use_channels_last(cfg.train.channels_last)
 
 
@@ -153,6 +155,8 @@ class Trainer:
         self.model = (model or model_from_config(cfg, initial_weights)).to(self.device)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
+        sampler_class(self.method.sampler(cfg))  # unknown data.sampler / bad erasing settings: fail before epoch 1
+        train_transform(cfg.data)
         t = cfg.train
         self.precision = training_precision(t.amp, t.amp_dtype, t.amp_cpu, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
@@ -235,6 +239,8 @@ class Trainer:
             LOG.warning("epoch %d/%d: %s", epoch + 1, cfg.train.epochs, clusters.warning)
         data = EpochData(epoch, features, labels, camids, stats.num_clusters, clusters.distance, clusters.eps)
         self.method.start_epoch(data, self.model)
+        if self.method.reset_optimizer:  # OpenUnReID's reset_optim: new labels, fresh Adam moments
+            self.optimizer.state = defaultdict(dict)
         losses = self.train_steps(epoch, self.method.sampling_labels(data))
         self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
@@ -268,13 +274,19 @@ class Trainer:
         cfg = self.cfg
         keep = (labels >= 0).nonzero().flatten().tolist()
         samples = [self.dataset.train[i] for i in keep]
+        partners = self.method.companions()  # e.g. ACFL Mining: each image's hardest positive comes with it
+        companions = None if partners is None else [self.dataset.train[int(partners[i])] for i in keep]
         loader = InfiniteIdentityLoader(samples, labels[keep].tolist(), train_transform(cfg.data), cfg.data.batch_size,
                                         cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch,
                                         num_views=self.method.num_views,
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
-                                        singletons_once=self.method.singletons_once)
+                                        singletons_once=self.method.singletons_once, sampler=self.method.sampler(cfg),
+                                        companions=companions)
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         keep_index = torch.as_tensor(keep)  # loader position -> row of the training list (moves with the batch)
+        for optimizer in self.method.optimizers():  # a component's own trainable tensors (OpenUnReID's classifier)
+            for group in optimizer.param_groups:
+                group["lr"] = self.optimizer.param_groups[0]["lr"]
         totals: dict[str, float] = {}
         self.model.train()
         bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=None, unit="step")
@@ -283,7 +295,8 @@ class Trainer:
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
             index = keep_index[positions]
-            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view)
+            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view,
+                                      companion=companions is not None)
             out = self.train_step(batch, epoch, step)
             for key, value in {"loss": out.loss.item(), **out.logs}.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -305,9 +318,12 @@ class Trainer:
         if not torch.isfinite(out.loss):
             raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                             f"lower optim.lr (now {self.cfg.optim.lr}) or check the data")
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizers = (self.optimizer, *self.method.optimizers())  # and a component's own (OpenUnReID's classifier)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
-        self.scaler.step(self.optimizer)
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
         if self.scaler.is_enabled():
             scale = self.scaler.get_scale()
             self.scaler.update()
