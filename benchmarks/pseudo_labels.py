@@ -12,6 +12,14 @@ chosen N and D, then runs every mode in a fresh subprocess and records
   against the exact labels (and against the generator's identities, for
   information).
 
+``--clusterers eps-auto hdbscan`` also times, on the distance of each mode,
+``cluster.eps: auto`` (the SSG / MMT rule, then DBSCAN) and
+``cluster.algorithm: hdbscan``; ``--camera mean standardize penalty`` runs
+the camera-aware variants of the exact mode, each in its own subprocess
+(``cluster.camera_normalize`` mean / standardize, ``cluster.same_camera_penalty``
+``--penalty``), with DBSCAN at the first eps; their labels are compared with
+the plain exact labels and the identities.
+
 ``--reference PATH`` times, in the same run, a user-supplied copy of the
 ``faiss_rerank.py`` shared by SpCL / Cluster Contrast / ICE (its CPU branch,
 ``search_option=3``) followed by scikit-learn's DBSCAN on the dense matrix,
@@ -59,19 +67,25 @@ def _set_threads(threads: int | None) -> None:
 
 
 def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_samples: int,
-                 threads: int | None, device: str = "cpu") -> dict[str, Any]:
+                 threads: int | None, device: str = "cpu", clusterers: tuple[str, ...] = (),
+                 camera: str | None = None, penalty: float = 0.1) -> dict[str, Any]:
     """One mode of hardreid: Jaccard distance (kNN timed separately) then DBSCAN at each eps.
 
     ``device``: where the features are (the kNN search runs there; the rest of the Jaccard distance on the CPU).
+    ``clusterers``: also eps auto and / or HDBSCAN on the same distance (timed, with the peak RSS after each).
+    ``camera``: ``mean`` / ``standardize`` (camera normalisation, timed, before the Jaccard distance) or
+    ``penalty`` (same-camera penalty ``penalty`` in the Jaccard distance); the camera ids come from
+    ``<path>.cams.npy``.
     """
     _set_threads(threads)
     import torch
 
     import hardreid.pseudo_labels.jaccard as jac
-    from hardreid.pseudo_labels import cluster_statistics, dbscan_labels
+    from hardreid.pseudo_labels import auto_eps, camera_normalize, cluster_statistics, dbscan_labels, hdbscan_labels
 
     feats = torch.from_numpy(np.load(path)).to(device)
     cuda = feats.device.type == "cuda"
+    cams = np.load(path.replace(".npy", ".cams.npy")) if camera else None
     knn_name = "_knn_candidates" if mode == "exact" else "_fast_knn_candidates"
     knn_fn = getattr(jac, knn_name)
     knn_time = [0.0]
@@ -88,12 +102,18 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rss0 = common.rss_mb()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
+    t_camera = None
     try:
-        dist = jac.compute_jaccard_distance(feats, k1=k1, k2=k2, mode=mode)
+        if camera in ("mean", "standardize"):
+            feats = camera_normalize(feats, cams, camera)
+            t_camera = time.perf_counter() - t
+        dist = jac.compute_jaccard_distance(feats, k1=k1, k2=k2, mode=mode, camids=cams,
+                                            same_camera_penalty=penalty if camera == "penalty" else 0.0)
     finally:
         setattr(jac, knn_name, knn_fn)
     t_jaccard = time.perf_counter() - t
+    cpu_jaccard = time.process_time() - cpu
     peak_jaccard = common.peak_rss_mb()
     labels, t_dbscan, stats = {}, {}, {}
     for e in eps:
@@ -102,14 +122,32 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
         t_dbscan[str(e)] = time.perf_counter() - t
         labels[str(e)] = lab
         stats[str(e)] = cluster_statistics(lab).text()
+    extra: dict[str, Any] = {}
+    for name in clusterers:
+        t, cpu = time.perf_counter(), time.process_time()
+        if name == "eps-auto":
+            value = auto_eps(dist)
+            t_rule = time.perf_counter() - t
+            lab = dbscan_labels(dist, eps=value, min_samples=min_samples)
+            extra[name] = {"eps": value, "rule_s": t_rule}
+        else:
+            lab = hdbscan_labels(dist, min_samples, min_samples)
+            extra[name] = {}
+        extra[name].update({"seconds": time.perf_counter() - t, "cpu_s": time.process_time() - cpu,
+                            "peak_rss_mb": common.peak_rss_mb(),
+                            "stats": cluster_statistics(lab).text()})
+        labels[name] = lab
     return {
         "seconds": {
             "knn": knn_time[0],
-            "jaccard_rest": t_jaccard - knn_time[0],
+            "jaccard_rest": t_jaccard - knn_time[0] - (t_camera or 0.0),
             "jaccard": t_jaccard,
+            "jaccard_cpu": cpu_jaccard,
+            "camera_normalize": t_camera,
             "dbscan": t_dbscan,
             "total": t_jaccard + t_dbscan[str(eps[0])],
         },
+        "clusterers": extra,
         "rss_start_mb": rss0,
         "peak_rss_after_jaccard_mb": peak_jaccard,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
@@ -242,6 +280,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=12936, help="number of images (default: Market-1501 train, 12,936)")
     ap.add_argument("--dim", type=int, default=2048, help="feature dimension (default 2048, ResNet-50)")
     ap.add_argument("--modes", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
+    ap.add_argument("--clusterers", nargs="*", default=[], choices=["eps-auto", "hdbscan"],
+                    help="also time cluster.eps=auto and / or cluster.algorithm=hdbscan on each mode's distance")
+    ap.add_argument("--camera", nargs="*", default=[], choices=["mean", "standardize", "penalty"],
+                    help="camera-aware variants of the exact mode, each in its own process: camera_normalize "
+                         "mean / standardize, same_camera_penalty --penalty")
+    ap.add_argument("--penalty", type=float, default=0.1, help="same_camera_penalty of --camera penalty (default 0.1)")
     ap.add_argument("--reference", metavar="PATH", help="a copy of faiss_rerank.py to time in the same run")
     ap.add_argument("--k1", type=int, default=30)
     ap.add_argument("--k2", type=int, default=6)
@@ -260,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="hardreid_bench_")
     path = os.path.join(tmp.name, "features.npy")
     np.save(path, feats)
+    np.save(path.replace(".npy", ".cams.npy"), camids)
     data = {
         "n": args.n, "dim": args.dim, "seed": args.seed, "identities": int(pids.max() + 1),
         "cameras": int(camids.max() + 1), "outliers": int((pids < 0).sum()), "generate_s": round(t_gen, 2),
@@ -272,7 +317,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     plan: list[tuple[str, Any, tuple]] = []
     for mode in args.modes:
-        plan.append((mode, run_hardreid, (path, mode, args.k1, args.k2, args.eps, args.min_samples, args.threads)))
+        plan.append((mode, run_hardreid, (path, mode, args.k1, args.k2, args.eps, args.min_samples, args.threads,
+                                          tuple(args.clusterers))))
+    for camera in args.camera:
+        plan.append((f"camera-{camera}", run_hardreid, (path, "exact", args.k1, args.k2, args.eps, args.min_samples,
+                                                        args.threads, (), camera, args.penalty)))
     if args.reference:
         need_mb = 3 * 4 * args.n**2 / 2**20
         if need_mb > 0.9 * _available_mb():
@@ -310,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         run["ari_vs_identities"] = {e: _ari(pids, lab) for e, lab in run["labels"].items()}
         if exact is not None and name != "exact":
-            run["ari_vs_exact"] = {e: _ari(exact["labels"][e], lab) for e, lab in run["labels"].items()}
+            run["ari_vs_exact"] = {e: _ari(exact["labels"][e], lab) for e, lab in run["labels"].items()
+                                   if e in exact["labels"]}
     ref = runs.get("reference", {})
     for name, run in runs.items():
         if name != "reference" and "seconds" in ref and "seconds" in run:
@@ -325,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         **common.result_header("pseudo_labels", argv),
         "params": {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples,
-                   "threads": args.threads, "repeat": args.repeat},
+                   "threads": args.threads, "repeat": args.repeat, "clusterers": args.clusterers,
+                   "camera": args.camera, "penalty": args.penalty},
         "features": data,
         "runs": runs,
     }
@@ -356,6 +407,12 @@ def _print_table(payload: dict[str, Any], eps: float) -> None:
               f"{_fmt(run.get('speedup_vs_reference', {}).get('total'), '.1f'):>7s}"
               f"{_fmt(run.get('ari_vs_exact', {}).get(e), '.4f'):>11s}"
               f"{_fmt(run.get('ari_vs_identities', {}).get(e), '.3f'):>9s}")
+        if s.get("camera_normalize") is not None:
+            print(f"{'':10s}camera normalisation {s['camera_normalize']:.2f}s (in 'rest s')")
+        for cname, c in run.get("clusterers", {}).items():
+            eps_note = f" (eps {c['eps']:.3f}, rule {c['rule_s']:.2f}s)" if "eps" in c else ""
+            print(f"{'':10s}{cname}: {c['seconds']:.2f}s (CPU {c['cpu_s']:.2f}s){eps_note}, peak {c['peak_rss_mb']:.0f} MB, "
+                  f"ARI/ids {_fmt(run['ari_vs_identities'].get(cname), '.3f')}: {c['stats']}")
 
 
 if __name__ == "__main__":

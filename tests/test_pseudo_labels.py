@@ -22,15 +22,23 @@ from hardreid.pseudo_labels import (
 # --------------------------------------------------------------------------- helpers
 
 
-def dense_reference_jaccard(features: torch.Tensor, k1: int, k2: int) -> np.ndarray:
+def dense_reference_jaccard(features: torch.Tensor, k1: int, k2: int, camids: np.ndarray | None = None,
+                            penalty: float = 0.0) -> np.ndarray:
     """The faiss_rerank algorithm written plainly with dense N x N matrices and per-row loops.
 
     kNN: ``k1`` columns including the query (the reference searches k1 and
     slices ``[:k1+1]``); self first, then decreasing cosine, ties by index.
+    ``penalty`` (with ``camids``): ``2 - 2 cos + penalty`` for pairs i != j of one camera, in the ranking
+    and in the weights (hardreid's ``same_camera_penalty``).
     """
     f = F.normalize(features.float(), dim=1)
     n = f.shape[0]
     sim = torch.mm(f, f.t())
+    same = torch.zeros(n, n, dtype=torch.bool)
+    if penalty:
+        cams = torch.as_tensor(np.asarray(camids))
+        same = (cams[:, None] == cams[None, :]) & ~torch.eye(n, dtype=torch.bool)
+        sim = sim - penalty / 2 * same.float()
     sim.fill_diagonal_(float("inf"))
     initial_rank = np.argsort(-sim.numpy(), axis=1, kind="stable")[:, :k1]
 
@@ -52,7 +60,7 @@ def dense_reference_jaccard(features: torch.Tensor, k1: int, k2: int) -> np.ndar
             if len(np.intersect1d(cand_half, recip)) > 2 / 3 * len(cand_half):
                 expansion = np.append(expansion, cand_half)
         expansion = np.unique(expansion)
-        dist = 2 - 2 * torch.mm(f[i].unsqueeze(0), f[expansion].t())
+        dist = 2 - 2 * torch.mm(f[i].unsqueeze(0), f[expansion].t()) + penalty * same[i, expansion].float()
         v[i, expansion] = F.softmax(-dist, dim=1).view(-1).numpy()
 
     if k2 != 1:

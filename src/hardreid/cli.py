@@ -153,7 +153,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         if not (run_dir / "metrics.json").is_file():
             raise UserError(f"{run_dir} has no metrics.json; pass the --output folder of 'hardreid train'")
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"wrote {plot_training_curves(run_dir, out_dir / 'fig5a_curves.png')}")
+        print(f"wrote {plot_training_curves(run_dir, out_dir / 'fig5a_curves.png', diagnostics=False)}")
     needs_model = [w for w in which if w != "fig5a"]
     if needs_model:
         from .training import resolve_device
@@ -195,9 +195,18 @@ def cmd_datasets_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SyntheticConfig, generate_synthetic
 
     cfg = SyntheticConfig(num_train_ids=args.train_ids, num_test_ids=args.test_ids, num_cameras=args.cameras,
-                          seed=args.seed)
+                          images_per_camera=args.images_per_camera, train_images_per_id=args.train_images_per_id,
+                          camera_colour_strength=args.colour_strength, seed=args.seed)
     path = generate_synthetic(args.output, cfg, progress=True)
     print(f"synthetic data set written to {path}")
+    return 0
+
+
+def cmd_datasets_subsample(args: argparse.Namespace) -> int:
+    from .data.subsample import subsample_dataset
+
+    report = subsample_dataset(args.source, args.output, args.max_per_id, seed=args.seed, format=args.format or "auto")
+    print(report.text())
     return 0
 
 
@@ -294,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, metavar="FILE", help="start from these MobileNetV2 weights")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("datasets", help="inspect data sets, generate the synthetic one", formatter_class=_formatter)
+    p = sub.add_parser("datasets", help="inspect data sets, generate the synthetic one, subsample identities",
+                       formatter_class=_formatter)
     dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
     q = dsub.add_parser("inspect", help="counts per split and warnings", formatter_class=_formatter,
                         description="Images, identities and cameras per split, and warnings: duplicate files, names that "
@@ -309,13 +319,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default=None, metavar="OUT.json")
     q.set_defaults(func=cmd_datasets_inspect)
     q = dsub.add_parser("synth", help="write the synthetic data set (Market-1501 layout)", formatter_class=_formatter,
-                        epilog="examples:\n  hardreid datasets synth data/synthetic\n  hardreid datasets synth data/big --train-ids 300 --cameras 6")
+                        epilog="examples:\n  hardreid datasets synth data/synthetic\n"
+                               "  hardreid datasets synth data/big --train-ids 300 --cameras 6\n"
+                               "  # few-shot: 2 images per training identity, 2 cameras, strong colour casts\n"
+                               "  hardreid datasets synth data/fewshot2 --train-ids 400 --cameras 2 --train-images-per-id 2 "
+                               "--colour-strength 3")
     q.add_argument("output", metavar="DIR")
     q.add_argument("--train-ids", type=int, default=60)
     q.add_argument("--test-ids", type=int, default=40)
     q.add_argument("--cameras", type=int, default=4)
+    q.add_argument("--images-per-camera", type=int, default=4, metavar="N",
+                   help="images of an identity in each of its cameras (default 4)")
+    q.add_argument("--train-images-per-id", type=int, default=0, metavar="N",
+                   help="few-shot: exactly N images per training identity, over its cameras in turn (default 0: off)")
+    q.add_argument("--colour-strength", type=float, default=1.0, metavar="S",
+                   help="camera illumination / colour cast differences: 0 none, 1 default, 2-4 strong")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_datasets_synth)
+    q = dsub.add_parser("subsample", help="keep at most K training images per identity (Market-layout copy)",
+                        formatter_class=_formatter,
+                        description="Writes a Market-1501-layout copy of SRC with at most K training images per "
+                                    "identity, spread over its cameras; query and gallery unchanged. Files are hard "
+                                    "links where possible, else symbolic links, else copies.",
+                        epilog="examples:\n  hardreid datasets subsample ../shared/data/cuhk03 data/cuhk03_k4 --max-per-id 4\n"
+                               "  hardreid datasets subsample ~/data/Market-1501-v15.09.15 data/market_k2 --max-per-id 2 --seed 1")
+    q.add_argument("source", metavar="SRC", help="data set in Market-1501 layout (market1501, dukemtmc, market)")
+    q.add_argument("output", metavar="DST", help="new or empty folder (or an earlier subsample, replaced)")
+    q.add_argument("--max-per-id", type=int, required=True, metavar="K", help="training images kept per identity")
+    q.add_argument("--seed", type=int, default=0, help="which images are kept (default 0)")
+    q.add_argument("--format", choices=["auto", "market1501", "dukemtmc", "market"], default=None,
+                   help="layout of SRC (default: auto-detect)")
+    q.set_defaults(func=cmd_datasets_subsample)
     return parser
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -51,11 +52,22 @@ class ModelConfig:
 
 @dataclass
 class ClusterConfig:
+    """Pseudo labels each epoch (hardreid.pseudo_labels.cluster_epoch): Jaccard distance, then DBSCAN or HDBSCAN."""
+
     k1: int = 30
     k2: int = 6
-    eps: float = 0.5  # 0.7 for MSMT17
+    algorithm: str = "dbscan"  # dbscan | hdbscan (scikit-learn's HDBSCAN on the sparse Jaccard graph, no eps)
+    eps: float | str = 0.5  # DBSCAN radius (0.7 for MSMT17), or "auto": set each epoch by the rule of eps_rho
+    eps_rho: float = 1.6e-3  # eps auto: mean distance of this fraction of closest pairs (Song et al.; SSG / MMT code)
     min_samples: int = 4
+    min_cluster_size: int = 0  # hdbscan: smallest cluster; 0 = min_samples
+    hdbscan_selection: str = "eom"  # hdbscan: eom (excess of mass, scikit-learn's default) | leaf
     search: str = "exact"  # exact | fast (see pseudo_labels/jaccard.py)
+    camera_normalize: str = "none"  # none | mean | standardize: per-camera feature statistics removed before Jaccard
+    same_camera_penalty: float = 0.0  # added to same-camera d = 2 - 2cos in the kNN of the Jaccard distance (0-4)
+    large_cluster_factor: float = 25.0  # diagnostics: a cluster is large above this x min_samples images
+    warn_large_share: float = 0.2  # collapse warning: share of images in large clusters above this
+    warn_single_camera_share: float = 0.9  # collapse warning: share of one-camera clusters above this (>1 camera)
 
 
 @dataclass
@@ -222,6 +234,12 @@ def _unknown(kind: str, name: str, choices: list[str], source: str) -> UserError
 def _coerce(value: Any, target: Any, key: str, source: str) -> Any:
     """Convert ``value`` to the declared type of ``key`` (YAML scalars, CLI strings)."""
     origin = getattr(target, "__origin__", None)
+    if isinstance(target, types.UnionType):  # e.g. cluster.eps: float | str ("auto"): the first type that fits
+        for option in target.__args__:
+            try:
+                return _coerce(value, option, key, source)
+            except UserError:
+                continue
     try:
         if target is bool:
             if isinstance(value, str):

@@ -50,10 +50,15 @@ class SyntheticConfig:
     """Size and randomness of the synthetic data set (see ``generate_synthetic``).
 
     ``images_per_camera`` counts images per identity per camera it appears in;
+    ``train_images_per_id`` > 0 replaces it for the *training* identities by a
+    total per identity, spread over the identity's cameras in turn (few-shot
+    sets: 2-4 images over 2 cameras; query and gallery keep
+    ``images_per_camera``);
     ``lookalike_fraction`` of the identities come in groups of
     ``lookalike_group_size`` that differ in one item only (1 disables them);
     ``camera_colour_strength`` scales the illumination / colour differences
-    between cameras (0 = none, 1 = default); ``background_strength`` scales
+    between cameras (0 = none, 1 = default, 2-4 = strong casts, gains and
+    saturation changes); ``background_strength`` scales
     how far each camera's background (walls, floor, props) departs from a
     plain mid-grey scene (0 = flat grey everywhere, 1 = default colourful
     scenes); ``person_width`` stretches the people horizontally (1 = default
@@ -64,6 +69,7 @@ class SyntheticConfig:
     num_test_ids: int = 40
     num_cameras: int = 4
     images_per_camera: int = 4
+    train_images_per_id: int = 0
     min_cameras: int = 2
     height: int = 128
     width: int = 64
@@ -85,11 +91,12 @@ class SyntheticConfig:
             (2 <= self.num_cameras <= 9, "num_cameras must be between 2 and 9 (one digit in file names)"),
             (2 <= self.min_cameras <= self.num_cameras, "min_cameras must be between 2 and num_cameras"),
             (self.images_per_camera >= 1, "images_per_camera must be >= 1"),
+            (self.train_images_per_id >= 0, "train_images_per_id must be >= 0 (0 = images_per_camera per camera)"),
             (self.height >= 32 and self.width >= 16, "image size must be at least 32x16 (height x width)"),
             (self.lookalike_group_size >= 1, "lookalike_group_size must be >= 1 (1 disables look-alikes)"),
             (0.0 <= self.lookalike_fraction <= 1.0, "lookalike_fraction must be between 0 and 1"),
             (self.num_distractors >= 0, "num_distractors must be >= 0"),
-            (0.0 <= self.camera_colour_strength <= 2.0, "camera_colour_strength must be between 0 and 2"),
+            (0.0 <= self.camera_colour_strength <= 4.0, "camera_colour_strength must be between 0 and 4"),
             (0.0 <= self.background_strength <= 1.0, "background_strength must be between 0 and 1"),
             (0.5 <= self.person_width <= 2.0, "person_width must be between 0.5 and 2"),
             (self.seed >= 0, "seed must be >= 0"),
@@ -672,6 +679,11 @@ def _plan(cfg: SyntheticConfig) -> tuple[list[_Item], dict[int, list[int]]]:
         cams_of[pid] = cams
         is_train = idx < cfg.num_train_ids
         n_query_cams = min(2, len(cams) if cfg.images_per_camera > 1 else len(cams) - 1)
+        if is_train and cfg.train_images_per_id > 0:  # a total per identity, over its cameras in turn
+            for t in range(cfg.train_images_per_id):
+                cam = cams[t % len(cams)]
+                items.append(_Item("bounding_box_train", pid, cam, (4, idx, cam, t // len(cams))))
+            continue
         for j, cam in enumerate(cams):
             for k in range(cfg.images_per_camera):
                 if is_train:

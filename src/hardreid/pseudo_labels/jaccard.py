@@ -39,6 +39,19 @@ random projection (0.92), k-means cells (IVF-style probing: recall@30 < 0.7),
 exact fp32 re-scoring of int8 candidates (exact labels, but the gathers of N x
 (k1 + 8) feature rows cost more than the int8 search saves).
 
+Same-camera penalty (opt-in; config key ``cluster.same_camera_penalty``,
+``lambda``): every step runs on ``d'_ij = 2 - 2 cos_ij + lambda [c_i = c_j]``
+for i != j, i.e. on the penalised similarity ``cos_ij - lambda / 2`` where the
+images come from the same camera: the ranking of step 1 (and with it the
+k-reciprocal sets and the query expansion) and the weights of step 4.  With
+``lambda = 4`` (the whole range of ``2 - 2 cos``) every other-camera image
+ranks before every same-camera one, so same-camera neighbours only enter when
+fewer than k1 other-camera images exist; smaller values only penalise them.
+The penalty is added inside the blocked products (exact, no extra memory).
+It is a simpler relative of CA-Jaccard (Chen et al., "Camera-aware Jaccard
+distance for person re-identification", CVPR 2024), which takes the
+k-reciprocal neighbours from intra- and inter-camera ranking lists separately.
+
 The result is a symmetric ``scipy.sparse.csr_matrix`` (float32) storing
 every pair with ``m > 0``; absent pairs have distance exactly 1.  Zeros are
 stored *explicitly* (the diagonal is exactly 0; exact duplicate features give
@@ -50,6 +63,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -114,6 +128,44 @@ def _prepare_features(features: torch.Tensor | np.ndarray, k1: int, k2: int, blo
 
 
 # --------------------------------------------------------------------------- step 1: kNN
+
+
+@dataclass(frozen=True)
+class _CameraPenalty:
+    """Scores ``s' = s - amount`` for pairs of one camera (i != j): ``amount = same_camera_penalty / 2`` in cosine."""
+
+    cams: torch.Tensor  # (N,) camera ids on the features' device
+    amount: float
+
+    def subtract(self, scores: torch.Tensor, rows: slice | torch.Tensor, cols: slice | torch.Tensor,
+                 scale: float = 1.0) -> torch.Tensor:
+        """``scores`` (rows x cols, any dtype; ``scale``: score units per cosine) with the penalty subtracted in place.
+
+        The diagonal is not exempt here: callers overwrite the query's own score.
+        """
+        same = self.cams[rows][:, None] == self.cams[cols][None, :]
+        step = self.amount * scale
+        return scores.sub_(same.to(scores.dtype) * (step if scores.dtype.is_floating_point else round(step)))
+
+    def pairs(self, cos: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Cosines of the pairs (i[t], j[t]) with the penalty subtracted where i != j share a camera."""
+        return cos - self.amount * ((self.cams[i] == self.cams[j]) & (i != j)).to(cos.dtype)
+
+
+def _camera_penalty(camids: torch.Tensor | np.ndarray | None, penalty: float, n: int,
+                    device: torch.device) -> _CameraPenalty | None:
+    """Validate ``same_camera_penalty`` and its camera ids; None when there is no penalty."""
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not 0 <= penalty <= 4:
+        raise UserError(f"same_camera_penalty={penalty!r} must be a number in [0, 4] (cluster.same_camera_penalty; "
+                        "4 = every other-camera neighbour ranks first)")
+    if penalty == 0:
+        return None
+    if camids is None:
+        raise UserError("same_camera_penalty > 0 needs the camera id of every image (camids)")
+    cams = torch.as_tensor(np.asarray(camids)).to(device)
+    if cams.shape != (n,):
+        raise UserError(f"same_camera_penalty needs one camera id per image: got shape {tuple(cams.shape)} for {n} images")
+    return _CameraPenalty(cams, float(penalty) / 2.0)
 
 
 @contextmanager
@@ -244,7 +296,7 @@ def _blocked_top(
 
 
 def _knn_candidates(
-    f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK
+    f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK, penalty: _CameraPenalty | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 1: exact neighbour ranking, ``c = min(k + slack, N)`` columns per row.
 
@@ -253,14 +305,16 @@ def _knn_candidates(
     columns are exact; columns ``k..c-1`` are only candidates.  Block pairs
     (a, b) with b >= a are multiplied once and feed both row blocks (see
     ``_blocked_top``); a row whose tie at place k extends past the slack is
-    recomputed in full.
+    recomputed in full.  With a ``penalty`` the cosines are the penalised ones
+    (``_CameraPenalty``), the query's own stays its plain cosine.
     """
     n = f.shape[0]
     c = min(k + slack, n)
     dev = f.device
 
     def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
-        return f[a0:a1] @ f[b0:b1].T
+        p = f[a0:a1] @ f[b0:b1].T
+        return p if penalty is None else penalty.subtract(p, slice(a0, a1), slice(b0, b1))
 
     with _ieee_fp32_matmul(dev):
         best_v, best_i = _blocked_top(n, c, block_size, product, dev)
@@ -279,6 +333,8 @@ def _knn_candidates(
             rows = redo[start : start + block_size]
             with _ieee_fp32_matmul(dev):
                 p = f[rows] @ f.T
+            if penalty is not None:
+                penalty.subtract(p, rows, slice(None))
             p[torch.arange(rows.numel(), device=dev), rows] = float("inf")
             v, i = p.sort(dim=1, descending=True, stable=True)
             vals[rows] = v[:, :c]
@@ -366,7 +422,7 @@ def _fast_precision(device: torch.device, dim: int) -> str:
 
 
 def _fast_knn_candidates(
-    f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK
+    f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK, penalty: _CameraPenalty | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 1 in reduced precision (``mode="fast"``): same layout as ``_knn_candidates``.
 
@@ -382,20 +438,24 @@ def _fast_knn_candidates(
     dev = f.device
     precision = _fast_precision(dev, d)
     if precision == "exact":
-        return _knn_candidates(f, k, block_size, slack)
+        return _knn_candidates(f, k, block_size, slack, penalty)
     if precision == "int8":
         x, s = _rotate_quantize(f)
         scale = s * s
 
-        def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
+        def raw_product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
             return torch._int_mm(x[a0:a1], x[b0:b1].T)
 
     else:  # fp16 / bf16 products (float32 accumulation)
         x = f.half() if precision == "fp16" else f.bfloat16()
         scale = 1.0
 
-        def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
+        def raw_product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
             return x[a0:a1] @ x[b0:b1].T
+
+    def product(a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
+        p = raw_product(a0, a1, b0, b1)
+        return p if penalty is None else penalty.subtract(p, slice(a0, a1), slice(b0, b1), scale)
 
     score, index = _blocked_top(n, c, block_size, product, dev)
     del x
@@ -408,10 +468,13 @@ def _fast_knn_candidates(
     return idx, vals
 
 
-def exact_knn(features: torch.Tensor, k: int, block_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The ranking of step 1: ``(index, cosine)`` of shape (N, k), self first, ties by index."""
+def exact_knn(features: torch.Tensor, k: int, block_size: int = 4096, camids: torch.Tensor | np.ndarray | None = None,
+              same_camera_penalty: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking of step 1: ``(index, cosine)`` of shape (N, k), self first, ties by index (penalised cosines
+    with ``same_camera_penalty``, see ``compute_jaccard_distance``)."""
     f = _prepare_features(features, k, 1, block_size)
-    idx, vals = _knn_candidates(f, k, block_size)
+    penalty = _camera_penalty(camids, same_camera_penalty, f.shape[0], f.device)
+    idx, vals = _knn_candidates(f, k, block_size, penalty=penalty)
     return idx[:, :k].cpu().numpy(), vals[:, :k].cpu().numpy()
 
 
@@ -473,9 +536,10 @@ def _expanded_sets(rank: np.ndarray, recip: np.ndarray, recip_h: np.ndarray) -> 
 
 
 def _pair_cosines(
-    f: torch.Tensor, rows: np.ndarray, cols: np.ndarray, cand_idx: np.ndarray, cand_val: np.ndarray
+    f: torch.Tensor, rows: np.ndarray, cols: np.ndarray, cand_idx: np.ndarray, cand_val: np.ndarray,
+    penalty: _CameraPenalty | None = None,
 ) -> np.ndarray:
-    """Cosines of the pairs: looked up among the kNN candidates, dot products for the rest."""
+    """Cosines of the pairs: looked up among the kNN candidates, dot products for the rest (penalised alike)."""
     c = cand_idx.shape[1]
     out = np.empty(rows.shape[0], dtype=np.float32)
     found = np.zeros(rows.shape[0], dtype=bool)
@@ -493,12 +557,13 @@ def _pair_cosines(
             sel = missing[a : a + step]
             ri = torch.from_numpy(rows[sel]).to(f.device)
             ci = torch.from_numpy(cols[sel]).to(f.device)
-            out[sel] = (f[ri] * f[ci]).sum(dim=1).cpu().numpy()
+            cos = (f[ri] * f[ci]).sum(dim=1)
+            out[sel] = (cos if penalty is None else penalty.pairs(cos, ri, ci)).cpu().numpy()
     return out
 
 
 def _softmax_weights(n: int, rows: np.ndarray, cols: np.ndarray, cos: np.ndarray) -> sp.csr_matrix:
-    """Step 4: ``V[i, j] = softmax_j(-(2 - 2 cos_ij))`` over each (non-empty) row."""
+    """Step 4: ``V[i, j] = softmax_j(-(2 - 2 cos_ij))`` over each (non-empty) row (penalised cosines: ``d'``)."""
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     neg = -(2.0 - 2.0 * cos.astype(np.float64))
@@ -616,6 +681,8 @@ def compute_jaccard_distance(
     k2: int = 6,
     block_size: int = 4096,
     mode: str = "exact",
+    camids: torch.Tensor | np.ndarray | None = None,
+    same_camera_penalty: float = 0.0,
 ) -> sp.csr_matrix:
     """k-reciprocal Jaccard distance of (N, D) features (steps 1-6 of the module doc).
 
@@ -632,8 +699,12 @@ def compute_jaccard_distance(
     distances differ slightly from the exact ones; the DBSCAN labels agree
     with the exact labels at an adjusted Rand index of ~0.999 on realistic
     features (benchmarks/README.md).
-    Raises UserError for an unknown mode, k1 > N - 1, k2 > k1, or non-finite /
-    zero features.
+
+    ``same_camera_penalty`` (0-4, default 0 = off) with ``camids`` (one camera
+    id per row): every step on ``2 - 2 cos + penalty`` for same-camera pairs
+    (module doc).
+    Raises UserError for an unknown mode, k1 > N - 1, k2 > k1, non-finite /
+    zero features, or a penalty outside [0, 4] or without camera ids.
     """
     if mode not in SEARCH_MODES:
         raise UserError(
@@ -643,9 +714,10 @@ def compute_jaccard_distance(
     f = _prepare_features(features, k1, k2, block_size)
     n = f.shape[0]
     k1_half = int(np.around(k1 / 2))
+    penalty = _camera_penalty(camids, same_camera_penalty, n, f.device)
 
     knn = _knn_candidates if mode == "exact" else _fast_knn_candidates
-    cand_idx_t, cand_val_t = knn(f, k1, block_size)
+    cand_idx_t, cand_val_t = knn(f, k1, block_size, penalty=penalty)
     idx_dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
     cand_idx = cand_idx_t.cpu().numpy().astype(idx_dtype)
     cand_val = cand_val_t.cpu().numpy()
@@ -656,7 +728,7 @@ def compute_jaccard_distance(
     recip_h = _reciprocal_mask(rank, k1_half + 1)
     rows, cols = _expanded_sets(rank, recip, recip_h)
 
-    cos = _pair_cosines(f, rows, cols, cand_idx, cand_val)
+    cos = _pair_cosines(f, rows, cols, cand_idx, cand_val, penalty)
     v = _softmax_weights(n, rows, cols, cos)
     del rows, cols, cos, cand_idx, cand_val
 

@@ -79,6 +79,7 @@ class EpochData:
     camids: torch.Tensor  # N
     num_clusters: int
     distance: Any = None  # the sparse Jaccard distance (scipy CSR, N x N) the labels came from
+    eps: float | None = None  # the DBSCAN radius of the labels (cluster.eps or its auto value); None: HDBSCAN
 
 
 @dataclass

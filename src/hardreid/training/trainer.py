@@ -1,6 +1,6 @@
 """The epoch loop (DESIGN.md section 1, ACFL Algorithm 1), readable top to bottom:
 
-extract features -> k-reciprocal Jaccard -> DBSCAN pseudo labels -> method memory
+extract features -> pseudo labels (k-reciprocal Jaccard -> DBSCAN, pseudo_labels.cluster_epoch) -> method memory
 -> P x K steps (loss, optimiser step, memory update) -> evaluate -> log -> checkpoint.
 """
 
@@ -26,7 +26,7 @@ from ..evaluation.features import calibrate_batchnorm, extract_features
 from ..evaluation.pipeline import evaluate_model
 from ..models import ReidModel, build_model
 from ..precision import training_precision
-from ..pseudo_labels import cluster_statistics, compute_jaccard_distance, dbscan_labels
+from ..pseudo_labels import check_cluster_config, cluster_epoch
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
@@ -116,22 +116,6 @@ def piecewise_lr_factor(schedule: list[list[float]]) -> Callable[[int], float]:
     return factor
 
 
-def pseudo_label_epoch(features: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, Any, Any]:
-    """Jaccard distance + DBSCAN -> (labels, statistics, sparse distance); a clear error when every image is an outlier."""
-    c = cfg.cluster
-    distance = compute_jaccard_distance(features, k1=c.k1, k2=c.k2, mode=c.search)
-    labels = dbscan_labels(distance, eps=c.eps, min_samples=c.min_samples)
-    stats = cluster_statistics(labels)
-    if stats.num_clusters == 0:
-        raise UserError(
-            f"DBSCAN found no cluster among {len(labels)} training images (cluster.eps={c.eps}, "
-            f"cluster.min_samples={c.min_samples}): every image is an outlier. Try a larger cluster.eps "
-            f"(e.g. cluster.eps={min(c.eps + 0.1, 0.9):.1f}), a smaller cluster.min_samples, or start from "
-            "pretrained weights (--weights FILE)."
-        )
-    return torch.as_tensor(labels, dtype=torch.long), stats, distance
-
-
 def label_agreement(labels: torch.Tensor, dataset: ReidDataset) -> dict[str, float]:
     """Pseudo labels vs the true training identities (diagnostics only; never used for training)."""
     if not dataset.has_train_labels:
@@ -165,6 +149,7 @@ class Trainer:
         if not dataset.train:
             raise UserError(f"data set at {dataset.root} has no training images")
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
+        check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
         self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         self.model = (model or model_from_config(cfg)).to(self.device)
@@ -174,6 +159,7 @@ class Trainer:
         self.precision = training_precision(t.amp, t.amp_dtype, t.amp_cpu, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.history: list[dict[str, Any]] = []
+        self.previous_labels: np.ndarray | None = None  # last epoch's pseudo labels (diagnostics: partition change)
         self.start_epoch = 0
         self.best_map = -1.0
 
@@ -189,7 +175,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
-                "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim}
+                "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
+                "pseudo_labels": self.previous_labels}
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path)
@@ -201,6 +188,7 @@ class Trainer:
         self.method.load_state_dict(state.get("method", {}))
         self.history, self.best_map = state["history"], state["best_map"]
         self.start_epoch = state["epoch"]
+        self.previous_labels = state.get("pseudo_labels")
         _set_rng_state(state["rng"])
         LOG.info("resumed from %s after epoch %d", path, self.start_epoch)
 
@@ -232,18 +220,23 @@ class Trainer:
         features = features.cpu()
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
-        labels, stats, distance = pseudo_label_epoch(features, cfg)
-        agreement = label_agreement(labels, self.dataset)
-        LOG.info("epoch %d/%d pseudo labels: %s%s", epoch + 1, cfg.train.epochs, stats.text(),
-                 "".join(f", {k} {v:.3f}" for k, v in agreement.items()))
         camids = torch.tensor([s.camid for s in self.dataset.train])
-        data = EpochData(epoch, features, labels, camids, stats.num_clusters, distance)
+        clusters = cluster_epoch(features, camids, cfg.cluster, self.previous_labels)
+        self.previous_labels, stats = clusters.labels, clusters.stats
+        labels = torch.as_tensor(clusters.labels, dtype=torch.long)
+        agreement = label_agreement(labels, self.dataset)
+        LOG.info("epoch %d/%d pseudo labels: %s%s", epoch + 1, cfg.train.epochs, clusters.text(),
+                 "".join(f", {k} {v:.3f}" for k, v in agreement.items()))
+        if clusters.warning:
+            LOG.warning("epoch %d/%d: %s", epoch + 1, cfg.train.epochs, clusters.warning)
+        data = EpochData(epoch, features, labels, camids, stats.num_clusters, clusters.distance, clusters.eps)
         self.method.start_epoch(data, self.model)
         losses = self.train_steps(epoch, self.method.sampling_labels(data))
         self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
                                **losses, **agreement, "lr": self.optimizer.param_groups[0]["lr"],
-                               "cluster_sizes": stats.to_dict(), **self.method.end_epoch(epoch, self.run_dir)}
+                               "cluster_sizes": stats.to_dict(), **clusters.metrics(),
+                               **self.method.end_epoch(epoch, self.run_dir)}
         if self.should_evaluate(epoch):
             # evaluation must not move the random streams: a run that evaluates at other epochs (eval_every)
             # or is resumed trains exactly as one that does not (the loaders draw their seeds from torch's RNG)

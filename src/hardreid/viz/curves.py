@@ -1,4 +1,10 @@
-"""Training curves from a run's metrics (ACFL Fig. 5a style: top-1, mAP, clusters, outliers per epoch)."""
+"""Training curves from a run's metrics (ACFL Fig. 5a style: top-1, mAP, clusters, outliers per epoch).
+
+A third panel shows the label-free pseudo-label diagnostics when the run has them
+(``pseudo_labels.diagnostics``): share of images in large clusters, share of
+one-camera clusters, ARI with the previous epoch's partition, and a red mark at
+every epoch whose collapse warning fired.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+DIAGNOSTICS = (("large_cluster_share", "images in large clusters", "purple"),
+               ("single_camera_share", "one-camera clusters", "orange"),
+               ("partition_ari", "ARI vs last epoch", "teal"))
 
-def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
-    """Two panels: accuracy (mAP, top-1) and pseudo labels (clusters, outliers) against epoch."""
+
+def _points(history: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+
+
+def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None, diagnostics: bool = True) -> Path:
+    """Accuracy (mAP, top-1), pseudo labels (clusters, outliers) and, when recorded, their diagnostics, per epoch.
+
+    ``diagnostics=False``: the two panels of ACFL's Fig. 5a only.
+    """
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "metrics.json").read_text())
     epochs = [row["epoch"] for row in history]
-    fig, (acc, lab) = plt.subplots(1, 2, figsize=(10, 3.6))
+    with_diagnostics = diagnostics and any(_points(history, key) for key, _, _ in DIAGNOSTICS)
+    panels = 3 if with_diagnostics else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
+    acc, lab = axes[0], axes[1]
     for key, colour in (("top1", "green"), ("mAP", "red")):
-        points = [(row["epoch"], row[key]) for row in history if key in row]
+        points = _points(history, key)
         if points:
             acc.plot(*zip(*points), marker="o", color=colour, label="top-1" if key == "top1" else key)
     acc.set_xlabel("epoch"), acc.set_ylabel("%"), acc.set_title("accuracy"), acc.grid(alpha=0.3)
@@ -27,6 +47,18 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
     lab.plot(epochs, [row["clusters"] for row in history], marker="o", color="black", label="clusters")
     lab.plot(epochs, [row["outliers"] for row in history], marker="s", color="grey", label="outliers")
     lab.set_xlabel("epoch"), lab.set_title("pseudo labels"), lab.grid(alpha=0.3), lab.legend()
+    if with_diagnostics:
+        diag, lowest = axes[2], 0.0
+        for key, label, colour in DIAGNOSTICS:
+            points = _points(history, key)
+            if points:
+                diag.plot(*zip(*points), marker=".", color=colour, label=label)
+                lowest = min(lowest, *(v for _, v in points))  # the ARI can be negative
+        warned = [row["epoch"] for row in history if row.get("collapse_warning")]
+        if warned:
+            diag.scatter(warned, [1.02] * len(warned), marker="v", color="red", label="collapse warning", zorder=3)
+        diag.set_ylim(lowest - 0.05, 1.08), diag.set_xlabel("epoch"), diag.set_title("pseudo-label diagnostics")
+        diag.grid(alpha=0.3), diag.legend(fontsize=7)
     fig.tight_layout()
     out = Path(out_path) if out_path else run_dir / "curves.png"
     fig.savefig(out, dpi=110)

@@ -11,7 +11,7 @@
 
 ``run_state`` rebuilds what a checkpoint's epoch knew: the training features
 of the checkpoint model, clustered with the run's config
-(``trainer.pseudo_label_epoch``), and prototypes = cluster means.
+(``pseudo_labels.cluster_epoch``), and prototypes = cluster means.
 """
 
 from __future__ import annotations
@@ -84,12 +84,13 @@ def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None) ->
 
 def run_state(cfg: Config, model: ReidModel, dataset: ReidDataset, device: torch.device | str = "cpu") -> RunState:
     """Features of the training set, pseudo labels with the run's clustering settings, prototypes = cluster means."""
-    from ..training.trainer import pseudo_label_epoch
+    from ..pseudo_labels import cluster_epoch
 
     features = extract_features(model.to(device), dataset.train, eval_transform(cfg.data), cfg.eval.batch_size,
                                 cfg.data.workers, device, desc="training features")
-    labels, stats, _ = pseudo_label_epoch(features, cfg)
-    prototypes = cluster_centroids(features, labels, stats.num_clusters)
+    clusters = cluster_epoch(features, [s.camid for s in dataset.train], cfg.cluster)
+    labels = torch.as_tensor(clusters.labels, dtype=torch.long)
+    prototypes = cluster_centroids(features, labels, clusters.stats.num_clusters)
     return RunState(cfg, model, features, labels, prototypes)
 
 

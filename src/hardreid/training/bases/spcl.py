@@ -5,7 +5,9 @@ Per epoch (official ``examples/spcl_train_usl.py``):
 1. cluster the *instance memory* V (not freshly extracted features: ``clustering_features``);
    the memory is initialised once, from the features extracted before the first epoch;
 2. DBSCAN with eps, and again with eps - gap (tight) and eps + gap (loose) on the same
-   sparse Jaccard distance (``EpochData.distance``);
+   sparse Jaccard distance (``EpochData.distance``); with ``cluster.eps: auto`` eps is this
+   epoch's automatic radius (``EpochData.eps``) and the gap is taken around it. HDBSCAN
+   (``cluster.algorithm: hdbscan``) has no radius to move, so SpCL refuses it;
 3. self-paced reliability (Sec. 3.2): ``R_indep`` (Eq. 5, IoU of a sample's cluster at eps
    and at the loose eps) and ``R_comp`` (Eq. 6, IoU with the tight cluster); a cluster is
    independent when its score passes the threshold fixed at the first epoch, a sample stays in
@@ -99,6 +101,10 @@ class SpCL(BaseMethod):
         self.memory: HybridMemory | None = None
         self.indep_threshold: float | None = None
         self.stats: dict[str, float] = {}
+        if cfg.cluster.algorithm != "dbscan":
+            raise UserError(f"method.base=spcl needs cluster.algorithm=dbscan (got {cfg.cluster.algorithm}): its "
+                            "reliability criterion re-runs DBSCAN at eps -/+ spcl.eps_gap, which HDBSCAN has no "
+                            "radius for; cluster.eps=auto works")
 
     def clustering_features(self) -> torch.Tensor | None:
         """From the second epoch on, cluster the instance memory V (official code); first epoch: extract."""
@@ -109,9 +115,11 @@ class SpCL(BaseMethod):
             self.memory = HybridMemory(data.features.to(self.device), self.cfg.spcl.temperature, self.cfg.spcl.momentum)
         if data.distance is None:
             raise UserError("SpCL needs the epoch's Jaccard distance (EpochData.distance) for its reliability criterion")
-        eps, gap, min_samples = self.cfg.cluster.eps, self.cfg.spcl.eps_gap, self.cfg.cluster.min_samples
-        if not 0 < gap < eps:
-            raise UserError(f"spcl.eps_gap={gap} must be in (0, cluster.eps={eps})")
+        eps = data.eps if data.eps is not None else self.cfg.cluster.eps  # the radius the labels came from
+        gap, min_samples = self.cfg.spcl.eps_gap, self.cfg.cluster.min_samples
+        if not 0 < gap < eps or eps + gap >= 1:
+            raise UserError(f"spcl.eps_gap={gap} must be in (0, eps) with eps + gap < 1 (eps = {eps:.3g}, "
+                            f"cluster.eps={self.cfg.cluster.eps})")
         tight = dbscan_labels(data.distance, eps=eps - gap, min_samples=min_samples)
         loose = dbscan_labels(data.distance, eps=eps + gap, min_samples=min_samples)
         hybrid, num_clusters, self.indep_threshold = self_paced_labels(

@@ -1,0 +1,159 @@
+"""Label-free diagnostics of a pseudo-label partition, and the collapse warning.
+
+Everything here reads the cluster labels (-1 = outlier) and the camera of each
+image only, never the true identities, so it works on a user's unlabelled data:
+
+* ``largest_to_median``: size of the largest cluster over the median cluster size;
+* ``single_camera_share``: share of the clusters whose members all come from one
+  camera (``None`` when the data set has a single camera: then it means nothing);
+* ``large_cluster_share``: share of *all* images (outliers included in the count)
+  that sit in clusters larger than ``size_limit``.  The trainer sets
+  ``size_limit = cluster.large_cluster_factor x cluster.min_samples`` (25 x 4 =
+  100 images by default): min_samples is the smallest group DBSCAN calls a
+  cluster, and 100 images is 3-10 times the mean identity of the public person
+  re-ID training sets (CUHK03-NP 9.6, Market-1501 17.2, DukeMTMC-reID 23.5,
+  MSMT17 31.3 images per identity), so a share of images in such clusters means
+  merged people rather than one person seen often;
+* ``partition_ari``: adjusted Rand index between this epoch's partition and the
+  previous epoch's (``None`` at the first epoch).  Every outlier counts as a
+  cluster of its own in both partitions, so an image that moves between a
+  cluster and the outliers counts as a change.
+
+``collapse_reasons`` turns the diagnostics into the reasons for the collapse
+warning (giant clusters, or clusters that group one camera only) with the
+thresholds of the config (``cluster.warn_large_share``,
+``cluster.warn_single_camera_share``); ``collapse_warning`` writes the one log
+line with what to try.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = [
+    "ClusterDiagnostics",
+    "cluster_diagnostics",
+    "collapse_reasons",
+    "collapse_warning",
+    "large_cluster_share",
+    "largest_to_median",
+    "partition_ari",
+    "single_camera_share",
+]
+
+
+def _sizes(labels: np.ndarray) -> np.ndarray:
+    clustered = labels[labels >= 0]
+    return np.unique(clustered, return_counts=True)[1] if clustered.size else np.zeros(0, dtype=np.int64)
+
+
+def largest_to_median(labels: np.ndarray) -> float | None:
+    """Largest cluster size / median cluster size (None without clusters)."""
+    sizes = _sizes(np.asarray(labels))
+    return float(sizes.max() / np.median(sizes)) if sizes.size else None
+
+
+def single_camera_share(labels: np.ndarray, camids: np.ndarray) -> float | None:
+    """Share of the clusters whose images all come from one camera; None without clusters or with one camera."""
+    labels, camids = np.asarray(labels), np.asarray(camids)
+    if labels.shape != camids.shape:
+        raise ValueError(f"labels {labels.shape} and camids {camids.shape} differ in shape")
+    keep = labels >= 0
+    if not keep.any() or np.unique(camids).size < 2:
+        return None
+    pairs = np.unique(np.stack([labels[keep], camids[keep]]), axis=1)  # distinct (cluster, camera) pairs
+    cameras_per_cluster = np.bincount(pairs[0])
+    cameras_per_cluster = cameras_per_cluster[cameras_per_cluster > 0]
+    return float((cameras_per_cluster == 1).mean())
+
+
+def large_cluster_share(labels: np.ndarray, size_limit: float) -> float:
+    """Share of all images (outliers counted) in clusters with more than ``size_limit`` images."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return 0.0
+    sizes = _sizes(labels)
+    return float(sizes[sizes > size_limit].sum() / labels.size)
+
+
+def _outliers_as_singletons(labels: np.ndarray) -> np.ndarray:
+    out = np.asarray(labels, dtype=np.int64).copy()
+    alone = out < 0
+    out[alone] = out.max(initial=-1) + 1 + np.arange(alone.sum())
+    return out
+
+
+def partition_ari(labels: np.ndarray, previous: np.ndarray | None) -> float | None:
+    """Adjusted Rand index between two partitions of the same images, each outlier its own cluster (None: no previous)."""
+    if previous is None:
+        return None
+    labels, previous = np.asarray(labels), np.asarray(previous)
+    if labels.shape != previous.shape:
+        raise ValueError(f"the two partitions cover different images: {labels.shape} vs {previous.shape}")
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(_outliers_as_singletons(previous), _outliers_as_singletons(labels)))
+
+
+@dataclass
+class ClusterDiagnostics:
+    """The label-free diagnostics of one epoch's pseudo labels (module docstring)."""
+
+    largest_to_median: float | None
+    single_camera_share: float | None
+    large_cluster_share: float
+    size_limit: float
+    partition_ari: float | None
+
+    def text(self) -> str:
+        """For the epoch's log line, e.g. ``largest/median 14.8, one-camera clusters 98%, ...``."""
+        def num(x: float | None, spec: str) -> str:
+            return "-" if x is None else format(x, spec)
+
+        return (f"largest/median {num(self.largest_to_median, '.1f')}, one-camera clusters "
+                f"{num(None if self.single_camera_share is None else 100 * self.single_camera_share, '.0f')}%, "
+                f"images in clusters > {self.size_limit:g} {100 * self.large_cluster_share:.0f}%, "
+                f"ARI vs last epoch {num(self.partition_ari, '.3f')}")
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def cluster_diagnostics(labels: np.ndarray, camids: np.ndarray, previous: np.ndarray | None = None,
+                        size_limit: float = 100.0) -> ClusterDiagnostics:
+    """All diagnostics of ``labels`` (-1 = outlier) given each image's camera and the previous epoch's labels."""
+    labels = np.asarray(labels)
+    return ClusterDiagnostics(
+        largest_to_median=largest_to_median(labels),
+        single_camera_share=single_camera_share(labels, camids),
+        large_cluster_share=large_cluster_share(labels, size_limit),
+        size_limit=float(size_limit),
+        partition_ari=partition_ari(labels, previous),
+    )
+
+
+def collapse_reasons(diag: ClusterDiagnostics, warn_large_share: float = 0.2,
+                     warn_single_camera_share: float = 0.9) -> dict[str, str]:
+    """Why the partition looks collapsed, by kind (``large_clusters``, ``one_camera``); empty: it does not."""
+    reasons = {}
+    if diag.large_cluster_share > warn_large_share:
+        reasons["large_clusters"] = (f"{100 * diag.large_cluster_share:.0f}% of the images are in clusters of more "
+                                     f"than {diag.size_limit:g} images (cluster.warn_large_share={warn_large_share:g})")
+    if diag.single_camera_share is not None and diag.single_camera_share > warn_single_camera_share:
+        reasons["one_camera"] = (f"{100 * diag.single_camera_share:.0f}% of the clusters hold images of one camera "
+                                 f"only (cluster.warn_single_camera_share={warn_single_camera_share:g})")
+    return reasons
+
+
+def collapse_warning(reasons: dict[str, str], eps: float | None = None) -> str:
+    """One log line: what the diagnostics show and which config keys to try (``eps``: the DBSCAN radius used)."""
+    tries = []
+    if "large_clusters" in reasons:
+        tries += [f"a lower cluster.eps (now {eps:.3g})" if eps is not None else "a lower cluster.eps",
+                  "cluster.algorithm=hdbscan", "a larger cluster.min_samples"]
+    if "one_camera" in reasons:
+        tries += ["cluster.camera_normalize=mean (or standardize)", "a small cluster.same_camera_penalty (e.g. 0.1)"]
+    return ("pseudo labels look collapsed: " + "; ".join(reasons.values()) + ". Training on them can make the model "
+            "worse; try " + ", ".join(tries) + " (README: pseudo labels on small or camera-biased data)")

@@ -1,0 +1,101 @@
+"""The clustering options in the epoch loop: diagnostics in log / metrics / curves, SpCL and ICE with every option."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from PIL import Image
+
+from hardreid.data.datasets import load_dataset
+from hardreid.errors import UserError
+from hardreid.training import train
+from hardreid.training.bases import spcl
+from hardreid.training.methods import EpochData, build_method
+
+from conftest import tiny_config
+
+DIAGNOSTIC_KEYS = {"eps", "largest_to_median", "single_camera_share", "large_cluster_share", "partition_ari",
+                   "collapse_warning"}
+
+
+def test_diagnostics_in_log_metrics_and_curves(tiny_root, tmp_path):
+    data = load_dataset("market", tiny_root)
+    # thresholds that every partition passes: the warning must fire (and say so in every row)
+    cfg = tiny_config(cluster={"warn_large_share": -1.0, "large_cluster_factor": 0.1})
+    train(cfg, data, tmp_path / "run", log_to_stderr=False)
+    run = tmp_path / "run"
+    rows = json.loads((run / "metrics.json").read_text())
+    assert all(DIAGNOSTIC_KEYS <= set(r) for r in rows)
+    assert rows[0]["partition_ari"] is None and -1 <= rows[1]["partition_ari"] <= 1
+    assert rows[0]["eps"] == 0.6 and all(r["collapse_warning"] is True for r in rows)
+    assert rows[1]["large_cluster_share"] == pytest.approx(1 - rows[1]["outliers"] / len(data.train))
+    with open(run / "metrics.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert DIAGNOSTIC_KEYS <= set(table[0]) and table[0]["partition_ari"] == "" and table[1]["collapse_warning"] == "True"
+    log = (run / "train.log").read_text()
+    assert log.count("pseudo labels look collapsed") == 2 and "images in clusters > 0.2" in log
+    assert "largest/median" in log and "ARI vs last epoch" in log
+    assert Image.open(run / "curves.png").size == (1650, 396)  # three panels: accuracy, pseudo labels, diagnostics
+
+
+def test_default_thresholds_stay_quiet_and_resume_keeps_last_labels(tiny_root, tmp_path):
+    data = load_dataset("market", tiny_root)
+    one = train(tiny_config(train={"epochs": 1}), data, tmp_path / "run", log_to_stderr=False)
+    assert one.history[0]["collapse_warning"] is False
+    resumed = train(tiny_config(), data, tmp_path / "run", resume=True, log_to_stderr=False)
+    straight = train(tiny_config(), data, tmp_path / "straight", log_to_stderr=False)
+    assert resumed.history[1]["partition_ari"] is not None
+    assert resumed.history[1]["partition_ari"] == pytest.approx(straight.history[1]["partition_ari"])
+
+
+@pytest.mark.parametrize("base,cluster", [
+    ("spcl", {"eps": "auto", "eps_rho": 0.05, "camera_normalize": "standardize", "same_camera_penalty": 1.0}),
+    ("ice", {"algorithm": "hdbscan", "min_samples": 2, "camera_normalize": "mean"}),
+    ("ice", {"eps": "auto", "eps_rho": 0.05, "same_camera_penalty": 4.0}),
+])
+def test_spcl_and_ice_train_with_the_options(tiny_root, tmp_path, base, cluster):
+    data = load_dataset("market", tiny_root)
+    cfg = tiny_config(method={"base": base}, cluster=cluster, train={"eval_every": 0})
+    result = train(cfg, data, tmp_path / "run", log_to_stderr=False)
+    assert [r["epoch"] for r in result.history] == [1, 2] and np.isfinite(result.history[-1]["loss"])
+    assert (result.history[0]["eps"] is None) == (cluster.get("algorithm") == "hdbscan")
+
+
+def test_spcl_refuses_hdbscan(tiny_root):
+    cfg = tiny_config(method={"base": "spcl"}, cluster={"algorithm": "hdbscan"})
+    with pytest.raises(UserError, match="method.base=spcl needs cluster.algorithm=dbscan"):
+        build_method(cfg, torch.device("cpu"))
+
+
+def test_spcl_moves_the_radius_of_the_labels(monkeypatch):
+    """eps auto: the tight / loose re-clusterings are the epoch's radius -/+ spcl.eps_gap."""
+    cfg = tiny_config(method={"base": "spcl"}, cluster={"eps": "auto"})
+    method = build_method(cfg, torch.device("cpu"))
+    radii = []
+
+    def fake_dbscan(distance, eps, min_samples):
+        radii.append(round(eps, 6))
+        return np.array([0, 0, 1, 1, -1])
+
+    monkeypatch.setattr(spcl, "dbscan_labels", fake_dbscan)
+    data = EpochData(0, torch.nn.functional.normalize(torch.randn(5, 8), dim=1), torch.tensor([0, 0, 1, 1, -1]),
+                     torch.zeros(5, dtype=torch.long), 2, sp.eye(5, format="csr"), eps=0.31)
+    method.start_epoch(data, torch.nn.Identity())
+    assert radii == [0.29, 0.33]
+    with pytest.raises(UserError, match="eps = 0.985"):
+        method.start_epoch(EpochData(1, data.features, data.labels, data.camids, 2, data.distance, eps=0.985),
+                           torch.nn.Identity())
+
+
+def test_a_bad_cluster_key_fails_before_any_work(tiny_root, tmp_path, monkeypatch):
+    import hardreid.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "extract_features", lambda *a, **k: pytest.fail("extracted features first"))
+    with pytest.raises(UserError, match="unknown cluster.camera_normalize 'per_camera'"):
+        train(tiny_config(cluster={"camera_normalize": "per_camera"}), load_dataset("market", tiny_root),
+              tmp_path / "run", log_to_stderr=False)
