@@ -71,6 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.data.format = args.format
     dataset = _load_data(args, cfg)
     result = train(cfg, dataset, run_dir, resume=args.resume)
+    from . import distributed
+
+    if not distributed.is_main():  # several processes (torchrun): rank 0 reports
+        return 0
     final = result.final
     if "mAP" in final:
         print(f"final: mAP {final['mAP']:.1f}  top-1 {final['top1']:.1f}  top-5 {final['top5']:.1f}  top-10 {final['top10']:.1f}")
@@ -237,7 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid train --config configs/cluster_contrast/market1501.yaml --data-root ~/data/market --output runs/cc\n"
                               "  hardreid train --config configs/cluster_contrast/cpu_mobilenet.yaml --data-root ../shared/data/cuhk03 \\\n"
                               "      --output runs/cuhk03 --weights ../shared/weights/mobilenet_v2_imagenet.pth train.epochs=20\n"
-                              "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n\n"
+                              "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n"
+                              "  # 4 GPUs of one machine (data.batch_size is the global batch, shared by the processes):\n"
+                              "  torchrun --nproc_per_node 4 -m hardreid train --config configs/acfl/market1501.yaml \\\n"
+                              "      --data-root ~/data/market --output runs/acfl\n"
+                              "  # 2 machines x 4 GPUs (run on each machine, --node_rank 0 and 1):\n"
+                              "  torchrun --nnodes 2 --node_rank 0 --nproc_per_node 4 --rdzv_backend c10d \\\n"
+                              "      --rdzv_endpoint HOST0:29400 -m hardreid train --config ... --data-root ... --output ...\n\n"
                               "Any config key can be overridden as section.key=value (see configs/base.yaml).")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (may inherit with _base_)")
     _add_data_args(p)
@@ -364,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except UserError as exc:
-        print(f"hardreid {args.command}: error: {clean_message(exc)}", file=sys.stderr)
+        from . import distributed
+
+        where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
+        print(f"hardreid {args.command}: error{where}: {clean_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -108,6 +108,9 @@ class TrainConfig:
     calibrate_bn: str = "auto"  # auto (only from random init) | always | never: BatchNorm statistics before epoch 1
     channels_last: bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
     bn_chunk: int = 0  # >0: normalise BatchNorm over chunks of this many images (emulates multi-GPU)
+    sync_bn: bool = False  # several processes (torchrun, CUDA): SyncBatchNorm over the global batch, not per process
+    dist_timeout: float = 30.0  # several processes: minutes a collective waits for the others before the job fails
+    check_ranks: bool = False  # several processes: compare weights and memories of every process each epoch (debug)
     save_every: int = 1  # write last.pth every N epochs
 
 

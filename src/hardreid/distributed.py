@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import os
+import pickle
+import random
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -130,9 +134,20 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """A collective that fails (another process died, or did not answer within train.dist_timeout) says so."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise RuntimeError(f"rank {rank()} of {world_size()}: {what} failed: another process died or did not answer "
+                           f"within train.dist_timeout minutes (its own error is above): {exc}") from exc
+
+
 def barrier() -> None:
     if active():
-        dist.barrier()
+        with _collective("waiting for the other processes"):
+            dist.barrier()
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -140,7 +155,8 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     if not active():
         return obj
     box = [obj if rank() == src else None]
-    dist.broadcast_object_list(box, src=src, device=_comm_device())
+    with _collective(f"receiving rank {src}'s results"):
+        dist.broadcast_object_list(box, src=src, device=_comm_device())
     return box[0]
 
 
@@ -149,7 +165,8 @@ def all_gather_object(obj: T) -> list[T]:
     if not active():
         return [obj]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    with _collective("gathering values from every process"):
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -161,13 +178,25 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     local = tensor.detach().contiguous().to(device)
     sizes = torch.tensor([local.shape[0]], device=device)
     all_sizes = [torch.zeros_like(sizes) for _ in range(world_size())]
-    dist.all_gather(all_sizes, sizes)
-    counts = [int(s) for s in all_sizes]
-    padded = local.new_zeros((max(counts), *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
+    with _collective("gathering rows from every process"):
+        dist.all_gather(all_sizes, sizes)
+        counts = [int(s) for s in all_sizes]
+        padded = local.new_zeros((max(counts), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
     return torch.cat([part[:n] for part, n in zip(parts, counts)]).to(tensor.device)
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows (the same number on every rank), concatenated in rank order: one collective. No gradient."""
+    if not active():
+        return tensor
+    local = tensor.detach().contiguous().to(_comm_device())
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    with _collective("gathering the global batch"):
+        dist.all_gather(parts, local)
+    return torch.cat(parts).to(tensor.device)
 
 
 def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -181,13 +210,53 @@ def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return total
 
 
-def main_then_broadcast(fn: Callable[[], T]) -> T:
-    """``fn()`` computed on rank 0 only (e.g. pseudo labels, scores) and its result sent to every rank.
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """torch's (CPU and current GPU), Python's and numpy's global random states are restored after the block."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
-    An exception on rank 0 ends that process; torchrun then stops the others (or their next collective
-    times out): never a silent hang.
+
+def main_then_broadcast(fn: Callable[[], T]) -> T:
+    """``fn()`` computed on rank 0 only (pseudo labels, scores, files) and its result sent to every rank.
+
+    ``fn`` must not use collectives. It does not move the random streams (also in one process), so every
+    rank keeps drawing the same numbers. An exception on rank 0 is raised on every rank (the others get
+    a RuntimeError naming it when it cannot be sent), so that all of them stop together.
     """
-    return broadcast_object(fn() if is_main() else None)
+    with random_state_kept():
+        if not active():
+            return fn()
+        result: Any = None
+        error: BaseException | None = None
+        if is_main():
+            try:
+                result = fn()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+                error = exc
+        sent = broadcast_object((result, _portable(error)))
+    if error is not None:
+        raise error
+    if sent[1] is not None:
+        raise sent[1]
+    return sent[0]
+
+
+def _portable(error: BaseException | None) -> BaseException | None:
+    """``error`` if it survives pickling (UserError does), else a RuntimeError with its text."""
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - any pickling problem
+        return RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -268,7 +337,8 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         return
     device = _comm_device()
     flat = torch.cat([g.detach().reshape(-1).to(device, torch.float32) for g in grads])
-    dist.all_reduce(flat)
+    with _collective("averaging gradients"):
+        dist.all_reduce(flat)
     flat /= world_size()
     offset = 0
     for g in grads:
@@ -282,27 +352,29 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     _broadcast_tensors(list(module.buffers()), src)
 
 
-def broadcast_module(module: nn.Module, src: int = 0) -> None:
-    """Every rank takes rank ``src``'s parameters and buffers, in place."""
-    with torch.no_grad():
-        _broadcast_tensors([*module.parameters(), *module.buffers()], src)
-
-
 def _broadcast_tensors(tensors: list[torch.Tensor], src: int) -> None:
+    """In place, one broadcast per dtype (the tensors flattened together)."""
     if not active() or not tensors:
         return
     device = _comm_device()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
-        if t.device == device:
-            dist.broadcast(t.data, src=src)
-        else:
-            moved = t.detach().to(device)
-            dist.broadcast(moved, src=src)
-            t.data.copy_(moved.to(t.device))
+        by_dtype.setdefault(t.dtype, []).append(t)
+    with _collective(f"receiving rank {src}'s weights"):
+        for group in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1).to(device) for t in group])
+            dist.broadcast(flat, src=src)
+            offset = 0
+            for t in group:
+                t.data.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:
-    """BatchNorm layers as SyncBatchNorm (statistics over the global batch); CUDA only (PyTorch's SyncBatchNorm)."""
+    """BatchNorm layers as SyncBatchNorm (statistics over the global batch); CUDA only (PyTorch's SyncBatchNorm).
+    One process: ``model`` (its BatchNorm already sees the whole batch)."""
+    if not active():
+        return model
     if next(model.parameters()).device.type != "cuda":
         raise UserError("train.sync_bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); on CPUs set "
                         "train.sync_bn=false (each process normalises its own share, as the papers' GPUs did)")
@@ -314,7 +386,7 @@ def digest(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     """SHA-1 of each tensor's bytes (order of ``tensors``)."""
     out = {}
     for name, t in tensors.items():
-        data = t.detach().cpu().contiguous()
+        data = t.detach().cpu().contiguous().reshape(-1)
         out[name] = hashlib.sha1(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
     return out
 
@@ -332,25 +404,25 @@ def check_identical(tensors: dict[str, torch.Tensor], what: str) -> int:
     return len(tensors)
 
 
+def main_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: ``fn`` runs on rank 0 only (writing files); elsewhere the call does nothing and returns None.
+    ``fn`` must not use collectives."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if is_main() else None
+
+    return wrapper
+
+
 # -- output ---------------------------------------------------------------------------------------------
 def progress_disabled() -> bool | None:
     """tqdm's ``disable``: automatic on rank 0 (bars on a terminal), off on the others."""
     return None if is_main() else True
 
 
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """Rank 0 runs the block before the other ranks (e.g. creating a folder they then read)."""
-    if not is_main():
-        barrier()
-    try:
-        yield
-    finally:
-        if is_main():
-            barrier()
-
-
-__all__ = ["active", "all_gather_cat", "all_gather_object", "average_gradients", "barrier", "broadcast_buffers",
-           "broadcast_module", "broadcast_object", "check_identical", "data_parallel", "digest", "is_main",
-           "launched_world_size", "local_rank", "main_then_broadcast", "progress_disabled", "rank", "rank_block",
-           "setup", "shard", "shard_bounds", "sum_over_ranks", "sync_batchnorm", "world_size"]
+__all__ = ["active", "all_gather_cat", "all_gather_object", "all_gather_rows", "average_gradients", "barrier",
+           "broadcast_buffers", "broadcast_object", "check_identical", "data_parallel", "digest",
+           "is_main", "launched_world_size", "local_rank", "main_only", "main_then_broadcast", "progress_disabled",
+           "random_state_kept", "rank", "rank_block", "setup", "shard", "shard_bounds", "sum_over_ranks",
+           "sync_batchnorm", "world_size"]

@@ -55,5 +55,8 @@ class CameraProxyLoss(Component):
                 features, labels, camids, ice.camera_temperature)
         return terms
 
+    def shared_state(self) -> dict:
+        return {} if self.proxies is None else self.proxies.state_dict()
+
 
 methods.HARD_SAMPLES["camera_proxy"] = CameraProxyLoss

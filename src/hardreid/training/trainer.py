@@ -2,6 +2,10 @@
 
 extract features -> pseudo labels (k-reciprocal Jaccard -> DBSCAN, pseudo_labels.cluster_epoch) -> method memory
 -> P x K steps (loss, optimiser step, memory update) -> evaluate -> log -> checkpoint.
+
+Several processes (``torchrun``, ``distributed.py``) run the same loop: each extracts a share of the
+features and gets all of them, rank 0 clusters and every process gets the labels, each trains on its
+share of the global batch (gradients averaged), rank 0 scores and writes. One process is a world of size 1.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import Config, OptimConfig, config_from_dict, dump_config
-from ..data.loaders import InfiniteIdentityLoader
+from ..data.loaders import InfiniteIdentityLoader, check_batch_split
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
-from ..evaluation.features import calibrate_batchnorm, extract_features
+from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
 from ..evaluation.pipeline import evaluate_model
 from ..models import ReidModel, build_model
 from ..precision import training_precision
@@ -50,6 +55,22 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={name} but no CUDA device is available; use train.device=cpu or auto")
     return torch.device(name)
+
+
+def check_parallel_config(cfg: Config, world: int) -> None:
+    """The global batch must split into equal shares of whole identities; SyncBatchNorm and bn_chunk exclude each other."""
+    check_batch_split(cfg.data.batch_size, cfg.data.num_instances, world)
+    if cfg.train.sync_bn and cfg.train.bn_chunk > 0:
+        raise UserError(f"train.sync_bn normalises over the global batch and train.bn_chunk={cfg.train.bn_chunk} over "
+                        "chunks of it: choose one (train.bn_chunk=0 with sync_bn)")
+
+
+def batchnorm_group(cfg: Config, world: int) -> int:
+    """How many images each BatchNorm normalises together in training mode (the setting results depend on)."""
+    if cfg.train.sync_bn and world > 1:
+        return cfg.data.batch_size
+    share = cfg.data.batch_size // world
+    return cfg.train.bn_chunk if 0 < cfg.train.bn_chunk < share else share
 
 
 def seed_everything(seed: int) -> None:
@@ -150,9 +171,12 @@ class Trainer:
             raise UserError(f"data set at {dataset.root} has no training images")
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
-        self.device = resolve_device(cfg.train.device)
+        self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # joins torchrun's processes
+        check_parallel_config(cfg, distributed.world_size())
         seed_everything(cfg.train.seed)
-        self.model = (model or model_from_config(cfg)).to(self.device)
+        model = (model or model_from_config(cfg)).to(self.device)
+        self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
+        self.embed = distributed.data_parallel(self.model, "embed")  # the step's forward; gradients averaged over processes
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
         t = cfg.train
@@ -176,10 +200,10 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
                 "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
-                "pseudo_labels": self.previous_labels}
+                "pseudo_labels": self.previous_labels, "world_size": distributed.world_size()}
 
     def resume(self, path: Path) -> None:
-        state = load_checkpoint(path)
+        state = distributed.main_then_broadcast(lambda: load_checkpoint(path))  # rank 0 reads, every process loads
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -191,40 +215,72 @@ class Trainer:
         self.previous_labels = state.get("pseudo_labels")
         _set_rng_state(state["rng"])
         LOG.info("resumed from %s after epoch %d", path, self.start_epoch)
+        self.check_world_change(state.get("world_size", 1))
+
+    def check_world_change(self, saved_world: int) -> None:
+        """Resuming with another number of processes: the global batch, its images, their augmentation and the
+        random streams are the same; BatchNorm groups may not be (a warning says how to keep them)."""
+        world = distributed.world_size()
+        if saved_world == world:
+            return
+        before, now = batchnorm_group(self.cfg, saved_world), batchnorm_group(self.cfg, world)
+        LOG.info("the run was trained with %d processes, it continues with %d (global batch %d unchanged)",
+                 saved_world, world, self.cfg.data.batch_size)
+        if before != now:
+            LOG.warning("BatchNorm normalised groups of %d images with %d processes and now groups of %d: the run "
+                        "continues, but not as it would have; to keep groups of %d set train.bn_chunk=%d (or use %d "
+                        "processes)", before, saved_world, now, before, before, saved_world)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        world = distributed.world_size()
+        LOG.info("world size %d: %s", world, self.describe_world())
         LOG.info("training %s on %s: %d images, %d cameras, device %s", cfg.method.base, self.dataset.name,
                  len(self.dataset.train), self.dataset.num_train_cams, self.device)
         if self.start_epoch == 0 and self.wants_bn_calibration():
             LOG.info("calibrating BatchNorm statistics on the training images (train.calibrate_bn=%s)", cfg.train.calibrate_bn)
-            calibrate_batchnorm(self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size,
-                                cfg.data.workers, self.device)
+            distributed.main_then_broadcast(lambda: calibrate_batchnorm(
+                self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
+                self.device))
+            distributed.broadcast_buffers(self.model)
         for epoch in range(self.start_epoch, cfg.train.epochs):
             row = self.run_epoch(epoch)
             self.history.append(row)
-            write_metrics(self.history, self.run_dir)
-            self.save(epoch + 1, row)
-        if self.history:
+            self.write(epoch, row)
+        if self.history and distributed.is_main():
             plot_training_curves(self.run_dir)
         return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
+
+    def describe_world(self) -> str:
+        cfg, world = self.cfg, distributed.world_size()
+        group = batchnorm_group(cfg, world)
+        norm = "SyncBatchNorm over the global batch" if group == cfg.data.batch_size and world > 1 else \
+            f"BatchNorm over groups of {group} images"
+        if world == 1:
+            return f"one process, batch {cfg.data.batch_size}, {norm}"
+        return (f"{world} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'}), global batch "
+                f"{cfg.data.batch_size} = {world} x {cfg.data.batch_size // world}, {norm}")
+
+    @property
+    def files(self) -> Path | None:
+        """Where this process writes pictures: the run folder on rank 0, nowhere on the others."""
+        return self.run_dir if distributed.is_main() else None
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, start = self.cfg, time.time()
         features = self.method.clustering_features()  # SpCL clusters its instance memory
-        if features is None:
-            features = extract_features(self.method.clustering_model(self.model), self.dataset.train,
-                                        eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers, self.device,
-                                        desc=f"epoch {epoch + 1} features")
+        if features is None:  # each process extracts a share, every one gets all features
+            features = extract_features_sharded(self.method.clustering_model(self.model), self.dataset.train,
+                                                eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
+                                                self.device, desc=f"epoch {epoch + 1} features")
         features = features.cpu()
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
         camids = torch.tensor([s.camid for s in self.dataset.train])
-        clusters = cluster_epoch(features, camids, cfg.cluster, self.previous_labels)
+        clusters, agreement = distributed.main_then_broadcast(lambda: self.pseudo_labels(features, camids))  # rank 0
         self.previous_labels, stats = clusters.labels, clusters.stats
         labels = torch.as_tensor(clusters.labels, dtype=torch.long)
-        agreement = label_agreement(labels, self.dataset)
         LOG.info("epoch %d/%d pseudo labels: %s%s", epoch + 1, cfg.train.epochs, clusters.text(),
                  "".join(f", {k} {v:.3f}" for k, v in agreement.items()))
         if clusters.warning:
@@ -236,7 +292,9 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
                                **losses, **agreement, "lr": self.optimizer.param_groups[0]["lr"],
                                "cluster_sizes": stats.to_dict(), **clusters.metrics(),
-                               **self.method.end_epoch(epoch, self.run_dir)}
+                               **self.method.end_epoch(epoch, self.files), "world_size": distributed.world_size()}
+        if cfg.train.check_ranks:
+            self.check_ranks(epoch)
         if self.should_evaluate(epoch):
             # evaluation must not move the random streams: a run that evaluates at other epochs (eval_every)
             # or is resumed trains exactly as one that does not (the loaders draw their seeds from torch's RNG)
@@ -249,6 +307,19 @@ class Trainer:
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
         return row
+
+    def pseudo_labels(self, features: torch.Tensor, camids: torch.Tensor) -> tuple[Any, dict[str, float]]:
+        """This epoch's clusters (``cluster_epoch``) and their agreement with the true identities (diagnostics)."""
+        clusters = cluster_epoch(features, camids, self.cfg.cluster, self.previous_labels)
+        return clusters, label_agreement(torch.as_tensor(clusters.labels, dtype=torch.long), self.dataset)
+
+    def check_ranks(self, epoch: int) -> None:
+        """``train.check_ranks``: weights, optimiser state and the method's memories are identical on every process."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+                 "method": self.method.shared_state()}
+        count = distributed.check_identical(flat_tensors(state), f"epoch {epoch + 1}")
+        LOG.info("epoch %d: %d tensors (weights, optimiser, memories) identical on all %d processes", epoch + 1,
+                 count, distributed.world_size())
 
     def wants_bn_calibration(self) -> bool:
         mode = self.cfg.train.calibrate_bn
@@ -271,12 +342,14 @@ class Trainer:
                                         cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch,
                                         num_views=self.method.num_views,
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
-                                        singletons_once=self.method.singletons_once)
+                                        singletons_once=self.method.singletons_once,
+                                        part=distributed.rank(), parts=distributed.world_size())  # this process's share
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         keep_index = torch.as_tensor(keep)  # loader position -> row of the training list (moves with the batch)
         totals: dict[str, float] = {}
         self.model.train()
-        bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=None, unit="step")
+        bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=distributed.progress_disabled(),
+                   unit="step")
         self._synchronize()
         start = time.perf_counter()  # training steps only: batch loading, forward, backward, update
         for step in bar:
@@ -291,6 +364,8 @@ class Trainer:
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
         self._synchronize()
         seconds = time.perf_counter() - start
+        world = distributed.world_size()  # the mean of the processes' shares: the global batch's (mean-reduced) losses
+        totals = {k: v / world for k, v in distributed.sum_over_ranks(totals).items()}
         means = {k: v / iters for k, v in totals.items() if k != "amp_skipped_steps"}
         if "amp_skipped_steps" in totals:  # a count, not a mean
             means["amp_skipped_steps"] = totals["amp_skipped_steps"]
@@ -300,25 +375,32 @@ class Trainer:
         """One optimiser step on a batch already on the device: the method's losses under the run's autocast
         (``train.amp*``), backward (loss scaled for float16), optimiser step, then the method's state updates."""
         with self.precision.autocast():
-            out = self.method.training_step(self.model, batch, epoch, step)
+            out = self.method.training_step(self.model, batch, epoch, step, embed=self.embed)
         if not torch.isfinite(out.loss):
             raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                             f"lower optim.lr (now {self.cfg.optim.lr}) or check the data")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        self.scaler.scale(out.loss).backward()  # several processes: the gradients are averaged meanwhile (DDP)
         self.scaler.step(self.optimizer)
         if self.scaler.is_enabled():
             scale = self.scaler.get_scale()
             self.scaler.update()
             if self.scaler.get_scale() < scale:  # float16 gradients overflowed: the scaler skipped this step
                 out.logs["amp_skipped_steps"] = 1.0
-        self.method.after_step(out)
+        distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, as DataParallel keeps the first GPU's
+        self.method.after_step(out)  # memories and teachers, from the global batch on every process
         return out
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so that step timings are real."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    @distributed.main_only
+    def write(self, epoch: int, row: dict[str, Any]) -> None:
+        """Metrics and checkpoints of the epoch just done (rank 0)."""
+        write_metrics(self.history, self.run_dir)
+        self.save(epoch + 1, row)
 
     def save(self, epoch: int, row: dict[str, Any]) -> None:
         ckpt_dir = self.run_dir / "checkpoints"
@@ -340,17 +422,35 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
     """
     run_dir = Path(output)
     last = run_dir / "checkpoints" / "last.pth"
+    distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # several processes (torchrun): rank 0 writes the run
+    distributed.main_then_broadcast(lambda: prepare_run_dir(cfg, run_dir, resume))
+    setup_logging(run_dir / "train.log", verbose=log_to_stderr)
+    trainer = Trainer(cfg, dataset, run_dir, model)
+    if resume:
+        trainer.resume(last)
+    return trainer.fit()
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    """Check that ``run_dir`` can start (or, with ``resume``, continue) a run; create it and write its config."""
+    last = run_dir / "checkpoints" / "last.pth"
     if resume and not last.is_file():
         raise UserError(f"cannot resume: {last} does not exist (was the run started with --output {run_dir}?)")
     if not resume and last.is_file():
         raise UserError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "train.log", verbose=log_to_stderr)
     dump_config(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, dataset, run_dir, model)
-    if resume:
-        trainer.resume(last)
-    return trainer.fit()
+
+
+def flat_tensors(state: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in nested dicts / lists / tuples, by its dotted path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else []
+    out: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        out.update(flat_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 __all__ = ["Trainer", "TrainResult", "train", "model_from_config", "config_from_dict", "resolve_device"]

@@ -122,5 +122,8 @@ class ICE(TeacherHooks, BaseMethod):
             ctx.features, teacher_view2, teacher_weak, cfg.consistency_temperature)
         return terms
 
+    def shared_state(self) -> dict:
+        return {**self.state_dict(), "centres": self.centres, "camera": self.camera.shared_state()}
+
 
 methods.BASES["ice"] = ICE
