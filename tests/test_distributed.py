@@ -259,6 +259,7 @@ def test_one_process_resumes_a_two_process_run(two_processes, tiny_root):
     assert "BatchNorm normalised groups" not in log
 
 
+@pytest.mark.slow  # about 10 s of starting processes; the default run's 2-process tests already take 40 s
 def test_a_process_that_stops_answering_ends_the_job(tmp_path):
     """train.dist_timeout: a process waiting for another one that hangs fails after the timeout, with a message
     that says so, and torchrun then stops the other process: the job ends, never hangs."""
