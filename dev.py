@@ -36,7 +36,8 @@ def ensure_env() -> None:
         print(f"creating virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("installing hardreid and its dependencies (first time: PyTorch is large, this takes a few minutes)", flush=True)
-    subprocess.run([str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f"{ROOT}[dev,faiss,vit]"],
+    subprocess.run([str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e",
+                    f"{ROOT}[dev,search,export,tensorboard,vit]"],
                    check=True)
     stamp.write_text(wanted)
 

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, repo_src_on_path, write_json  # noqa: E402
+from common import machine_description, repo_src_on_path, write_json
 
 repo_src_on_path()
 
-from hardreid.config import Config, load_config  # noqa: E402
-from hardreid.errors import UserError, clean_message  # noqa: E402
+from hardreid.config import Config, load_config  # noqa: E402 - after repo_src_on_path()
+from hardreid.errors import UserError, clean_message  # noqa: E402 - after repo_src_on_path()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -511,8 +511,8 @@ def stage_evaluation(ctx: StageContext) -> None:
                 ctx.synchronize()
                 seconds = time.perf_counter() - t
                 ctx.put("runs", {"queries": nq, "gallery": ng, "device": device.type, "distance_s": round(t_dist, 3),
-                                 "total_s": round(seconds, 3), "mAP": round(100 * result.mAP, 2),
-                                 "top1": round(100 * float(result.cmc[0]), 2), "peak_gpu_mb": ctx.peak_gpu_mb()},
+                                 "total_s": round(seconds, 3), "mAP": round(result.mAP, 2),
+                                 "top1": round(float(result.cmc[0]), 2), "peak_gpu_mb": ctx.peak_gpu_mb()},
                         f"{name} {device.type}")
                 del qf, gf, dist
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory

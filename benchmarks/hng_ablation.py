@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 common.repo_src_on_path()
 
-from hardreid.config import Config, apply_dict, load_config  # noqa: E402
+from hardreid.config import Config, apply_dict, load_config  # noqa: E402 - after repo_src_on_path()
 
 TABLE2 = [("baseline", None), ("mixup", "mixup"), ("random noise", "noise"), ("concatenation", "concat"),
           ("global-fusion", "global"), ("part-fusion", "part")]

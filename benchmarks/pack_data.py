@@ -155,7 +155,7 @@ def compare(original: Path, packed: Path, weights: str, height: int = 128, width
         q = extract_features(model, data.query, transform, batch_size=64, workers=0)
         g = extract_features(model, data.gallery, transform, batch_size=64, workers=0)
         result = score_distances(squared_distance(q, g), data)
-        out[name] = {"mAP": round(100 * result.mAP, 2), "top1": round(100 * float(result.cmc[0]), 2)}
+        out[name] = {"mAP": round(result.mAP, 2), "top1": round(float(result.cmc[0]), 2)}
         features[name] = torch.cat([q, g])
     cos = (features["original"] * features["packed"]).sum(1)
     out["feature_cosine_mean"] = round(float(cos.mean()), 4)

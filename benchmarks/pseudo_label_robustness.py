@@ -181,7 +181,7 @@ def start_map(cfg: Config, root: str) -> dict[str, float]:
     from hardreid.training import model_from_config
 
     result = evaluate_model(model_from_config(cfg), load_dataset("market", root), cfg.data, cfg.eval, torch.device("cpu"))
-    return {"mAP": 100 * result.mAP, "top1": 100 * result.cmc[0]}
+    return {"mAP": result.mAP, "top1": result.cmc[0]}
 
 
 def _child_env(args: argparse.Namespace) -> dict[str, str]:

@@ -24,6 +24,18 @@ def tiny_root(tmp_path_factory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("tiny") / "data", cfg)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_root, tmp_path_factory) -> Path:
+    """last.pth of a real (tiny) training run: 1 epoch x 1 step of tiny_config on tiny_root."""
+    from hardreid.data.datasets import load_dataset
+    from hardreid.training import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    train(tiny_config(train={"epochs": 1, "iters": 1, "eval_every": 0}), load_dataset("market", tiny_root), run,
+          log_to_stderr=False)
+    return run / "checkpoints" / "last.pth"
+
+
 def load_benchmark(name: str) -> ModuleType:
     """A script of benchmarks/ (not a package) imported as a module, e.g. ``load_benchmark("acfl_ablation")``."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"

@@ -327,7 +327,10 @@ def test_composed_objective_is_equation_5():
                                 "acfl": {"positive": "hardest"}}, "test")
     method = M.build_method(cfg, CPU)
     linear = nn.Linear(3, 8)
-    model = lambda x: F.normalize(linear(x), dim=1)  # noqa: E731
+
+    def model(x):
+        return F.normalize(linear(x), dim=1)
+
     method.start_epoch(M.EpochData(0, features, labels, torch.zeros(24, dtype=torch.long), 3), linear)
     batch = M.Batch(torch.randn(8, 3), torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]), torch.zeros(8, dtype=torch.long),
                     torch.tensor([0, 3, 6, 9, 1, 4, 2, 5]))

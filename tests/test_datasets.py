@@ -108,9 +108,29 @@ def test_junk_in_train_is_left_out_with_a_warning(tmp_path: Path) -> None:
 
 def test_market_has_no_subfolder_search(tmp_path: Path) -> None:
     make_market(tmp_path / "Market-1501")
-    with pytest.raises(UserError, match="bounding_box_train") as info:
+    with pytest.raises(UserError, match="bounding_box_test") as info:
         load_dataset("market", tmp_path)
     assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("train_split", ["missing", "empty"])
+def test_test_only_folder_loads_without_a_training_split(tmp_path: Path, train_split: str) -> None:
+    root = tmp_path / "m"
+    make_files(root / "query", MARKET_QUERY)
+    make_files(root / "bounding_box_test", MARKET_GALLERY)
+    if train_split == "empty":
+        (root / "bounding_box_train").mkdir()
+    assert detect_format(root) == "market"
+    ds = load_dataset("auto", root)
+    assert ds.train == [] and len(ds.query) == 2 and len(ds.gallery) == 5
+    assert any(f"is {train_split}" in w and "test-only" in w for w in ds.warnings)
+    from hardreid.training import train
+
+    from conftest import tiny_config
+
+    with pytest.raises(UserError, match="no training images"):
+        train(tiny_config(), ds, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_dukemtmc(tmp_path: Path) -> None:

@@ -275,7 +275,7 @@ def test_part_images_keep_only_the_selected_rows():
 
 def test_warmup_trains_only_the_generator_with_reconstruction():
     cfg, model, optimizer, method, hng, batch = _setup(warmup_epochs=1)
-    g0, d0, e0 = _snapshot(hng.generator), _snapshot(hng.discriminator), _snapshot(model)
+    g0, d0 = _snapshot(hng.generator), _snapshot(hng.discriminator)
     out = method.training_step(model, batch, epoch=0, step=0)
     assert set(out.logs) == {"hng_rec", "loss_contrast"}  # no L_con, no L_hng / L_adv
     assert _changed(hng.generator, g0) and not _changed(hng.discriminator, d0)

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from hardreid.errors import UserError
-from hardreid.models import build_model, load_backbone_weights
+from hardreid.models import build_model
 from hardreid.models.reid import GeneralizedMeanPooling
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2_imagenet.pth"

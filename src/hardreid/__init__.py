@@ -2,10 +2,10 @@
 
     import hardreid as hr
     data = hr.data.load("market1501", root="~/data/Market-1501-v15.09.15")
-    cfg = hr.config.load("configs/cluster_contrast/market1501.yaml")
+    cfg = hr.config.load("cluster_contrast/market1501")  # packaged config by name, or a YAML file
     model = hr.models.build("resnet50", weights="resnet50-imagenet.pth")
     run = hr.train(cfg, data, output="runs/cc", model=model)
-    print(hr.evaluate(run.model, data).mAP)
+    print(hr.evaluate(run.model, data).mAP)  # percent
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ def train(cfg, dataset, output, model=None, resume: bool = False):
 
 
 def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto"):
-    """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol)."""
+    """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol), in percent.
+
+    ``.mAP``, ``.cmc`` and ``.all_ap`` are percentages, the numbers the logs, ``metrics.csv``
+    and ``hardreid evaluate --json`` show.
+    """
     from .config import Config
     from .evaluation.pipeline import evaluate_model
     from .training import resolve_device

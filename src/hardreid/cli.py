@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from . import __version__
 from .errors import UserError, clean_message
 
 FORMATS = ["auto", "market1501", "dukemtmc", "msmt17", "cuhk03np", "market", "folder"]
@@ -24,6 +25,20 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--subset", choices=["labeled", "detected"], default=None, help="CUHK03-NP subset")
     p.add_argument("--camera-pattern", default=None, metavar="REGEX",
                    help="folder format: regex whose first group is the camera id in a file name")
+
+
+def _add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
+    """--checkpoint, or --backbone with --weights; input size, flip, workers, device."""
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint (best.pth / last.pth)")
+    p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--weights", default=None, metavar="FILE", help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
+    p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
+    if size:
+        p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
+        p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 256)")
+        p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 128)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
 
 
 def _load_data(args: argparse.Namespace, cfg=None):
@@ -58,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and config_file is None and (run_dir / "config.yaml").is_file():
         config_file = run_dir / "config.yaml"  # continue with the run's own resolved config
     if config_file is None:
-        raise UserError("train needs --config FILE (e.g. --config configs/cluster_contrast/market1501.yaml)")
+        raise UserError("train needs --config NAME_OR_FILE (e.g. --config cluster_contrast/market1501; 'hardreid configs' lists them)")
     overrides = list(args.overrides)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
@@ -83,50 +98,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-def _model_for_eval(args: argparse.Namespace):
-    """(model, config) from a checkpoint, or an untrained backbone with optional ImageNet weights."""
-    from .config import Config, config_from_dict
-    from .training import model_from_config
-    from .training.checkpoint import load_checkpoint, load_model_state
+def _feature_model(args: argparse.Namespace, command: str = "evaluate"):
+    """A checkpoint's evaluated model, or an untrained backbone (``--backbone``, ``--weights``)."""
+    from .retrieval.model import load_feature_model
 
-    if args.checkpoint:
-        state = load_checkpoint(args.checkpoint)
-        cfg = config_from_dict(state["config"])
-        if args.backbone and args.backbone != cfg.model.backbone:
-            raise UserError(f"checkpoint {args.checkpoint} holds a '{cfg.model.backbone}' model, not '{args.backbone}'; drop --backbone")
-        cfg.model.weights, cfg.model.pretrained = "", False
-        model = model_from_config(cfg)
-        load_model_state(model, state, args.checkpoint, for_evaluation=True)
-    else:
-        if not args.backbone:
-            raise UserError("evaluate needs --checkpoint FILE or --backbone NAME [--weights FILE]")
-        cfg = Config()
-        cfg.data.height = args.height or cfg.data.height  # a ViT's position grid follows the input size
-        cfg.data.width = args.width or cfg.data.width
-        cfg.model.backbone = args.backbone
-        cfg.model.weights = args.weights or ""
-        cfg.model.pretrained = args.pretrained
-        model = model_from_config(cfg)
-    if args.height:
-        cfg.data.height = args.height
-    if args.width:
-        cfg.data.width = args.width
-    cfg.data.workers = args.workers
-    cfg.eval.flip = args.flip or cfg.eval.flip
-    return model, cfg
+    if not (args.checkpoint or args.backbone):
+        raise UserError(f"{command} needs --checkpoint FILE or --backbone NAME [--weights FILE]")
+    fm = load_feature_model(args.checkpoint, args.backbone, args.weights, getattr(args, "pretrained", False),
+                            args.height, args.width, flip=True if args.flip else None)
+    fm.cfg.data.workers = args.workers
+    return fm
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.pipeline import query_gallery_distances, score_distances
     from .training import resolve_device
 
-    model, cfg = _model_for_eval(args)
+    fm = _feature_model(args)
+    model, cfg = fm.model, fm.cfg
     device = resolve_device(args.device or "auto")
     dataset = _load_data(args, cfg)
     start = time.time()
     dist = query_gallery_distances(model.to(device), dataset, cfg.data, cfg.eval, device, rerank=args.rerank)
     result = score_distances(dist, dataset, cfg.eval.max_rank)
-    report = result.to_dict(percent=True)
+    report = result.to_dict()
     report.update({"num_query": len(dataset.query), "num_gallery": len(dataset.gallery)})
     print(f"{dataset.name}: mAP {report['mAP']:.1f}  top-1 {report['cmc']['1']:.1f}  top-5 {report['cmc']['5']:.1f}  "
           f"top-10 {report['cmc']['10']:.1f}  ({len(dataset.query)} queries, {len(dataset.gallery)} gallery, "
@@ -140,6 +135,178 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         save_ranked_results(dist, dataset, args.ranked_image)
         print(f"wrote {args.ranked_image}")
+    if args.html:
+        from .viz.report import evaluation_rows, write_report
+
+        rows = evaluation_rows(dist, dataset, result.all_ap, result.valid_query, topk=args.top_k,
+                               max_queries=args.html_queries, cosine=not args.rerank)
+        summary = [f"{dataset.name} at {dataset.root}: mAP {result.mAP:.1f}, top-1 {result.rank(1):.1f}, "
+                   f"top-5 {result.rank(5):.1f}, top-10 {result.rank(10):.1f} (percent; {result.num_valid_queries} "
+                   f"valid queries, {len(dataset.gallery)} gallery images{', re-ranked' if args.rerank else ''})",
+                   f"{len(rows)} queries shown, spread from the best to the worst average precision; "
+                   f"{'re-ranked distances' if args.rerank else 'captions: rank and cosine similarity'}; "
+                   "same identity and camera as the query, and junk, left out (Market-1501 protocol)"]
+        write_report(rows, args.html, f"hardreid evaluate: {fm.model.backbone_name}", summary)
+        print(f"wrote {args.html}")
+    return 0
+
+
+# -- extract / index / search --------------------------------------------------------------------
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .retrieval.features import extract_folder
+    from .training import resolve_device
+
+    fm = _feature_model(args, "extract")
+    start = time.time()
+    fs = extract_folder(fm, args.images, args.output, batch_size=args.batch_size, workers=args.workers,
+                        device=resolve_device(args.device or "auto"), shard_size=args.shard_size, overwrite=args.overwrite)
+    n, dim = fs.features.shape
+    print(f"{n} images -> {args.output}/features.npy ({n} x {dim}, float32, L2-normalised), images.jsonl, manifest.json "
+          f"({time.time() - start:.0f}s)")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .retrieval.index import build_index
+
+    index = build_index(args.features, args.output, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe)
+    meta = index.meta
+    recall = f", recall@10 against exact search {meta['recall_at_10']:.3f}" if "recall_at_10" in meta else ""
+    params = "".join(f" {k}={v}" for k, v in meta["params"].items())
+    print(f"{meta['kind']} index of {meta['num_gallery']} x {meta['dim']} features{params} in {meta['build_seconds']:.1f}s"
+          f"{recall} -> {args.output}")
+    return 0
+
+
+def _search_queries(args: argparse.Namespace, index):
+    """Query features: a features folder as it is, else images through the gallery's model and settings."""
+    from .retrieval.features import MANIFEST
+    from .retrieval.model import load_feature_model
+    from .retrieval.search import queries_from_features, queries_from_images
+    from .training import resolve_device
+
+    query = Path(args.query)
+    if (query / MANIFEST).is_file():
+        return queries_from_features(query)
+    gallery = index.model
+    size = dict(height=gallery["height"], width=gallery["width"], flip=gallery["flip"])
+    if args.checkpoint or args.backbone:
+        fm = load_feature_model(args.checkpoint, args.backbone, args.weights, **size)
+    elif gallery.get("file") and Path(gallery["file"]).is_file():  # the model the gallery was extracted with
+        print(f"query model: {gallery['file']} (the gallery's)", file=sys.stderr)
+        ck = gallery["file"] if gallery["source"] == "checkpoint" else None
+        fm = load_feature_model(ck, None if ck else gallery["backbone"], None if ck else gallery["file"], **size)
+    else:
+        raise UserError("search with query images needs the gallery's model: pass --checkpoint FILE (or --backbone "
+                        "NAME --weights FILE) as used for 'hardreid extract', or --query FEATS_DIR")
+    return queries_from_images(fm, query, args.batch_size, args.workers, resolve_device(args.device or "auto"))
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .retrieval import search as retrieval
+    from .retrieval.index import GalleryIndex
+
+    index = GalleryIndex.load(args.index)
+    queries = _search_queries(args, index)
+    results = retrieval.search_gallery(index, queries, args.top_k)
+    for r in results[:args.show]:
+        hits = "  ".join(f"{h.rank}. {h.path} {h.score:.3f}{'' if h.match is None else ' +' if h.match else ' -'}"
+                         for h in r.hits[:5])
+        print(f"{r.query}: {hits}{' ...' if len(r.hits) > 5 else ''}")
+    if len(results) > args.show:
+        print(f"... and {len(results) - args.show} more queries")
+    known = [h.match for r in results for h in r.hits[:1] if h.match is not None]
+    if known:
+        print(f"top-1 correct for {sum(known)} of {len(known)} queries with known identities")
+    outputs = []
+    if args.json:
+        outputs.append(retrieval.write_json(results, args.json, index, queries))
+    if args.csv:
+        outputs.append(retrieval.write_csv(results, args.csv))
+    if args.html:
+        from .viz.report import search_rows, write_report
+
+        rows = search_rows(results, index.image_root, queries.root)
+        summary = [f"{len(results)} queries from {queries.root} against {len(index)} gallery images in {index.image_root} "
+                   f"({index.meta['kind']} index); captions: rank and cosine similarity"]
+        outputs.append(write_report(rows, args.html, "hardreid search", summary))
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0
+
+
+# -- export / info / configs ---------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .export.formats import ONNX_OPSET, check_parity, export_model, exported_runner, parity_images
+
+    fm = _feature_model(args, "export")
+    d = fm.cfg.data
+    identity = fm.identity()
+    metadata = {"version": __version__, **{k: identity[k] for k in ("backbone", "feat_dim", "height", "width", "mean",
+                                                                     "std", "sha256", "weights_used")},
+                "input": "images: float32 B x 3 x H x W, RGB, (pixel / 255 - mean) / std",
+                "output": "features: float32 B x feat_dim, L2-normalised"}
+    start = time.time()
+    path = export_model(fm.model, args.format, args.output, d.height, d.width, metadata)
+    opset = f", opset {ONNX_OPSET}" if args.format == "onnx" else ""
+    print(f"exported {fm.model.backbone_name} ({fm.weights_used} weights) as {args.format}{opset}, input B x 3 x "
+          f"{d.height} x {d.width} (dynamic batch) -> {path} ({path.stat().st_size / 2**20:.1f} MB, {time.time() - start:.0f}s)")
+    if args.no_check:
+        return 0
+    if args.images:
+        images, where = parity_images(args.images, d, args.parity_images), f"images from {args.images}"
+    else:
+        import torch
+
+        images = torch.randn(8, 3, d.height, d.width, generator=torch.Generator().manual_seed(0))
+        where = "random inputs (pass --images DIR to check on real images)"
+    parity = check_parity(fm.model, exported_runner(args.format, path), images, args.tolerance)
+    print(f"{parity.text()}; {where}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"format": args.format, "file": str(path), "opset": ONNX_OPSET if opset else None,
+                                               "inputs": where, **parity.to_dict(), **metadata}, indent=1))
+        print(f"wrote {args.json}")
+    if not parity.ok:
+        print(f"hardreid export: error: the exported model differs from PyTorch by {parity.max_abs_diff:.2e} "
+              f"(more than --tolerance {args.tolerance:g})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .export.info import backbone_table, info_text, model_info
+
+    if args.config and (args.checkpoint or args.backbone):
+        raise UserError("info takes --config, or --checkpoint / --backbone, not both")
+    if args.config or not (args.checkpoint or args.backbone):
+        cfg = load_config(args.config, args.overrides) if args.config else load_config(None, args.overrides)
+        cfg.data.height, cfg.data.width = args.height or cfg.data.height, args.width or cfg.data.width
+        if args.all_backbones:
+            rows = backbone_table(cfg)
+        else:
+            from .training import model_from_config
+
+            cfg.model.weights, cfg.model.pretrained = "", False  # counting needs no weights
+            rows = [model_info(model_from_config(cfg), cfg.data.height, cfg.data.width)]
+    else:
+        fm = _feature_model(args, "info")
+        rows = [model_info(fm.model, fm.cfg.data.height, fm.cfg.data.width)]
+    for row in rows:
+        print(info_text(row) if "error" not in row else f"{row['backbone']:<13} not available: {row['error']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows if len(rows) > 1 else rows[0], indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    from .config import CONFIG_DIR, packaged_configs
+
+    names = [n for n in packaged_configs() if args.filter in n]
+    print("\n".join(names) if names else f"no packaged config name contains '{args.filter}'")
+    print(f"({len(names)} configs in {CONFIG_DIR}; use them as --config NAME, e.g. --config acfl/market1501)", file=sys.stderr)
     return 0
 
 
@@ -228,28 +395,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hardreid", formatter_class=_formatter,
         description="Unsupervised person / vehicle re-identification: train from unlabelled crops, evaluate, search.",
         epilog="examples:\n  hardreid demo\n  hardreid datasets inspect ~/data/Market-1501-v15.09.15\n"
-               "  hardreid train --config configs/cluster_contrast/market1501.yaml --data-root ~/data/market --output runs/cc\n"
-               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market\n"
+               "  hardreid train --config cluster_contrast/market1501 --data-root ~/data/market --output runs/cc\n"
+               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market --html report.html\n"
+               "  hardreid extract --checkpoint runs/cc/checkpoints/best.pth --images ~/crops --output feats\n"
+               "  hardreid index --features feats --output gallery\n"
+               "  hardreid search --index gallery --query person.jpg --top-k 10 --html hits.html\n"
+               "  hardreid export --checkpoint runs/cc/checkpoints/best.pth --format onnx --output model.onnx\n"
+               "  hardreid info --config acfl/market1501\n"
                "  hardreid figures --run runs/acfl --data-root ~/data/market\n\n"
                "Run 'hardreid COMMAND --help' for the options of each command.")
+    parser.add_argument("--version", action="version", version=f"hardreid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model on unlabelled training images", formatter_class=_formatter,
                        description="Train a method (Cluster Contrast baseline, ...) on the training split; evaluates on "
                                    "query/gallery when the data set has them.",
                        epilog="examples:\n"
-                              "  hardreid train --config configs/cluster_contrast/market1501.yaml --data-root ~/data/market --output runs/cc\n"
-                              "  hardreid train --config configs/cluster_contrast/cpu_mobilenet.yaml --data-root ../shared/data/cuhk03 \\\n"
+                              "  hardreid train --config cluster_contrast/market1501 --data-root ~/data/market --output runs/cc\n"
+                              "  hardreid train --config my_configs/cc.yaml --data-root ~/data/market --output runs/mine   # a file\n"
+                              "  hardreid train --config cluster_contrast/cpu_mobilenet --data-root ../shared/data/cuhk03 \\\n"
                               "      --output runs/cuhk03 --weights ../shared/weights/mobilenet_v2_imagenet.pth train.epochs=20\n"
                               "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n"
                               "  # 4 GPUs of one machine (data.batch_size is the global batch, shared by the processes):\n"
-                              "  torchrun --nproc_per_node 4 -m hardreid train --config configs/acfl/market1501.yaml \\\n"
+                              "  torchrun --nproc_per_node 4 -m hardreid train --config acfl/market1501 \\\n"
                               "      --data-root ~/data/market --output runs/acfl\n"
                               "  # 2 machines x 4 GPUs (run on each machine, --node_rank 0 and 1):\n"
                               "  torchrun --nnodes 2 --node_rank 0 --nproc_per_node 4 --rdzv_backend c10d \\\n"
                               "      --rdzv_endpoint HOST0:29400 -m hardreid train --config ... --data-root ... --output ...\n\n"
-                              "Any config key can be overridden as section.key=value (see configs/base.yaml).")
-    p.add_argument("--config", default=None, metavar="FILE", help="YAML config (may inherit with _base_)")
+                              "--config takes a YAML file or the name of a packaged config ('hardreid configs' lists them).\n"
+                              "Any config key can be overridden as section.key=value (every key and its default: the packaged base.yaml).")
+    p.add_argument("--config", default=None, metavar="NAME_OR_FILE",
+                   help="packaged config name (acfl/market1501) or YAML file (may inherit with _base_)")
     _add_data_args(p)
     p.add_argument("--output", required=True, metavar="RUN_DIR", help="run directory (config, log, metrics, checkpoints)")
     p.add_argument("--weights", default=None, metavar="FILE", help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
@@ -264,21 +440,117 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market --json result.json\n"
                               "  hardreid evaluate --backbone mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\\n"
                               "      --data-root ../shared/data/cuhk03 --height 128 --width 64\n"
-                              "  hardreid evaluate --checkpoint best.pth --data-root ~/data/market --rerank --ranked-image ranked.png")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint (best.pth / last.pth)")
-    p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
-    p.add_argument("--weights", default=None, metavar="FILE", help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
-    p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
+                              "  hardreid evaluate --checkpoint best.pth --data-root ~/data/market --rerank --ranked-image ranked.png\n"
+                              "  hardreid evaluate --checkpoint best.pth --data-root ~/test_only --html report.html   # query/ + bounding_box_test/ suffice")
+    _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
-    p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 256)")
-    p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 128)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write the numbers as JSON (percent)")
     p.add_argument("--ranked-image", default=None, metavar="OUT.png", help="save a picture of ranked results")
+    p.add_argument("--html", default=None, metavar="OUT.html",
+                   help="self-contained HTML report of ranked lists, sortable by per-query AP")
+    p.add_argument("--html-queries", type=int, default=100, metavar="N",
+                   help="queries in the report, spread from the best to the worst AP (default 100)")
+    p.add_argument("--top-k", type=int, default=10, metavar="K", help="hits per query in the report (default 10)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("extract", help="features of any folder of images (resumable)", formatter_class=_formatter,
+                       description="Features of every image under a folder (recursive, any layout), with the evaluated "
+                                   "model of a checkpoint (an EMA teacher where the method evaluates one) or a plain "
+                                   "backbone. Writes FEATS_DIR/features.npy (N x D float32, L2-normalised), images.jsonl "
+                                   "(path, camera and identity when the name is Market-style) and manifest.json (model, "
+                                   "input size, flip). Works in shards: run it again to resume an interrupted extraction.",
+                       epilog="examples:\n"
+                              "  hardreid extract --checkpoint runs/cc/checkpoints/best.pth --images ~/crops --output feats\n"
+                              "  hardreid extract --checkpoint best.pth --images ~/data/market/bounding_box_test --output gallery_feats --flip\n"
+                              "  hardreid extract --backbone mobilenet_v2 --weights mobilenet_v2_imagenet.pth --height 128 --width 64 \\\n"
+                              "      --images ~/crops --output feats_imagenet")
+    _add_model_args(p)
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively) or one image")
+    p.add_argument("--output", required=True, metavar="FEATS_DIR", help="where the features go")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (default 4096)")
+    p.add_argument("--overwrite", action="store_true", help="replace features of other images or another model in FEATS_DIR")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("index", help="a gallery index (faiss) of extracted features", formatter_class=_formatter,
+                       description="Builds a faiss index of a features folder: exact inner product (cosine) search by "
+                                   "default; an approximate IVF index when the features take more than 2 GiB (--kind auto: over "
+                                   "262,144 features of 2048-d) or IVF / HNSW when "
+                                   "asked, with its recall@10 against exact search measured and printed.",
+                       epilog="examples:\n  hardreid index --features feats --output gallery\n"
+                              "  hardreid index --features feats --output gallery_ivf --kind ivf --nprobe 64")
+    p.add_argument("--features", required=True, metavar="FEATS_DIR", help="output of 'hardreid extract'")
+    p.add_argument("--output", required=True, metavar="INDEX_DIR", help="where the index goes")
+    p.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto",
+                   help="auto (default): flat (exact) while N x D <= 2 GiB of float32, ivf above")
+    p.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default sqrt(N))")
+    p.add_argument("--nprobe", type=int, default=None, help="ivf: lists scanned per query (default: a quarter of them)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="top-k gallery matches of query images", formatter_class=_formatter,
+                       description="Searches a gallery index with one image, a folder of images (with the gallery's "
+                                   "model: --checkpoint, by default the one recorded in the index) or a features "
+                                   "folder. Scores are cosine similarities. Writes the top-k per query as JSON / CSV and "
+                                   "an HTML report (green = same identity, red = another, when Market-style names tell).",
+                       epilog="examples:\n"
+                              "  hardreid search --index gallery --checkpoint best.pth --query person.jpg --top-k 10\n"
+                              "  hardreid search --index gallery --query ~/queries --top-k 20 --html report.html --json hits.json\n"
+                              "  hardreid search --index gallery --query query_feats --csv hits.csv    # a features folder")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="output of 'hardreid index'")
+    p.add_argument("--query", required=True, metavar="IMAGE|DIR|FEATS_DIR", help="an image, a folder of images or a features folder")
+    _add_model_args(p, size=False)
+    p.add_argument("--top-k", type=int, default=10, metavar="K", help="hits per query (default 10)")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write the hits as JSON")
+    p.add_argument("--csv", default=None, metavar="OUT.csv", help="write the hits as CSV (one line per query and hit)")
+    p.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained HTML report")
+    p.add_argument("--show", type=int, default=10, metavar="N", help="queries printed (default 10)")
+    p.add_argument("--batch-size", type=int, default=128, help="query images per forward pass")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="ONNX / TorchScript / torch.export file of a model, with a parity check",
+                       formatter_class=_formatter,
+                       description="Exports the evaluated model of a checkpoint (an EMA teacher where the method evaluates "
+                                   "one) with a dynamic batch axis: input 'images' B x 3 x H x W (normalised RGB), output "
+                                   "'features' B x D (L2-normalised). ONNX uses opset 18 and needs 'pip install "
+                                   "hardreid[export]'. Then runs the file (onnxruntime for ONNX) and compares its features "
+                                   "with PyTorch's: exit code 1 when they differ by more than --tolerance.",
+                       epilog="examples:\n"
+                              "  hardreid export --checkpoint best.pth --format onnx --output model.onnx --images ~/data/market/query\n"
+                              "  hardreid export --checkpoint best.pth --format torchscript --output model.ts\n"
+                              "  hardreid export --backbone resnet50 --format onnx --output r50.onnx --height 256 --width 128")
+    _add_model_args(p)
+    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], default="onnx", help="default onnx")
+    p.add_argument("--output", required=True, metavar="FILE", help="the exported file")
+    p.add_argument("--images", default=None, metavar="DIR", help="real images for the parity check (default: random inputs)")
+    p.add_argument("--parity-images", type=int, default=32, metavar="N", help="images in the parity check (default 32)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |feature difference| (default 1e-4)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write the parity numbers as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="parameters and FLOPs of a model at its input size", formatter_class=_formatter,
+                       description="Parameters and FLOPs per image (torch.utils.flop_counter: convolutions and matrix "
+                                   "products, 2 FLOPs per multiply-add) of the configured model at the configured input "
+                                   "size, of a checkpoint's model, or of every backbone. Training writes the same into "
+                                   "RUN_DIR/model_info.json.",
+                       epilog="examples:\n  hardreid info --config acfl/market1501\n"
+                              "  hardreid info --config cluster_contrast/cpu_mobilenet --all-backbones\n"
+                              "  hardreid info --checkpoint runs/cc/checkpoints/best.pth --json info.json")
+    p.add_argument("--config", default=None, metavar="NAME_OR_FILE", help="packaged config name or YAML file")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint")
+    p.add_argument("--backbone", default=None, help="a plain backbone: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--all-backbones", action="store_true", help="one line per backbone at the config's input size")
+    p.add_argument("--height", type=int, default=None, help="input height (default: the config's)")
+    p.add_argument("--width", type=int, default=None, help="input width (default: the config's)")
+    p.add_argument("--json", default=None, metavar="OUT.json")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.backbone=resnet18")
+    p.set_defaults(func=cmd_info, weights=None, flip=False, workers=0)
+
+    p = sub.add_parser("configs", help="list the packaged configs (names for --config)", formatter_class=_formatter,
+                       epilog="examples:\n  hardreid configs\n  hardreid configs acfl/t2")
+    p.add_argument("filter", nargs="?", default="", help="show only names containing this text")
+    p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("figures", help="the ACFL paper's pictures (Fig. 4, 5a, 5b) from a run", formatter_class=_formatter,
                        description="Pictures of a training run, as in the ACFL paper: fig4 = query, easy positive and "
@@ -309,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the Cluster Contrast baseline on CPU and scores it again (a few minutes).",
                        epilog="examples:\n  hardreid demo\n  hardreid demo --output /tmp/demo --epochs 4")
     p.add_argument("--output", default="hardreid_demo", metavar="DIR", help="where data, run and pictures go")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: configs/demo.yaml's)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's 15)")
     p.add_argument("--weights", default=None, metavar="FILE", help="start from these MobileNetV2 weights")
     p.set_defaults(func=cmd_demo)
 

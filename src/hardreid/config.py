@@ -112,6 +112,7 @@ class TrainConfig:
     dist_timeout: float = 30.0  # several processes: minutes a collective waits for the others before the job fails
     check_ranks: bool = False  # several processes: compare weights and memories of every process each epoch (debug)
     save_every: int = 1  # write last.pth every N epochs
+    tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars (RUN_DIR/tensorboard; needs tensorboard)
 
 
 @dataclass
@@ -327,11 +328,40 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped with the package (package data)
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged configs (``acfl/market1501``, ...), for ``--config NAME``."""
+    return sorted(p.relative_to(CONFIG_DIR).with_suffix("").as_posix() for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def resolve_config(name_or_file: str | Path) -> Path:
+    """A YAML file that exists, else the packaged config of that name (``acfl/market1501``, ``.yaml`` optional).
+
+    ``configs/acfl/market1501.yaml`` (the checkout's path) also resolves to the packaged file when there is
+    no such file relative to the working directory.
+    """
+    path = Path(name_or_file).expanduser()
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml").removeprefix("configs/")
+    packaged = CONFIG_DIR / f"{name}.yaml"
+    if packaged.is_file():
+        return packaged
+    if path.is_dir():
+        raise UserError(f"config {path} is a folder; pass a YAML file or a config name such as acfl/market1501")
+    names = packaged_configs()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(close)}?" if close else " 'hardreid configs' lists the names."
+    raise UserError(f"config {name_or_file} does not exist: it is neither a file nor a packaged config name.{hint}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (with its bases), then command-line overrides."""
+    """Defaults, then the YAML file or packaged config (with its bases), then command-line overrides."""
     cfg = Config()
     if path is not None:
-        apply_dict(cfg, _read_yaml(Path(path)), str(path))
+        apply_dict(cfg, _read_yaml(resolve_config(path)), str(path))
     if overrides:
         apply_dict(cfg, parse_overrides(overrides), "command-line overrides")
     return cfg

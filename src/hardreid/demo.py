@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -100,7 +99,7 @@ def run_demo(output: Path, epochs: int | None = None, weights: str | None = None
     torch.manual_seed(cfg.train.seed)  # the same random init every run
     model = model_from_config(cfg)
     before = score_distances(query_gallery_distances(model, dataset, cfg.data, cfg.eval, device), dataset)
-    LOG.info("untrained: mAP %.1f top-1 %.1f", 100 * before.mAP, 100 * before.cmc[0])
+    LOG.info("untrained: mAP %.1f top-1 %.1f", before.mAP, before.rank(1))
     LOG.info("3/4 training Cluster Contrast for %d epochs x %d steps on CPU", cfg.train.epochs, cfg.train.iters)
     result = train(cfg, dataset, run_dir, model=model)
     setup_logging(output / "demo.log")
@@ -109,12 +108,12 @@ def run_demo(output: Path, epochs: int | None = None, weights: str | None = None
     after = score_distances(dist, dataset)
     ranked = save_ranked_results(dist, dataset, output / "ranked_results.png")
     curves = plot_training_curves(run_dir, output / "training_curves.png")
-    summary = {"untrained": before.to_dict(percent=True), "trained": after.to_dict(percent=True),
+    summary = {"untrained": before.to_dict(), "trained": after.to_dict(),
                "seconds": round(time.time() - start, 1), "epochs": cfg.train.epochs, "iters": cfg.train.iters}
     (output / "demo_result.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{'':10}{'mAP':>8}{'top-1':>8}{'top-5':>8}")
     for name, res in (("untrained", before), ("trained", after)):
-        print(f"{name:10}{100 * res.mAP:8.1f}{100 * res.cmc[0]:8.1f}{100 * res.cmc[4]:8.1f}")
+        print(f"{name:10}{res.mAP:8.1f}{res.rank(1):8.1f}{res.rank(5):8.1f}")
     print(f"\ndone in {summary['seconds']:.0f}s. Pictures: {ranked}, {curves}; run: {run_dir}")
     print(f"evaluate again: hardreid evaluate --checkpoint {run_dir / 'checkpoints' / 'last.pth'} --data-root {data_root}")
     return summary

@@ -187,9 +187,21 @@ def _market_split(base: str, split: str, example: str, log: _Log) -> list[Sample
 
 
 def _load_market_layout(name: str, base: str, example: str, log: _Log) -> ReidDataset:
-    """Train / query / gallery from a folder in Market-1501 layout."""
-    _require_splits(base, list(MARKET_SPLITS.values()), f"{name} (Market-1501 layout)")
-    splits = {split: _market_split(base, split, example, log) for split in MARKET_SPLITS}
+    """Train / query / gallery from a folder in Market-1501 layout.
+
+    A test-only folder (``query/`` and ``bounding_box_test/``, the training split missing or
+    empty) loads with an empty train split and a warning: evaluation and extraction never read
+    it, and ``train`` refuses a data set without training images.
+    """
+    _require_splits(base, [MARKET_SPLITS["query"], MARKET_SPLITS["gallery"]], f"{name} (Market-1501 layout)")
+    train_dir = os.path.join(base, MARKET_SPLITS["train"])
+    if not os.path.isdir(train_dir) or not _scan(train_dir)[0]:
+        log.warnings.append(f"no training images ({train_dir} is {'empty' if os.path.isdir(train_dir) else 'missing'}): "
+                            "a test-only data set, fine for evaluate and extract; train needs them.")
+        splits = {"train": []}
+    else:
+        splits = {"train": _market_split(base, "train", example, log)}
+    splits.update({split: _market_split(base, split, example, log) for split in ("query", "gallery")})
     return ReidDataset(name=name, root=base, warnings=log.warnings, **splits)
 
 
@@ -457,7 +469,8 @@ _AUTO_RULES: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("dukemtmc", lambda r: os.path.basename(r) in DUKE_SUBDIRS or os.path.isdir(os.path.join(r, DUKE_SUBDIRS[0]))),
     ("market1501", lambda r: os.path.basename(r).startswith("Market-1501")
      or any(os.path.isdir(os.path.join(r, d)) for d in MARKET_SUBDIRS)),
-    ("market", lambda r: os.path.isdir(os.path.join(r, MARKET_SPLITS["train"]))),
+    ("market", lambda r: os.path.isdir(os.path.join(r, MARKET_SPLITS["train"]))
+     or all(os.path.isdir(os.path.join(r, MARKET_SPLITS[s])) for s in ("query", "gallery"))),  # test-only
 )
 
 
@@ -470,7 +483,7 @@ def detect_format(root: PathLike) -> str:
     raise UserError(
         f"cannot tell the data set format of {path}: looked for MSMT17 list_train.txt (in it or in "
         f"{'/, '.join(MSMT_SUBDIRS)}/), cuhk03-np/ or labeled/ + detected/, DukeMTMC-reID/, "
-        f"{'/ or '.join(MARKET_SUBDIRS)}/, and bounding_box_train/. Choose the format explicitly "
+        f"{'/ or '.join(MARKET_SUBDIRS)}/, and bounding_box_train/ or query/ + bounding_box_test/. Choose the format explicitly "
         f"(one of {', '.join(FORMATS)}); use 'folder' for a plain folder of unlabelled images."
     )
 

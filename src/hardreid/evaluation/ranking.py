@@ -7,7 +7,7 @@ official Market-1501 code):
   are removed, and so are gallery entries with pid ``-1`` (junk);
   pid ``0`` is an ordinary identity (Market's distractors);
 * queries left without any true match are skipped (not counted);
-* CMC is multi-shot: ``cmc[r-1]`` is the fraction of valid queries with a true
+* CMC is multi-shot: ``cmc[r-1]`` is the share of valid queries with a true
   match among the first ``r`` kept gallery entries (no single-gallery-shot
   sampling);
 * AP is the mean, over the true matches, of the precision at each hit in the
@@ -38,9 +38,10 @@ REPORTED_RANKS: tuple[int, ...] = (1, 5, 10, 20, 50)
 class RankingResult:
     """CMC curve and mAP of one query/gallery evaluation.
 
-    ``cmc[r-1]`` is the rank-``r`` accuracy and ``mAP`` the mean average
-    precision, both fractions in [0, 1] over the valid queries (those with at
-    least one cross-camera true match). ``all_ap`` holds the AP of each valid
+    One unit everywhere: **percent** (0-100), as in logs, ``metrics.csv`` and
+    ``--json``. ``cmc[r-1]`` is the rank-``r`` accuracy and ``mAP`` the mean
+    average precision over the valid queries (those with at least one
+    cross-camera true match). ``all_ap`` holds the AP (percent) of each valid
     query in query order; ``valid_query`` marks which queries were counted.
     """
 
@@ -57,21 +58,17 @@ class RankingResult:
         return int(len(self.cmc))
 
     def rank(self, r: int) -> float:
-        """Rank-``r`` accuracy (fraction), ``1 <= r <= max_rank``."""
+        """Rank-``r`` accuracy (percent), ``1 <= r <= max_rank``."""
         if not 1 <= r <= self.max_rank:
             raise ValueError(f"rank must be in [1, {self.max_rank}], got {r}")
         return float(self.cmc[r - 1])
 
-    def to_dict(self, percent: bool = True) -> dict[str, Any]:
-        """Plain summary: mAP, CMC at ranks 1/5/10/20/50 (those <= max_rank), counts.
-
-        Values are percentages when ``percent`` (default), else fractions.
-        """
-        scale = 100.0 if percent else 1.0
+    def to_dict(self) -> dict[str, Any]:
+        """Plain summary (percent): mAP, CMC at ranks 1/5/10/20/50 (those <= max_rank), counts."""
         ranks = [r for r in REPORTED_RANKS if r <= self.max_rank]
         return {
-            "mAP": float(self.mAP) * scale,
-            "cmc": {str(r): float(self.cmc[r - 1]) * scale for r in ranks},
+            "mAP": float(self.mAP),
+            "cmc": {str(r): float(self.cmc[r - 1]) for r in ranks},
             "num_query": int(self.num_query),
             "num_valid_query": int(self.num_valid_queries),
             "num_gallery": int(self.num_gallery),
@@ -165,11 +162,11 @@ def evaluate_ranking(
     ranks = torch.arange(1, max_rank + 1, device=device)
     cmc = (fh[None, :] <= ranks[:, None]).sum(dim=1).to(torch.float64) / num_valid
     all_ap = ap[valid].cpu().numpy()
-    return RankingResult(
-        cmc=cmc.cpu().numpy(),
-        mAP=float(all_ap.mean()),
+    return RankingResult(  # fractions -> percent (RankingResult's one unit)
+        cmc=100.0 * cmc.cpu().numpy(),
+        mAP=100.0 * float(all_ap.mean()),
         num_valid_queries=num_valid,
-        all_ap=all_ap,
+        all_ap=100.0 * all_ap,
         num_query=int(num_q),
         num_gallery=int(num_g),
         valid_query=valid.cpu().numpy(),

@@ -458,7 +458,7 @@ def _fast_knn_candidates(
         return p if penalty is None else penalty.subtract(p, slice(a0, a1), slice(b0, b1), scale)
 
     score, index = _blocked_top(n, c, block_size, product, dev)
-    del x
+    x = None  # free the low-precision copy (product is not called again)
     idx_sorted, perm = index.sort(dim=1)
     score = score.gather(1, perm)
     score, perm = score.sort(dim=1, descending=True, stable=True)

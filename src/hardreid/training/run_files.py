@@ -1,9 +1,10 @@
-"""The run directory: log file, per-epoch metrics (CSV + JSON), atomic checkpoints."""
+"""The run directory: log file, per-epoch metrics (CSV + JSON, optionally TensorBoard), atomic checkpoints."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import logging
 import os
 import sys
@@ -79,3 +80,48 @@ def write_metrics(history: list[dict[str, Any]], run_dir: Path) -> None:
 
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else ("" if value is None else value)
+
+
+class TensorBoardLog:
+    """``train.tensorboard``: each epoch's metrics row as TensorBoard scalars (step = epoch) in RUN_DIR/tensorboard.
+
+    Numbers become scalars named as in metrics.csv (nested ones, e.g. cluster sizes, as
+    ``cluster_sizes/<key>``). The writer opens at the first row and drops events of that epoch
+    and later ones left by an interrupted run (``purge_step``), so a resumed run has one curve.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from ..errors import UserError
+
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install 'hardreid[tensorboard]' "
+                            "(or set train.tensorboard=false)") from None
+        self._writer_class = SummaryWriter
+        self.log_dir = log_dir
+        self.writer = None
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        epoch = int(row["epoch"])
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=str(self.log_dir), purge_step=epoch)
+        for key, value in _scalars(row):
+            self.writer.add_scalar(key, value, global_step=epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _scalars(row: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    out = []
+    for key, value in row.items():
+        if key == "epoch" and not prefix:
+            continue
+        if isinstance(value, dict):
+            out += _scalars(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out.append((f"{prefix}{key}", float(value)))
+    return out

@@ -29,13 +29,14 @@ from ..data.types import ReidDataset
 from ..errors import UserError
 from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
 from ..evaluation.pipeline import evaluate_model
+from ..export.info import write_model_info
 from ..models import ReidModel, build_model
 from ..precision import training_precision
 from ..pseudo_labels import check_cluster_config, cluster_epoch
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
-from .run_files import LOG, setup_logging, write_metrics
+from .run_files import LOG, TensorBoardLog, setup_logging, write_metrics
 
 
 @dataclass
@@ -163,12 +164,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def require_training_images(dataset: ReidDataset) -> None:
+    if not dataset.train:
+        raise UserError(f"data set at {dataset.root} has no training images (e.g. bounding_box_train/ is missing or "
+                        "empty): train needs them; a test-only folder works with evaluate and extract")
+
+
 class Trainer:
     """One run: holds model, optimiser, method and history; ``fit`` runs the remaining epochs."""
 
     def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None) -> None:
-        if not dataset.train:
-            raise UserError(f"data set at {dataset.root} has no training images")
+        require_training_images(dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
         self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # joins torchrun's processes
@@ -186,6 +192,7 @@ class Trainer:
         self.previous_labels: np.ndarray | None = None  # last epoch's pseudo labels (diagnostics: partition change)
         self.start_epoch = 0
         self.best_map = -1.0
+        self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if cfg.train.tensorboard else None
 
     @property
     def use_amp(self) -> bool:
@@ -301,8 +308,7 @@ class Trainer:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, cfg.data, cfg.eval,
                                         self.device)
-            row.update({"mAP": 100 * result.mAP, "top1": 100 * result.cmc[0], "top5": 100 * result.cmc[4],
-                        "top10": 100 * result.cmc[9]})
+            row.update({"mAP": result.mAP, "top1": result.rank(1), "top5": result.rank(5), "top10": result.rank(10)})
         row["seconds"] = time.time() - start
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
@@ -400,6 +406,8 @@ class Trainer:
     def write(self, epoch: int, row: dict[str, Any]) -> None:
         """Metrics and checkpoints of the epoch just done (rank 0)."""
         write_metrics(self.history, self.run_dir)
+        if self.tensorboard:
+            self.tensorboard.log_epoch(row)
         self.save(epoch + 1, row)
 
     def save(self, epoch: int, row: dict[str, Any]) -> None:
@@ -420,12 +428,14 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
 
     With ``resume`` the run continues from ``output/checkpoints/last.pth``.
     """
+    require_training_images(dataset)  # before anything is written into the run directory
     run_dir = Path(output)
     last = run_dir / "checkpoints" / "last.pth"
     distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # several processes (torchrun): rank 0 writes the run
     distributed.main_then_broadcast(lambda: prepare_run_dir(cfg, run_dir, resume))
     setup_logging(run_dir / "train.log", verbose=log_to_stderr)
     trainer = Trainer(cfg, dataset, run_dir, model)
+    distributed.main_only(write_model_info)(trainer.model, cfg, run_dir / "model_info.json")  # parameters, FLOPs
     if resume:
         trainer.resume(last)
     return trainer.fit()

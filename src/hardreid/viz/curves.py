@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 DIAGNOSTICS = (("large_cluster_share", "images in large clusters", "purple"),
                ("single_camera_share", "one-camera clusters", "orange"),

@@ -36,7 +36,7 @@ from ..memory.cluster_memory import cluster_centroids
 from ..models import ReidModel
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # hard_positive_instances(model, anchor_features, positives, prototypes, steps, lr, temperature, loss) -> images
 HardPositiveFn = Callable[..., torch.Tensor]

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torchvision.utils import save_image
 
-from .fusion import fuse  # noqa: E402
-from .networks import to_gan_space  # noqa: E402
+from .fusion import fuse
+from .networks import to_gan_space
 
 if TYPE_CHECKING:
     from .component import HardNegativeGeneration
