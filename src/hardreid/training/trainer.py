@@ -243,6 +243,11 @@ class Trainer:
         cfg = self.cfg
         world = distributed.world_size()
         LOG.info("world size %d: %s", world, self.describe_world())
+        share = cfg.data.batch_size // world
+        if cfg.train.bn_chunk > share and not cfg.train.sync_bn:
+            LOG.warning("train.bn_chunk=%d but each process holds %d images of the batch: BatchNorm normalises groups "
+                        "of %d (fewer processes, or a larger data.batch_size, keep groups of %d)", cfg.train.bn_chunk,
+                        share, share, cfg.train.bn_chunk)
         LOG.info("training %s on %s: %d images, %d cameras, device %s", cfg.method.base, self.dataset.name,
                  len(self.dataset.train), self.dataset.num_train_cams, self.device)
         if self.start_epoch == 0 and self.wants_bn_calibration():
