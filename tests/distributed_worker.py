@@ -19,11 +19,16 @@ from hardreid.training.run_files import setup_logging
 from hardreid.training.trainer import Trainer, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-METHODS = {  # the methods' own CPU configs, shrunk to the tiny synthetic set below
+CONFIG_FILES = {  # the methods' own CPU configs (ResNet-50 ones moved to MobileNetV2), shrunk to the tiny set below
     "cluster_contrast": "cluster_contrast/cpu_mobilenet.yaml",
     "acfl": "acfl/cpu_mobilenet.yaml",  # full ACFL: [hpf, hpi] on the instance memory
     "spcl": "spcl/cpu_mobilenet.yaml",
+    "ice": "ice/cpu_mobilenet.yaml",
+    "hng": "hng/cpu_mobilenet.yaml",
+    "acfl_c": "acfl/t6_acfl_c.yaml",  # + ICE's camera proxies
+    "acfl_st": "acfl/t9_acfl_st.yaml",  # + mean teacher
 }
+MOBILE = {"model": {"backbone": "mobilenet_v2", "last_stride": 2}}
 # Global batch 16 = 4 identities x 4 images: 2 processes x 8, BatchNorm over 8 images in both worlds (bn_chunk 8).
 # Random initialisation (BatchNorm calibrated on rank 0), 2 epochs x 2 steps, evaluation after each epoch, every
 # process's state compared after each epoch (check_ranks).
@@ -35,16 +40,21 @@ TINY = {
               "check_ranks": True},
     "eval": {"batch_size": 32},
 }
-# name -> (method, overrides). ACFL: one step (see test_two_processes_step_as_one_process_for_acfl).
+# name -> (config, overrides). ACFL: one step (see test_two_processes_step_as_one_process_for_acfl). The others
+# (slow test) check that every process holds the same state after each epoch.
 RUNS = {
     "cluster_contrast": ("cluster_contrast", {}),
     "spcl": ("spcl", {}),
     "acfl": ("acfl", {"train": {"epochs": 1, "iters": 1}}),
+    "ice": ("ice", {}),
+    "hng": ("hng", {"hng": {"warmup_epochs": 1, "ngf": 8, "ndf": 8, "pictures": 2}}),  # warm-up, then joint
+    "acfl_c": ("acfl_c", MOBILE),
+    "acfl_st": ("acfl_st", MOBILE),
 }
 
 
 def tiny_method_config(method: str, **sections: dict) -> Config:
-    cfg = load_config(CONFIGS / METHODS[method])
+    cfg = load_config(CONFIGS / CONFIG_FILES[method])
     apply_dict(cfg, TINY, "distributed test settings")
     return apply_dict(cfg, sections, "distributed test overrides")
 

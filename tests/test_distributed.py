@@ -96,6 +96,25 @@ def test_rank_block_is_the_diagonal_block_of_the_share(monkeypatch):
     assert torch.equal(distributed.rank_block(m), m[2:4, 2:4])
 
 
+def test_start_up_checks_name_the_setting(monkeypatch):
+    from hardreid.errors import UserError
+    from hardreid.training.trainer import batchnorm_group, check_parallel_config
+
+    with pytest.raises(UserError, match=r"train.sync_bn .* train.bn_chunk=8"):
+        check_parallel_config(tiny_config(train={"sync_bn": True, "bn_chunk": 8}), 2)
+    with pytest.raises(UserError, match=r"data.batch_size \(8\) is the global batch, shared by 4 processes"):
+        check_parallel_config(tiny_config(), 4)  # 8 images, K = 4: two processes at most
+    cfg = tiny_config(data={"batch_size": 64}, train={"bn_chunk": 16})
+    assert [batchnorm_group(cfg, world) for world in (1, 2, 4, 8)] == [16, 16, 16, 8]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserError, match="start several processes with torchrun"):
+        distributed.setup("cpu")
+    with pytest.raises(UserError, match="every process uses the GPU of its LOCAL_RANK"):
+        distributed._rank_device("cuda:1")
+
+
 def test_helpers_are_no_ops_in_one_process():
     t = torch.randn(5, 3)
     model = torch.nn.Linear(3, 2)
@@ -257,6 +276,20 @@ def test_one_process_resumes_a_two_process_run(two_processes, tiny_root):
     log = (two_processes / "split_for_one" / "train.log").read_text()
     assert "trained with 2 processes, it continues with 1 (global batch 16 unchanged)" in log
     assert "BatchNorm normalised groups" not in log
+
+
+@pytest.mark.slow  # about 40 s
+def test_every_method_keeps_every_process_identical(tiny_root, tmp_path):
+    """ICE (EMA teacher in train mode, camera proxies), hng (generator and discriminator with their own optimisers,
+    warm-up then joint), ACFL-C and ACFL with a mean teacher under 2 processes: after each epoch every process holds
+    the same weights, optimiser state, memories and teachers, bit for bit (train.check_ranks), and both finish."""
+    names = ["ice", "hng", "acfl_c", "acfl_st"]
+    assert succeeded(torchrun([str(WORKER), str(tiny_root), str(tmp_path), *names]))
+    for name in names:
+        first, second = load_run(tmp_path, name, 0), load_run(tmp_path, name, 1)
+        assert_identical(second["model"], first["model"], f"{name} weights")
+        assert [r["epoch"] for r in first["history"]] == [1, 2] and "mAP" in first["history"][-1]
+    assert (tmp_path / "hng" / "hng" / "epoch_002.png").is_file()  # rank 0 draws the pictures
 
 
 @pytest.mark.slow  # about 10 s of starting processes; the default run's 2-process tests already take 40 s

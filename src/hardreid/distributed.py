@@ -81,7 +81,7 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> torch.device:
     """
     world = launched_world_size()
     if world <= 1:
-        return _single_device(device)
+        return single_device(device)
     missing = [name for name in ENV if name not in os.environ]
     if missing:
         raise UserError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start several processes with torchrun "
@@ -100,7 +100,8 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> torch.device:
     return chosen
 
 
-def _single_device(name: str) -> torch.device:
+def single_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -422,7 +423,7 @@ def progress_disabled() -> bool | None:
 
 
 __all__ = ["active", "all_gather_cat", "all_gather_object", "all_gather_rows", "average_gradients", "barrier",
-           "broadcast_buffers", "broadcast_object", "check_identical", "data_parallel", "digest",
-           "is_main", "launched_world_size", "local_rank", "main_only", "main_then_broadcast", "progress_disabled",
-           "random_state_kept", "rank", "rank_block", "setup", "shard", "shard_bounds", "sum_over_ranks",
-           "sync_batchnorm", "world_size"]
+           "broadcast_buffers", "broadcast_object", "check_identical", "data_parallel", "digest", "is_main",
+           "launched_world_size", "local_rank", "main_only", "main_then_broadcast", "progress_disabled",
+           "random_state_kept", "rank", "rank_block", "setup", "shard", "shard_bounds", "single_device",
+           "sum_over_ranks", "sync_batchnorm", "world_size"]

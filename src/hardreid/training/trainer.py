@@ -51,11 +51,8 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but no CUDA device is available; use train.device=cpu or auto")
-    return torch.device(name)
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` for one process."""
+    return distributed.single_device(name)
 
 
 def check_parallel_config(cfg: Config, world: int) -> None:
@@ -241,18 +238,12 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        world = distributed.world_size()
-        LOG.info("world size %d: %s", world, self.describe_world())
-        share = cfg.data.batch_size // world
-        if cfg.train.bn_chunk > share and not cfg.train.sync_bn:
-            LOG.warning("train.bn_chunk=%d but each process holds %d images of the batch: BatchNorm normalises groups "
-                        "of %d (fewer processes, or a larger data.batch_size, keep groups of %d)", cfg.train.bn_chunk,
-                        share, share, cfg.train.bn_chunk)
+        self.log_world()
         LOG.info("training %s on %s: %d images, %d cameras, device %s", cfg.method.base, self.dataset.name,
                  len(self.dataset.train), self.dataset.num_train_cams, self.device)
         if self.start_epoch == 0 and self.wants_bn_calibration():
             LOG.info("calibrating BatchNorm statistics on the training images (train.calibrate_bn=%s)", cfg.train.calibrate_bn)
-            distributed.main_then_broadcast(lambda: calibrate_batchnorm(
+            distributed.main_then_broadcast(lambda: calibrate_batchnorm(  # on rank 0, then its statistics everywhere
                 self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
                 self.device))
             distributed.broadcast_buffers(self.model)
@@ -264,15 +255,21 @@ class Trainer:
             plot_training_curves(self.run_dir)
         return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
 
-    def describe_world(self) -> str:
+    def log_world(self) -> None:
+        """The log's first line: processes, how the batch is shared, what BatchNorm normalises."""
         cfg, world = self.cfg, distributed.world_size()
-        group = batchnorm_group(cfg, world)
+        group, share = batchnorm_group(cfg, world), cfg.data.batch_size // world
         norm = "SyncBatchNorm over the global batch" if group == cfg.data.batch_size and world > 1 else \
             f"BatchNorm over groups of {group} images"
         if world == 1:
-            return f"one process, batch {cfg.data.batch_size}, {norm}"
-        return (f"{world} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'}), global batch "
-                f"{cfg.data.batch_size} = {world} x {cfg.data.batch_size // world}, {norm}")
+            LOG.info("world size 1: one process, batch %d, %s", cfg.data.batch_size, norm)
+        else:
+            LOG.info("world size %d: %d processes (%s), global batch %d = %d x %d, %s", world, world,
+                     "nccl" if self.device.type == "cuda" else "gloo", cfg.data.batch_size, world, share, norm)
+        if cfg.train.bn_chunk > share and not cfg.train.sync_bn:
+            LOG.warning("train.bn_chunk=%d but each process holds %d images of the batch: BatchNorm normalises groups "
+                        "of %d (fewer processes, or a larger data.batch_size, keep groups of %d)", cfg.train.bn_chunk,
+                        share, share, cfg.train.bn_chunk)
 
     @property
     def files(self) -> Path | None:
