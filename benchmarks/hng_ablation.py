@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -86,14 +85,11 @@ def warmup_run(cfg: Config, dataset: Any, output: Path) -> Path:
 
 
 def run_row(name: str, cfg: Config, dataset: Any, output: Path, start_from: Path | None = None) -> dict[str, Any]:
-    """Train one row; ``start_from``: a warm-up checkpoint the row continues from (copied into its run)."""
+    """Train one row; ``start_from``: a warm-up checkpoint the row continues from (a new stage of that run)."""
     from hardreid.training import train
 
     start = time.time()
-    if start_from is not None:
-        (output / "checkpoints").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(start_from, output / "checkpoints" / "last.pth")
-    result = train(cfg, dataset, output, resume=start_from is not None, log_to_stderr=False)
+    result = train(cfg, dataset, output, start_from=start_from, log_to_stderr=False)
     final = result.final
     row = {"row": name, "base": cfg.method.base, "hard_samples": cfg.method.hard_samples,
            "fusion": cfg.hng.fusion if "hng" in cfg.method.hard_samples else None,

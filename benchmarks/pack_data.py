@@ -139,7 +139,7 @@ def compare(original: Path, packed: Path, weights: str, height: int = 128, width
     import torch
     from torchvision import transforms as T
 
-    from hardreid.config import DataConfig, EvalConfig
+    from hardreid.config import DataConfig
     from hardreid.data.datasets import load_dataset
     from hardreid.data.transforms import eval_transform
     from hardreid.evaluation.features import extract_features

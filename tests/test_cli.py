@@ -76,7 +76,7 @@ def test_user_mistakes_get_one_clear_message(tiny_root, tmp_path, capsys):
 
 def test_checkpoint_of_another_architecture(tiny_root, tmp_path, capsys):
     from hardreid.training import model_from_config
-    from hardreid.training.checkpoint import load_model_state, save_checkpoint
+    from hardreid.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
     save_checkpoint({"model": model_from_config(tiny_config()).state_dict(), "backbone": "mobilenet_v2", "feat_dim": 1280},
                     tmp_path / "m.pth")
@@ -84,7 +84,7 @@ def test_checkpoint_of_another_architecture(tiny_root, tmp_path, capsys):
 
     other = model_from_config(tiny_config(model={"backbone": "resnet18"}))
     with pytest.raises(UserError, match=r"m.pth holds a 'mobilenet_v2' model.*'resnet18'"):
-        load_model_state(other, torch.load(tmp_path / "m.pth", weights_only=False), tmp_path / "m.pth")
+        load_model_state(other, load_checkpoint(tmp_path / "m.pth"), tmp_path / "m.pth")
 
 
 def test_unreadable_image_during_training_names_the_file(tiny_root, tmp_path, capsys):

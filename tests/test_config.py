@@ -71,7 +71,69 @@ def test_base_cycle_and_missing_file(tmp_path):
 
 
 def test_round_trip_through_yaml_and_dict(tmp_path):
-    cfg = load_config(None, ["train.epochs=3", "method.hard_samples=[x]"])
+    cfg = load_config(None, ["train.epochs=3", "method.hard_samples=[hpf]"])
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_values_are_not_truncated_or_guessed(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  epochs: 1.9\n")
+    with pytest.raises(UserError, match=r"'train.epochs' in .*a.yaml must be an integer, got 1.9"):
+        load_config(tmp_path / "a.yaml")
+    for override, message in [("train.epochs=true", "an integer"), ("eval.flip=2", "true or false"),
+                              ("optim.lr=inf", "finite number"), ("data.mean=[0.5, x, 0.5]", "data.mean")]:
+        with pytest.raises(UserError, match=message):
+            load_config(None, [override])
+    (tmp_path / "b.yaml").write_text("model:\n  backbone: [resnet50]\neval:\n  flip: 1\n")
+    with pytest.raises(UserError, match="'model.backbone'.*text"):
+        load_config(tmp_path / "b.yaml")
+    cfg = load_config(None, ["eval.flip=yes", "optim.lr=1e-4", "train.epochs=+3", "method.hard_samples=hpf"])
+    assert (cfg.eval.flip, cfg.optim.lr, cfg.train.epochs, cfg.method.hard_samples) == (True, 1e-4, 3, ["hpf"])
+
+
+def test_rules_name_real_keys_and_accept_every_default():
+    from hardreid.config import RULES, validate_config
+
+    keys = {f"{section}.{key}" for section, values in Config().to_dict().items() for key in values}
+    assert set(RULES) <= keys, set(RULES) - keys
+    validate_config(Config())
+
+
+def test_rules_give_one_line_with_key_value_and_range():
+    with pytest.raises(UserError) as info:
+        load_config(None, ["cluster.eps=1.2"])
+    assert str(info.value) == "config key 'cluster.eps' in command-line overrides must be a number in (0, 1), got 1.2"
+    with pytest.raises(UserError, match=r"'method.base' .* one of cluster_contrast, ice, spcl, got 'foo'"):
+        load_config(None, ["method.base=foo"])
+
+
+def test_configs_rebuilt_from_checkpoints_and_set_in_python_are_validated():
+    from hardreid.config import validate_config
+
+    values = Config().to_dict()
+    values["data"]["batch_size"] = 0
+    with pytest.raises(UserError, match="'data.batch_size' in checkpoint config must be an integer >= 1"):
+        config_from_dict(values)
+    cfg = Config()
+    cfg.train.epochs = 2.5
+    with pytest.raises(UserError, match="'train.epochs' in the config must be an integer, got 2.5"):
+        validate_config(cfg)
+    cfg = Config()
+    cfg.data.num_instances = 3
+    with pytest.raises(UserError, match="multiple of data.num_instances"):
+        validate_config(cfg)
+
+
+def test_config_files_that_are_not_configs(tmp_path):
+    (tmp_path / "latin.yaml").write_bytes("train:\n  seed: 1 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_config(tmp_path / "latin.yaml")
+    (tmp_path / "base5.yaml").write_text("_base_: 5\n")
+    with pytest.raises(UserError, match="_base_ in .* must be a file name or a list of file names, got 5"):
+        load_config(tmp_path / "base5.yaml")
+    with pytest.raises(UserError, match="is a folder, expected a YAML file"):
+        load_config(tmp_path)
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    with pytest.raises(UserError, match="loop.yaml"):
+        load_config(tmp_path / "loop.yaml")

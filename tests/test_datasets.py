@@ -77,7 +77,84 @@ def test_read_image_empty_and_garbage(tmp_path: Path) -> None:
     assert str(garbage) in str(info.value)
 
 
+def test_read_image_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    """A 16-bit greyscale PNG (0..65535) used to decode all white; it maps to 0..255 by value / 257."""
+    import numpy as np
+
+    values = np.linspace(0, 65535, 8 * 4).reshape(8, 4).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    pixels = np.asarray(read_image(path))
+    assert pixels.shape == (8, 4, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    np.testing.assert_array_equal(pixels[..., 0], np.rint(values / 257.0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"BM" + bytes(60), "damaged"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(20), "not a JPEG, PNG or BMP"),
+])
+def test_read_image_reasons_are_plain_words(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "bad.bmp"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=reason):
+        read_image(path)
+    folder = tmp_path / "dir.jpg"
+    folder.mkdir()
+    with pytest.raises(UserError, match="it is a folder"):
+        read_image(folder)
+
+
 # ---------------------------------------------------------------- Market-1501 layouts
+
+
+def test_camera_numbers_with_two_digits(tmp_path: Path) -> None:
+    """c12 is camera 12 (index 11), not camera 1 (VeRi-style names, many-camera sets)."""
+    root = make_market(tmp_path / "m", train=["0002_c12s1_000451_01.jpg", "0002_c3s1_000551_01.jpg",
+                                              "0007_c001_00016450_0.jpg"])
+    ds = load_dataset("market", root)
+    assert sorted(s.camid for s in ds.train) == [0, 2, 11]
+
+
+def test_a_stray_list_file_does_not_make_a_market_folder_msmt17(tmp_path: Path) -> None:
+    root = make_market(tmp_path / "m")
+    (root / "list_train.txt").write_text("train/0000_000_01_0303morning_0015_0.jpg 0\n")
+    assert detect_format(root) == "market"
+    assert load_dataset("auto", root).name == "market"
+
+
+def test_images_in_subfolders_of_a_split_are_reported(tmp_path: Path) -> None:
+    root = make_market(tmp_path / "m")
+    make_files(root / "bounding_box_train" / "extra", ["0009_c1s1_000001_01.jpg"])
+    ds = load_dataset("market", root)
+    assert len(ds.train) == 3
+    assert any("ignored 1 subfolder(s)" in w and "bounding_box_train" in w for w in ds.warnings)
+
+
+def test_folder_with_a_symlink_loop_is_read_once(tmp_path: Path) -> None:
+    make_files(tmp_path / "crops", ["a.jpg", "b.jpg"])
+    (tmp_path / "crops" / "again").symlink_to(tmp_path / "crops", target_is_directory=True)
+    ds = load_dataset("folder", tmp_path / "crops")
+    assert [Path(s.path).name for s in ds.train] == ["a.jpg", "b.jpg"]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(UserError, match="leads nowhere"):
+        load_dataset("folder", tmp_path / "loop")
+
+
+def test_unreadable_folder_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    root = make_market(tmp_path / "m")
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("query"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserError, match=r"cannot read folder .*query: Permission denied"):
+        load_dataset("market", root)
 
 
 def test_market1501_counts_pids_camids_junk_and_distractors(tmp_path: Path) -> None:

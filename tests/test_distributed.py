@@ -97,13 +97,17 @@ def test_rank_block_is_the_diagonal_block_of_the_share(monkeypatch):
 
 
 def test_start_up_checks_name_the_setting(monkeypatch):
+    from hardreid.config import validate_config
+    from hardreid.data.loaders import check_batch_split
     from hardreid.errors import UserError
-    from hardreid.training.trainer import batchnorm_group, check_parallel_config
+    from hardreid.training.trainer import batchnorm_group
 
     with pytest.raises(UserError, match=r"train.sync_bn .* train.bn_chunk=8"):
-        check_parallel_config(tiny_config(train={"sync_bn": True, "bn_chunk": 8}), 2)
+        validate_config(tiny_config(train={"sync_bn": True, "bn_chunk": 8}))
     with pytest.raises(UserError, match=r"data.batch_size \(8\) is the global batch, shared by 4 processes"):
-        check_parallel_config(tiny_config(), 4)  # 8 images, K = 4: two processes at most
+        check_batch_split(8, 4, 4)  # 8 images, K = 4: two processes at most
+    with pytest.raises(UserError, match="train.dist_timeout"):
+        validate_config(tiny_config(train={"dist_timeout": 0}))
     cfg = tiny_config(data={"batch_size": 64}, train={"bn_chunk": 16})
     assert [batchnorm_group(cfg, world) for world in (1, 2, 4, 8)] == [16, 16, 16, 8]
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -113,6 +117,18 @@ def test_start_up_checks_name_the_setting(monkeypatch):
         distributed.setup("cpu")
     with pytest.raises(UserError, match="every process uses the GPU of its LOCAL_RANK"):
         distributed._rank_device("cuda:1")
+
+
+def test_resume_with_another_world_size_may_change_bn_chunk_only_to_keep_the_groups(tiny_root):
+    from hardreid.errors import UserError
+    from hardreid.training.resume import check_resume
+
+    data = load_dataset("market", tiny_root)
+    saved = tiny_config(data={"batch_size": 16})  # trained by 2 processes: BatchNorm over their shares of 8
+    state = {"config": saved.to_dict(), "epoch": 1, "world_size": 2}
+    check_resume(state, tiny_config(data={"batch_size": 16}, train={"bn_chunk": 8}), data, Path("last.pth"))
+    with pytest.raises(UserError, match=r"train.bn_chunk: 0 -> 4"):
+        check_resume(state, tiny_config(data={"batch_size": 16}, train={"bn_chunk": 4}), data, Path("last.pth"))
 
 
 def test_helpers_are_no_ops_in_one_process():

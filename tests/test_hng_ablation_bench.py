@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+
+from hardreid.training.checkpoint import load_checkpoint
 
 from conftest import load_benchmark, tiny_config
 
@@ -30,7 +31,7 @@ def test_shared_warmup_rows_continue_from_one_checkpoint(bench, tiny_root, tmp_p
     warm, warm_concat = runs / "cluster_contrast_warmup", runs / "cluster_contrast_warmup_concat"
     assert json.loads(out.read_text())["shared_warmup"] and "shared warm-up" in out.with_suffix(".md").read_text()
 
-    warm_state = torch.load(warm / "checkpoints" / "last.pth", weights_only=False)
+    warm_state = load_checkpoint(warm / "checkpoints" / "last.pth")
     assert warm_state["epoch"] == 1
     for r in results["table2"]:
         history = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())

@@ -111,10 +111,12 @@ def test_duplicate_terms_and_components_are_rejected():
 
 
 def test_build_method_checks_names():
-    cfg = tiny_config(method={"base": "nope"})
+    cfg = tiny_config()
+    cfg.method.base = "nope"  # (a config file or override with it is refused when it is loaded)
     with pytest.raises(UserError, match="method.base"):
         M.build_method(cfg, torch.device("cpu"))
-    cfg = tiny_config(method={"hard_samples": ["not_a_generator"]})
+    cfg = tiny_config()
+    cfg.method.hard_samples = ["not_a_generator"]
     with pytest.raises(UserError, match="not_a_generator"):
         M.build_method(cfg, torch.device("cpu"))
     method = M.build_method(tiny_config(), torch.device("cpu"))

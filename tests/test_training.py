@@ -76,7 +76,7 @@ def test_evaluation_does_not_change_training(tiny_root, tmp_path):
 
 
 def test_resume_without_run_is_an_error(tiny_root, tmp_path):
-    with pytest.raises(UserError, match="cannot resume"):
+    with pytest.raises(UserError, match="nothing to resume"):
         train(tiny_config(), load_dataset("market", tiny_root), tmp_path / "none", resume=True, log_to_stderr=False)
 
 

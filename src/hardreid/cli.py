@@ -11,8 +11,29 @@ from typing import Callable
 
 from . import __version__
 from .errors import UserError, clean_message
+from .signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, sigterm_received, terminate_as_interrupt
 
 FORMATS = ["auto", "market1501", "dukemtmc", "msmt17", "cuhk03np", "market", "folder"]
+
+
+def _path(text: str) -> str:
+    """argparse type of path arguments: an empty string is a mistake, not the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -20,7 +41,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data-root", required=required, metavar="DIR", help="data set folder (or its parent)")
+    p.add_argument("--data-root", required=required, metavar="DIR", type=_path, help="data set folder (or its parent)")
     p.add_argument("--format", choices=FORMATS, default=None, help="data set layout (default: the config's, else auto-detect)")
     p.add_argument("--subset", choices=["labeled", "detected"], default=None, help="CUHK03-NP subset")
     p.add_argument("--camera-pattern", default=None, metavar="REGEX",
@@ -29,16 +50,28 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
     """--checkpoint, or --backbone with --weights; input size, flip, workers, device."""
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint (best.pth / last.pth)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path,
+                   help="a hardreid checkpoint (best.pth / last.pth); read safely, nothing in it is run")
     p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
-    p.add_argument("--weights", default=None, metavar="FILE", help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=_path,
+                   help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
     p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
     if size:
         p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
-        p.add_argument("--height", type=int, default=None, help="input height (default: the checkpoint's, else 256)")
-        p.add_argument("--width", type=int, default=None, help="input width (default: the checkpoint's, else 128)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+        p.add_argument("--height", type=_count(1), default=None, help="input height (default: the checkpoint's, else 256)")
+        p.add_argument("--width", type=_count(1), default=None, help="input width (default: the checkpoint's, else 128)")
+    p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
+
+
+def _check_output_files(args: argparse.Namespace, *names: str) -> None:
+    """Each given output file option (``json`` = --json, ...) can be written: checked before any work."""
+    from .files import check_writable_file
+
+    for name in names:
+        path = getattr(args, name, None)
+        if path is not None:
+            check_writable_file(path, "--" + name.replace("_", "-"))
 
 
 def _load_data(args: argparse.Namespace, cfg=None):
@@ -64,22 +97,38 @@ def _load_data(args: argparse.Namespace, cfg=None):
 
 
 # -- train -------------------------------------------------------------------------------------
+def _resume_config(run_dir: Path, overrides: list[str]):
+    """The run's own config.yaml (else the checkpoint's config) plus ``overrides``."""
+    from .config import config_from_dict, load_config
+    from .training.checkpoint import load_checkpoint
+
+    last = run_dir / "checkpoints" / "last.pth"
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml", overrides)
+    if last.is_file():
+        stored = load_checkpoint(last)["config"]
+        return load_config(None, overrides, base=config_from_dict(stored, f"the config stored in {last}"))
+    raise UserError(f"nothing to resume in {run_dir}: it holds no checkpoints/last.pth (start a new run "
+                    "without --resume, or pass the --output folder of an earlier run)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import train
 
     run_dir = Path(args.output)
-    config_file = args.config
-    if args.resume and config_file is None and (run_dir / "config.yaml").is_file():
-        config_file = run_dir / "config.yaml"  # continue with the run's own resolved config
-    if config_file is None:
-        raise UserError("train needs --config NAME_OR_FILE (e.g. --config cluster_contrast/market1501; 'hardreid configs' lists them)")
     overrides = list(args.overrides)
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
     if args.device:
         overrides.append(f"train.device={args.device}")
-    cfg = load_config(config_file, overrides)
+    if args.resume and args.config is None:
+        cfg = _resume_config(run_dir, overrides)  # continue with the run's own resolved config
+    elif args.config is None:
+        raise UserError("train needs --config NAME_OR_FILE (e.g. --config cluster_contrast/market1501; "
+                        "'hardreid configs' lists them)")
+    else:
+        cfg = load_config(args.config, overrides)
     if cfg.model.weights:  # the run's config.yaml must work from any directory (resume, figures)
         cfg.model.weights = str(Path(cfg.model.weights).expanduser().resolve())
     if args.format:
@@ -111,24 +160,28 @@ def _feature_model(args: argparse.Namespace, command: str = "evaluate"):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.pipeline import query_gallery_distances, score_distances
+    from .evaluation.pipeline import check_evaluable, query_gallery_distances, score_distances
+    from .files import atomic_write_text
     from .training import resolve_device
 
+    _check_output_files(args, "json", "ranked_image", "html")  # before the evaluation, not after it
     fm = _feature_model(args)
     model, cfg = fm.model, fm.cfg
     device = resolve_device(args.device or "auto")
     dataset = _load_data(args, cfg)
+    check_evaluable(dataset)
     start = time.time()
     dist = query_gallery_distances(model.to(device), dataset, cfg.data, cfg.eval, device, rerank=args.rerank)
     result = score_distances(dist, dataset, cfg.eval.max_rank)
     report = result.to_dict()
-    report.update({"num_query": len(dataset.query), "num_gallery": len(dataset.gallery)})
+    skipped = len(dataset.query) - result.num_valid_queries
+    report.update({"num_query": len(dataset.query), "num_skipped_query": skipped, "num_gallery": len(dataset.gallery)})
+    note = f" ({skipped} skipped: no gallery image of their identity from another camera)" if skipped else ""
     print(f"{dataset.name}: mAP {report['mAP']:.1f}  top-1 {report['cmc']['1']:.1f}  top-5 {report['cmc']['5']:.1f}  "
-          f"top-10 {report['cmc']['10']:.1f}  ({len(dataset.query)} queries, {len(dataset.gallery)} gallery, "
-          f"{time.time() - start:.0f}s{', re-ranked' if args.rerank else ''})")
+          f"top-10 {report['cmc']['10']:.1f}  ({result.num_valid_queries} of {len(dataset.query)} queries scored{note}, "
+          f"{len(dataset.gallery)} gallery, {time.time() - start:.0f}s{', re-ranked' if args.rerank else ''})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        atomic_write_text(args.json, json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     if args.ranked_image:
         from .viz.ranked import save_ranked_results
@@ -206,6 +259,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .retrieval import search as retrieval
     from .retrieval.index import GalleryIndex
 
+    _check_output_files(args, "json", "csv", "html")  # before the search, not after it
     index = GalleryIndex.load(args.index)
     queries = _search_queries(args, index)
     results = retrieval.search_gallery(index, queries, args.top_k)
@@ -315,8 +369,11 @@ FIGURES = ["fig4", "fig5a", "fig5b"]
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    from .files import check_writable_dir
+
     run_dir = Path(args.run)
     out_dir = Path(args.output) if args.output else run_dir / "figures"
+    check_writable_dir(out_dir, "output folder")
     which = list(dict.fromkeys(args.which))
     if "fig5a" in which:
         from .viz.curves import plot_training_curves
@@ -353,18 +410,23 @@ def cmd_figures(args: argparse.Namespace) -> int:
 # -- datasets ----------------------------------------------------------------------------------
 def cmd_datasets_inspect(args: argparse.Namespace) -> int:
     from .data.inspect import inspect_dataset
+    from .files import atomic_write_text, check_writable_file
 
+    if args.json:
+        check_writable_file(args.json, "--json")
     options = {k: v for k, v in {"subset": args.subset, "camera_pattern": args.camera_pattern}.items() if v}
     report = inspect_dataset(args.root, format=args.format or "auto", verify_images=args.verify, **options)
     print(report.text())
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1))
     return 0
 
 
 def cmd_datasets_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SyntheticConfig, generate_synthetic
+    from .files import check_writable_dir
 
+    check_writable_dir(args.output, "output folder")
     cfg = SyntheticConfig(num_train_ids=args.train_ids, num_test_ids=args.test_ids, num_cameras=args.cameras,
                           images_per_camera=args.images_per_camera, train_images_per_id=args.train_images_per_id,
                           camera_colour_strength=args.colour_strength, seed=args.seed)
@@ -384,7 +446,9 @@ def cmd_datasets_subsample(args: argparse.Namespace) -> int:
 # -- demo --------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .files import check_writable_dir
 
+    check_writable_dir(args.output, "--output")
     run_demo(Path(args.output), epochs=args.epochs, weights=args.weights)
     return 0
 
@@ -416,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid train --config cluster_contrast/cpu_mobilenet --data-root ../shared/data/cuhk03 \\\n"
                               "      --output runs/cuhk03 --weights ../shared/weights/mobilenet_v2_imagenet.pth train.epochs=20\n"
                               "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n"
+                              "  hardreid train --output runs/cc --data-root ~/data/market --resume train.epochs=80\n"
                               "  # 4 GPUs of one machine (data.batch_size is the global batch, shared by the processes):\n"
                               "  torchrun --nproc_per_node 4 -m hardreid train --config acfl/market1501 \\\n"
                               "      --data-root ~/data/market --output runs/acfl\n"
@@ -423,19 +488,27 @@ def build_parser() -> argparse.ArgumentParser:
                               "  torchrun --nnodes 2 --node_rank 0 --nproc_per_node 4 --rdzv_backend c10d \\\n"
                               "      --rdzv_endpoint HOST0:29400 -m hardreid train --config ... --data-root ... --output ...\n\n"
                               "--config takes a YAML file or the name of a packaged config ('hardreid configs' lists them).\n"
-                              "Any config key can be overridden as section.key=value (every key and its default: the packaged base.yaml).")
-    p.add_argument("--config", default=None, metavar="NAME_OR_FILE",
+                              "Any config key can be overridden as section.key=value (every key and its default: the packaged\n"
+                              "base.yaml); every value is checked before any work starts. --resume refuses changes to keys\n"
+                              "other than train.epochs, train.eval_every, train.save_every, train.device, data.workers,\n"
+                              "eval.batch_size, model.weights and model.pretrained.\n"
+                              "Ctrl-C (SIGINT, exit code 130) and SIGTERM (exit code 143) stop cleanly: the last\n"
+                              "finished checkpoint stays and --resume continues from it.")
+    p.add_argument("--config", default=None, metavar="NAME_OR_FILE", type=_path,
                    help="packaged config name (acfl/market1501) or YAML file (may inherit with _base_)")
     _add_data_args(p)
-    p.add_argument("--output", required=True, metavar="RUN_DIR", help="run directory (config, log, metrics, checkpoints)")
-    p.add_argument("--weights", default=None, metavar="FILE", help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
+    p.add_argument("--output", required=True, metavar="RUN_DIR", type=_path, help="run directory (config, log, metrics, checkpoints)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=_path, help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: config, auto)")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pth")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pth "
+                                                         "(with its config.yaml unless --config is given)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=20")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="CMC / mAP of a checkpoint or an untrained backbone", formatter_class=_formatter,
-                       description="Score a model on the query/gallery splits (Market-1501 protocol).",
+                       description="Score a model on the query/gallery splits (Market-1501 protocol). Queries without a "
+                                   "gallery image of their identity from another camera cannot be scored: they are "
+                                   "skipped and counted. Output paths are checked before the evaluation starts.",
                        epilog="examples:\n"
                               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market --json result.json\n"
                               "  hardreid evaluate --backbone mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\\n"
@@ -445,13 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the numbers as JSON (percent)")
-    p.add_argument("--ranked-image", default=None, metavar="OUT.png", help="save a picture of ranked results")
-    p.add_argument("--html", default=None, metavar="OUT.html",
+    p.add_argument("--json", default=None, metavar="OUT.json", type=_path, help="write the numbers as JSON (percent)")
+    p.add_argument("--ranked-image", default=None, metavar="OUT.png", type=_path, help="save a picture of ranked results")
+    p.add_argument("--html", default=None, metavar="OUT.html", type=_path,
                    help="self-contained HTML report of ranked lists, sortable by per-query AP")
-    p.add_argument("--html-queries", type=int, default=100, metavar="N",
+    p.add_argument("--html-queries", type=_count(1), default=100, metavar="N",
                    help="queries in the report, spread from the best to the worst AP (default 100)")
-    p.add_argument("--top-k", type=int, default=10, metavar="K", help="hits per query in the report (default 10)")
+    p.add_argument("--top-k", type=_count(1), default=10, metavar="K", help="hits per query in the report (default 10)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("extract", help="features of any folder of images (resumable)", formatter_class=_formatter,
@@ -466,10 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid extract --backbone mobilenet_v2 --weights mobilenet_v2_imagenet.pth --height 128 --width 64 \\\n"
                               "      --images ~/crops --output feats_imagenet")
     _add_model_args(p)
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of images (searched recursively) or one image")
-    p.add_argument("--output", required=True, metavar="FEATS_DIR", help="where the features go")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
-    p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard (default 4096)")
+    p.add_argument("--images", required=True, metavar="DIR", type=_path, help="folder of images (searched recursively) or one image")
+    p.add_argument("--output", required=True, metavar="FEATS_DIR", type=_path, help="where the features go")
+    p.add_argument("--batch-size", type=_count(1), default=128, help="images per forward pass (default 128)")
+    p.add_argument("--shard-size", type=_count(1), default=4096, help="images per resumable shard (default 4096)")
     p.add_argument("--overwrite", action="store_true", help="replace features of other images or another model in FEATS_DIR")
     p.set_defaults(func=cmd_extract)
 
@@ -480,12 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "asked, with its recall@10 against exact search measured and printed.",
                        epilog="examples:\n  hardreid index --features feats --output gallery\n"
                               "  hardreid index --features feats --output gallery_ivf --kind ivf --nprobe 64")
-    p.add_argument("--features", required=True, metavar="FEATS_DIR", help="output of 'hardreid extract'")
-    p.add_argument("--output", required=True, metavar="INDEX_DIR", help="where the index goes")
+    p.add_argument("--features", required=True, metavar="FEATS_DIR", type=_path, help="output of 'hardreid extract'")
+    p.add_argument("--output", required=True, metavar="INDEX_DIR", type=_path, help="where the index goes")
     p.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto",
                    help="auto (default): flat (exact) while N x D <= 2 GiB of float32, ivf above")
-    p.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=None, help="ivf: lists scanned per query (default: a quarter of them)")
+    p.add_argument("--nlist", type=_count(1), default=None, help="ivf: number of lists (default sqrt(N))")
+    p.add_argument("--nprobe", type=_count(1), default=None, help="ivf: lists scanned per query (default: a quarter of them)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="top-k gallery matches of query images", formatter_class=_formatter,
@@ -497,15 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid search --index gallery --checkpoint best.pth --query person.jpg --top-k 10\n"
                               "  hardreid search --index gallery --query ~/queries --top-k 20 --html report.html --json hits.json\n"
                               "  hardreid search --index gallery --query query_feats --csv hits.csv    # a features folder")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="output of 'hardreid index'")
-    p.add_argument("--query", required=True, metavar="IMAGE|DIR|FEATS_DIR", help="an image, a folder of images or a features folder")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", type=_path, help="output of 'hardreid index'")
+    p.add_argument("--query", required=True, metavar="IMAGE|DIR|FEATS_DIR", type=_path, help="an image, a folder of images or a features folder")
     _add_model_args(p, size=False)
-    p.add_argument("--top-k", type=int, default=10, metavar="K", help="hits per query (default 10)")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the hits as JSON")
-    p.add_argument("--csv", default=None, metavar="OUT.csv", help="write the hits as CSV (one line per query and hit)")
-    p.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained HTML report")
-    p.add_argument("--show", type=int, default=10, metavar="N", help="queries printed (default 10)")
-    p.add_argument("--batch-size", type=int, default=128, help="query images per forward pass")
+    p.add_argument("--top-k", type=_count(1), default=10, metavar="K", help="hits per query (default 10)")
+    p.add_argument("--json", default=None, metavar="OUT.json", type=_path, help="write the hits as JSON")
+    p.add_argument("--csv", default=None, metavar="OUT.csv", type=_path, help="write the hits as CSV (one line per query and hit)")
+    p.add_argument("--html", default=None, metavar="OUT.html", type=_path, help="write a self-contained HTML report")
+    p.add_argument("--show", type=_count(0), default=10, metavar="N", help="queries printed (default 10)")
+    p.add_argument("--batch-size", type=_count(1), default=128, help="query images per forward pass")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("export", help="ONNX / TorchScript / torch.export file of a model, with a parity check",
@@ -521,12 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid export --backbone resnet50 --format onnx --output r50.onnx --height 256 --width 128")
     _add_model_args(p)
     p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], default="onnx", help="default onnx")
-    p.add_argument("--output", required=True, metavar="FILE", help="the exported file")
-    p.add_argument("--images", default=None, metavar="DIR", help="real images for the parity check (default: random inputs)")
-    p.add_argument("--parity-images", type=int, default=32, metavar="N", help="images in the parity check (default 32)")
+    p.add_argument("--output", required=True, metavar="FILE", type=_path, help="the exported file")
+    p.add_argument("--images", default=None, metavar="DIR", type=_path, help="real images for the parity check (default: random inputs)")
+    p.add_argument("--parity-images", type=_count(1), default=32, metavar="N", help="images in the parity check (default 32)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |feature difference| (default 1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
-    p.add_argument("--json", default=None, metavar="OUT.json", help="write the parity numbers as JSON")
+    p.add_argument("--json", default=None, metavar="OUT.json", type=_path, help="write the parity numbers as JSON")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="parameters and FLOPs of a model at its input size", formatter_class=_formatter,
@@ -538,12 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid info --config cluster_contrast/cpu_mobilenet --all-backbones\n"
                               "  hardreid info --checkpoint runs/cc/checkpoints/best.pth --json info.json")
     p.add_argument("--config", default=None, metavar="NAME_OR_FILE", help="packaged config name or YAML file")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="a hardreid checkpoint")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path, help="a hardreid checkpoint")
     p.add_argument("--backbone", default=None, help="a plain backbone: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
     p.add_argument("--all-backbones", action="store_true", help="one line per backbone at the config's input size")
-    p.add_argument("--height", type=int, default=None, help="input height (default: the config's)")
-    p.add_argument("--width", type=int, default=None, help="input width (default: the config's)")
-    p.add_argument("--json", default=None, metavar="OUT.json")
+    p.add_argument("--height", type=_count(1), default=None, help="input height (default: the config's)")
+    p.add_argument("--width", type=_count(1), default=None, help="input width (default: the config's)")
+    p.add_argument("--json", default=None, metavar="OUT.json", type=_path)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.backbone=resnet18")
     p.set_defaults(func=cmd_info, weights=None, flip=False, workers=0)
 
@@ -563,15 +636,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid figures --run runs/acfl --which fig5a                 # curves only, no data needed\n"
                               "  hardreid figures --run runs/acfl --data-root ~/data/market --which fig4 fig5b \\\n"
                               "      --checkpoint runs/acfl/checkpoints/best.pth --output figures/acfl --queries 6")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of 'hardreid train' (config.yaml, metrics.json, checkpoints/)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", type=_path, help="run directory of 'hardreid train' (config.yaml, metrics.json, checkpoints/)")
     _add_data_args(p, required=False)
     p.add_argument("--which", nargs="+", choices=FIGURES, default=FIGURES, help="figures to make (default: all)")
-    p.add_argument("--output", default=None, metavar="DIR", help="where the PNG files go (default: RUN_DIR/figures)")
-    p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint for fig4 / fig5b (default: RUN_DIR/checkpoints/last.pth)")
-    p.add_argument("--queries", type=int, default=4, help="fig4: rows (queries from distinct clusters)")
-    p.add_argument("--identities", type=int, default=15, help="fig5b: identities shown (the paper: 15)")
-    p.add_argument("--seed", type=int, default=0, help="random choice of queries and identities")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes")
+    p.add_argument("--output", default=None, metavar="DIR", type=_path, help="where the PNG files go (default: RUN_DIR/figures)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path, help="checkpoint for fig4 / fig5b (default: RUN_DIR/checkpoints/last.pth)")
+    p.add_argument("--queries", type=_count(1), default=4, help="fig4: rows (queries from distinct clusters)")
+    p.add_argument("--identities", type=_count(1), default=15, help="fig5b: identities shown (the paper: 15)")
+    p.add_argument("--seed", type=_count(0), default=0, help="random choice of queries and identities")
+    p.add_argument("--workers", type=_count(0), default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
     p.set_defaults(func=cmd_figures)
 
@@ -580,9 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generates a synthetic multi-camera data set, scores the untrained model, trains "
                                    "the Cluster Contrast baseline on CPU and scores it again (a few minutes).",
                        epilog="examples:\n  hardreid demo\n  hardreid demo --output /tmp/demo --epochs 4")
-    p.add_argument("--output", default="hardreid_demo", metavar="DIR", help="where data, run and pictures go")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's 15)")
-    p.add_argument("--weights", default=None, metavar="FILE", help="start from these MobileNetV2 weights")
+    p.add_argument("--output", default="hardreid_demo", metavar="DIR", type=_path, help="where data, run and pictures go")
+    p.add_argument("--epochs", type=_count(1), default=None, help="training epochs (default: the demo's 15)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=_path, help="start from these MobileNetV2 weights")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("datasets", help="inspect data sets, generate the synthetic one, subsample identities",
@@ -593,12 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "do not parse, query identities without a cross-camera gallery match.",
                         epilog="examples:\n  hardreid datasets inspect ~/data/Market-1501-v15.09.15\n"
                                "  hardreid datasets inspect ~/crops --format folder --camera-pattern 'cam(\\d+)'")
-    q.add_argument("root", metavar="DIR")
+    q.add_argument("root", metavar="DIR", type=_path)
     q.add_argument("--format", choices=FORMATS, default=None)
     q.add_argument("--subset", choices=["labeled", "detected"], default=None)
     q.add_argument("--camera-pattern", default=None, metavar="REGEX")
     q.add_argument("--verify", action="store_true", help="also open every image (slower)")
-    q.add_argument("--json", default=None, metavar="OUT.json")
+    q.add_argument("--json", default=None, metavar="OUT.json", type=_path)
     q.set_defaults(func=cmd_datasets_inspect)
     q = dsub.add_parser("synth", help="write the synthetic data set (Market-1501 layout)", formatter_class=_formatter,
                         epilog="examples:\n  hardreid datasets synth data/synthetic\n"
@@ -606,17 +679,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "  # few-shot: 2 images per training identity, 2 cameras, strong colour casts\n"
                                "  hardreid datasets synth data/fewshot2 --train-ids 400 --cameras 2 --train-images-per-id 2 "
                                "--colour-strength 3")
-    q.add_argument("output", metavar="DIR")
-    q.add_argument("--train-ids", type=int, default=60)
-    q.add_argument("--test-ids", type=int, default=40)
-    q.add_argument("--cameras", type=int, default=4)
-    q.add_argument("--images-per-camera", type=int, default=4, metavar="N",
+    q.add_argument("output", metavar="DIR", type=_path)
+    q.add_argument("--train-ids", type=_count(1), default=60)
+    q.add_argument("--test-ids", type=_count(1), default=40)
+    q.add_argument("--cameras", type=_count(2), default=4)
+    q.add_argument("--images-per-camera", type=_count(1), default=4, metavar="N",
                    help="images of an identity in each of its cameras (default 4)")
-    q.add_argument("--train-images-per-id", type=int, default=0, metavar="N",
+    q.add_argument("--train-images-per-id", type=_count(0), default=0, metavar="N",
                    help="few-shot: exactly N images per training identity, over its cameras in turn (default 0: off)")
     q.add_argument("--colour-strength", type=float, default=1.0, metavar="S",
                    help="camera illumination / colour cast differences: 0 none, 1 default, 2-4 strong")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=_count(0), default=0)
     q.set_defaults(func=cmd_datasets_synth)
     q = dsub.add_parser("subsample", help="keep at most K training images per identity (Market-layout copy)",
                         formatter_class=_formatter,
@@ -627,8 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "  hardreid datasets subsample ~/data/Market-1501-v15.09.15 data/market_k2 --max-per-id 2 --seed 1")
     q.add_argument("source", metavar="SRC", help="data set in Market-1501 layout (market1501, dukemtmc, market)")
     q.add_argument("output", metavar="DST", help="new or empty folder (or an earlier subsample, replaced)")
-    q.add_argument("--max-per-id", type=int, required=True, metavar="K", help="training images kept per identity")
-    q.add_argument("--seed", type=int, default=0, help="which images are kept (default 0)")
+    q.add_argument("--max-per-id", type=_count(1), required=True, metavar="K", help="training images kept per identity")
+    q.add_argument("--seed", type=_count(0), default=0, help="which images are kept (default 0)")
     q.add_argument("--format", choices=["auto", "market1501", "dukemtmc", "market"], default=None,
                    help="layout of SRC (default: auto-detect)")
     q.set_defaults(func=cmd_datasets_subsample)
@@ -644,16 +717,39 @@ def main(argv: list[str] | None = None) -> int:
         (parser if args.command is None else parser._subparsers._group_actions[0].choices[args.command]).print_help()
         return 2
     try:
-        return func(args)
-    except UserError as exc:
-        from . import distributed
+        with terminate_as_interrupt():
+            return func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (signals.Terminated)
+        terminated = isinstance(exc, Terminated)
+        what = "terminated by SIGTERM" if terminated else "interrupted (Ctrl-C)"
+        print(f"hardreid {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
+        return SIGTERM_EXIT if terminated else SIGINT_EXIT
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else keeps its traceback
+        if sigterm_received():  # e.g. a loader worker the same SIGTERM killed first
+            print(f"hardreid {args.command}: terminated by SIGTERM{_resume_hint(args)}", file=sys.stderr)
+            return SIGTERM_EXIT
+        if isinstance(exc, UserError):
+            print(f"hardreid {args.command}: error{_rank_note()}: {clean_message(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError):  # the machine, not the input: a full disk, a vanished mount, ...
+            print(f"hardreid {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
 
-        where = f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
-        print(f"hardreid {args.command}: error{where}: {clean_message(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def _rank_note() -> str:
+    """Which process failed, when several run (torchrun)."""
+    from . import distributed
+
+    return f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted training run (nothing for other commands)."""
+    if args.command != "train" or not (Path(args.output) / "checkpoints" / "last.pth").is_file():
+        return ""
+    return (f"; checkpoints/last.pth holds the last finished epoch: continue with "
+            f"hardreid train --output {args.output} --data-root {args.data_root} --resume")
 
 
 if __name__ == "__main__":

@@ -5,16 +5,37 @@ Every hyperparameter is a key here; the defaults are the Cluster Contrast
 baseline of DESIGN.md section 3 (ResNet-50, 256x128, Jaccard k1 30 / k2 6,
 DBSCAN eps 0.5 / min_samples 4, memory momentum 0.1, temperature 0.05,
 Adam 3.5e-4, weight decay 5e-4).
+
+Validation (every config built by :func:`load_config` or :func:`config_from_dict`, and every run before it
+starts, passes through it; a bad value is one line naming the key, the value and what is allowed):
+
+* **types** come from the dataclass annotations and are strict: an ``int`` key refuses ``1.9`` (and ``true``),
+  a ``float`` key refuses ``nan`` / ``inf``, a ``bool`` key takes true/false (yes/no, on/off, 1/0 as text),
+  a ``str`` key refuses numbers and lists. Keys without a rule are only type-checked.
+* **ranges and choices** are one line per key in :data:`RULES`, keyed by ``"section.key"``::
+
+      "cluster.eps": Range(0, 1, low_open=True, high_open=True),  # DBSCAN radius on Jaccard distances
+      "memory.kind": OneOf("momentum", "instance", "queue"),
+
+  A new key adds one such line. Rules: ``Range`` (shorthands ``POSITIVE``, ``NON_NEGATIVE``, ``ABOVE_ZERO``,
+  ``PROBABILITY``), ``OneOf`` (choices kept in a registry: ``OneOf(function returning them)``), ``Matches``
+  (a regular expression the text must match), ``Pattern`` (the text is a regex with a group), ``Each(rule)``
+  for list keys.
+* **rules between keys** (batch_size a multiple of num_instances, increasing milestones, ...) live in
+  :func:`validate_config`, next to the table.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import math
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -225,6 +246,315 @@ class Config:
         return dataclasses.asdict(self)
 
 
+
+# -- validation: one rule per key ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """A number within bounds (``None`` = unbounded); ``*_open`` excludes the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def ok(self, value: Any) -> bool:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return low_ok and high_ok
+
+    def describe(self, kind: Any) -> str:
+        noun = "an integer" if kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{noun} {'<' if self.high_open else '<='} {self.high:g}"
+
+
+class OneOf:
+    """One of fixed choices, or of the names a registry holds (``OneOf(provider)``, asked when checking)."""
+
+    def __init__(self, *choices: Any) -> None:
+        self._choices = choices
+
+    def choices(self) -> tuple[Any, ...]:
+        if len(self._choices) == 1 and callable(self._choices[0]):
+            return tuple(self._choices[0]())
+        return self._choices
+
+    def ok(self, value: Any) -> bool:
+        return value in self.choices()
+
+    def describe(self, kind: Any) -> str:
+        return "one of " + ", ".join(str(c) for c in self.choices())
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Text matching a regular expression (in full)."""
+
+    pattern: str
+    text: str
+
+    def ok(self, value: Any) -> bool:
+        return re.fullmatch(self.pattern, value) is not None
+
+    def describe(self, kind: Any) -> str:
+        return self.text
+
+
+class Pattern:
+    """A regular expression with at least one group, or empty."""
+
+    def ok(self, value: Any) -> bool:
+        try:
+            return not value or re.compile(value).groups >= 1
+        except re.error:
+            return False
+
+    def describe(self, kind: Any) -> str:
+        return "empty or a regular expression whose first group is the camera id, e.g. 'c(\\d+)'"
+
+
+@dataclass(frozen=True)
+class Each:
+    """Every item of a list key satisfies ``rule``."""
+
+    rule: Any
+
+    def ok(self, value: Any) -> bool:
+        return all(self.rule.ok(item) for item in value)
+
+    def describe(self, kind: Any) -> str:
+        (item,) = get_args(kind) or (float,)
+        if isinstance(self.rule, OneOf):
+            return f"a list of names from: {', '.join(str(c) for c in self.rule.choices())}"
+        return f"a list of {self.rule.describe(item).replace('an integer', 'integers').replace('a number', 'numbers')}"
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """Satisfies one of ``rules`` (e.g. cluster.eps: a number in (0, 1) or ``auto``)."""
+
+    rules: tuple[Any, ...]
+
+    def ok(self, value: Any) -> bool:
+        for rule in self.rules:
+            try:
+                if rule.ok(value):
+                    return True
+            except TypeError:  # a number rule asked about text, or the reverse
+                continue
+        return False
+
+    def describe(self, kind: Any) -> str:
+        kinds = get_args(kind) or (kind,)
+        return " or ".join(rule.describe(k) for rule, k in zip(self.rules, kinds))
+
+
+def _registry(name: str) -> Callable[[], list[str]]:
+    """Names in a registry of training.methods (filled lazily by the modules that add to it)."""
+    def names() -> list[str]:
+        from .training import methods
+
+        methods._register_builtin()
+        return sorted(getattr(methods, name))
+    return names
+
+
+def _backbones() -> list[str]:
+    from .models import BACKBONES
+
+    return list(BACKBONES)
+
+
+POSITIVE = Range(1)  # integers >= 1
+NON_NEGATIVE = Range(0)
+ABOVE_ZERO = Range(0, low_open=True)  # temperatures, learning rates
+PROBABILITY = Range(0, 1)
+
+#: "section.key" -> what the key accepts beyond its type. Keys not listed here are only type-checked.
+RULES: dict[str, Any] = {
+    "data.format": OneOf("auto", "market1501", "dukemtmc", "msmt17", "cuhk03np", "market", "folder"),
+    "data.subset": OneOf("labeled", "detected"),
+    "data.camera_pattern": Pattern(),
+    "data.height": POSITIVE,
+    "data.width": POSITIVE,
+    "data.batch_size": POSITIVE,
+    "data.num_instances": POSITIVE,
+    "data.workers": NON_NEGATIVE,
+    "data.flip_p": PROBABILITY,
+    "data.pad": NON_NEGATIVE,
+    "data.erasing_p": PROBABILITY,
+    "data.blur_p": PROBABILITY,
+    "data.blur_sigma": Each(ABOVE_ZERO),
+    "data.std": Each(ABOVE_ZERO),
+    "model.backbone": OneOf(_backbones),
+    "model.last_stride": OneOf(1, 2),
+    "model.pooling": OneOf("avg", "gem"),
+    "model.gem_p": ABOVE_ZERO,
+    "cluster.k1": POSITIVE,
+    "cluster.k2": POSITIVE,
+    "cluster.algorithm": OneOf("dbscan", "hdbscan"),
+    # DBSCAN radius on Jaccard distances (in [0, 1]), or auto (set each epoch, pseudo_labels/density.py)
+    "cluster.eps": AnyOf((Range(0, 1, low_open=True, high_open=True), OneOf("auto"))),
+    "cluster.eps_rho": Range(0, 1, low_open=True),
+    "cluster.min_samples": POSITIVE,
+    "cluster.min_cluster_size": NON_NEGATIVE,  # 0 = min_samples
+    "cluster.hdbscan_selection": OneOf("eom", "leaf"),
+    "cluster.search": OneOf("exact", "fast"),
+    "cluster.camera_normalize": OneOf("none", "mean", "standardize"),
+    # 4 = the largest change of d = 2 - 2cos: every other-camera neighbour ranks before every same-camera one
+    "cluster.same_camera_penalty": Range(0, 4),
+    "cluster.large_cluster_factor": ABOVE_ZERO,
+    "cluster.warn_large_share": PROBABILITY,
+    "cluster.warn_single_camera_share": PROBABILITY,
+    "memory.temperature": ABOVE_ZERO,
+    "memory.momentum": PROBABILITY,
+    "memory.kind": OneOf("momentum", "instance", "queue"),
+    "memory.queue_ratio": Range(0, 1, low_open=True),
+    "optim.name": OneOf("adam", "sgd"),
+    "optim.lr": ABOVE_ZERO,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.step_size": POSITIVE,
+    "optim.gamma": ABOVE_ZERO,
+    "optim.milestones": Each(POSITIVE),
+    "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.warmup_factor": ABOVE_ZERO,
+    "train.epochs": POSITIVE,
+    "train.iters": NON_NEGATIVE,  # 0 = one pass over the clustered images
+    "train.eval_every": NON_NEGATIVE,
+    "train.seed": NON_NEGATIVE,
+    "train.device": Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    "train.calibrate_bn": OneOf("auto", "always", "never"),
+    "train.bn_chunk": NON_NEGATIVE,
+    "train.dist_timeout": ABOVE_ZERO,
+    "train.amp_dtype": OneOf("auto", "float16", "bfloat16"),
+    "train.save_every": POSITIVE,
+    "eval.batch_size": POSITIVE,
+    "eval.max_rank": POSITIVE,
+    "method.base": OneOf(_registry("BASES")),
+    "method.hard_samples": Each(OneOf(_registry("HARD_SAMPLES"))),
+    "spcl.temperature": ABOVE_ZERO,
+    "spcl.momentum": PROBABILITY,
+    "spcl.eps_gap": Range(0, 1, low_open=True, high_open=True),
+    "spcl.indep_percentile": PROBABILITY,
+    "ice.ema_momentum": PROBABILITY,
+    "ice.agnostic_temperature": ABOVE_ZERO,
+    "ice.label_smoothing": Range(0, 1, high_open=True),
+    "ice.camera_temperature": ABOVE_ZERO,
+    "ice.hard_negatives": POSITIVE,
+    "ice.camera_weight": NON_NEGATIVE,
+    "ice.intra_camera_weight": NON_NEGATIVE,
+    "ice.instance_temperature": ABOVE_ZERO,
+    "ice.instance_weight": NON_NEGATIVE,
+    "ice.consistency_temperature": ABOVE_ZERO,
+    "ice.consistency_weight": NON_NEGATIVE,
+    "acfl.hpf_steps": NON_NEGATIVE,
+    "acfl.hpf_lr_positive": NON_NEGATIVE,
+    "acfl.hpf_lr_negative": NON_NEGATIVE,
+    "acfl.hpi_steps": NON_NEGATIVE,
+    "acfl.hpi_lr": NON_NEGATIVE,
+    "acfl.hpf_mode": OneOf("both", "positive", "negative"),
+    "acfl.alignment": OneOf("re", "distance"),
+    "acfl.positive": OneOf("random", "hardest"),
+    "acfl.ins_weight": NON_NEGATIVE,
+    "hng.fusion": OneOf("part", "global", "concat", "noise", "mixup"),
+    "hng.fusion_lambda": PROBABILITY,
+    "hng.part_stride": POSITIVE,
+    "hng.noise_std": NON_NEGATIVE,
+    "hng.ngf": POSITIVE,
+    "hng.ndf": POSITIVE,
+    "hng.res_blocks": NON_NEGATIVE,
+    "hng.norm": OneOf("instance", "batch"),
+    "hng.lr": ABOVE_ZERO,
+    "hng.weight_decay": NON_NEGATIVE,
+    "hng.beta1": Range(0, 1, high_open=True),
+    "hng.temperature": ABOVE_ZERO,
+    "hng.rec_weight": NON_NEGATIVE,
+    "hng.hng_weight": NON_NEGATIVE,
+    "hng.adv_weight": NON_NEGATIVE,
+    "hng.con_weight": NON_NEGATIVE,
+    "hng.warmup_epochs": NON_NEGATIVE,
+    "hng.warmup_lr_step": POSITIVE,
+    "hng.joint_lr_step": POSITIVE,
+    "hng.lr_gamma": ABOVE_ZERO,
+    "hng.pictures": NON_NEGATIVE,
+}
+
+
+def check_value(key: str, value: Any, kind: Any, source: str = "") -> None:
+    """Raise a UserError when ``value`` of ``key`` (already of type ``kind``) breaks its rule in RULES."""
+    rule = RULES.get(key)
+    if rule is not None and not rule.ok(value):
+        where = f" in {source}" if source else ""
+        raise UserError(f"config key '{key}'{where} must be {rule.describe(kind)}, got {value!r}")
+
+
+def check_section(name: str, section: Any) -> None:
+    """Check every key of one section object (e.g. ``cfg.cluster``) as :func:`validate_config` does: for library
+    calls that take a section rather than a whole config."""
+    for key, kind in get_type_hints(type(section)).items():
+        value = getattr(section, key)
+        _coerce(value, kind, f"{name}.{key}", "the config")
+        check_value(f"{name}.{key}", value, kind)
+
+
+def _fields(cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(section.key, value, annotated type) of every key."""
+    out = []
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        for key, kind in get_type_hints(type(obj)).items():
+            out.append((f"{section.name}.{key}", getattr(obj, key), kind))
+    return out
+
+
+def validate_config(cfg: Config) -> Config:
+    """Check every key's type and rule, then the rules between keys; raise one clear UserError."""
+    for key, value, kind in _fields(cfg):
+        _coerce(value, kind, key, "the config")  # types of values set in Python (not through apply_dict)
+        check_value(key, value, kind)
+    d, c, o = cfg.data, cfg.cluster, cfg.optim
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise UserError(f"config: {message}")
+
+    need(d.batch_size % d.num_instances == 0,
+         f"data.batch_size ({d.batch_size}) must be a multiple of data.num_instances ({d.num_instances}): "
+         "a batch holds P identities x K = num_instances images")
+    need(d.batch_size >= 2 * d.num_instances,
+         f"data.batch_size ({d.batch_size}) must hold at least 2 identities of data.num_instances ({d.num_instances}) "
+         f"images, i.e. be >= {2 * d.num_instances}: contrastive losses need negatives in the batch")
+    need(len(d.blur_sigma) == 2 and d.blur_sigma[0] <= d.blur_sigma[1],
+         f"data.blur_sigma must be [low, high] with low <= high, got {d.blur_sigma}")
+    need(len(d.mean) == 3 and len(d.std) == 3, f"data.mean and data.std need 3 values (R, G, B), got {d.mean} and {d.std}")
+    need(c.k2 <= c.k1, f"cluster.k2 ({c.k2}) must not exceed cluster.k1 ({c.k1}): query expansion uses the k2 "
+                       "nearest of the k1 neighbours")
+    need(all(a < b for a, b in zip(o.milestones, o.milestones[1:])),
+         f"optim.milestones must be increasing epochs, got {o.milestones}")
+    need(all(len(e) == 2 and e[0] >= 0 and float(e[0]).is_integer() and e[1] >= 0 for e in o.lr_schedule),
+         f"optim.lr_schedule must be a list of [epoch >= 0, factor >= 0] pairs, got {o.lr_schedule}")
+    starts = [e[0] for e in o.lr_schedule]
+    need(not starts or (starts[0] == 0 and all(a < b for a, b in zip(starts, starts[1:]))),
+         f"optim.lr_schedule must start at epoch 0 with increasing epochs, got {o.lr_schedule}")
+    need(not (cfg.train.sync_bn and cfg.train.bn_chunk > 0),
+         f"train.sync_bn normalises over the global batch and train.bn_chunk={cfg.train.bn_chunk} over chunks of it: "
+         "choose one (train.bn_chunk=0 with train.sync_bn=true)")
+    need(len(set(cfg.method.hard_samples)) == len(cfg.method.hard_samples),
+         f"method.hard_samples lists a generator twice: {cfg.method.hard_samples}")
+    if cfg.method.base == "spcl":
+        need(cfg.spcl.eps_gap < c.eps, f"spcl.eps_gap ({cfg.spcl.eps_gap}) must be smaller than cluster.eps ({c.eps}): "
+                                        "SpCL clusters again with eps - eps_gap")
+    if cfg.model.backbone.startswith("vit"):
+        need(d.height % 16 == 0 and d.width % 16 == 0,
+             f"data.height and data.width must be multiples of 16 for {cfg.model.backbone} (16x16 patches), "
+             f"got {d.height}x{d.width}")
+    return cfg
+
+
+# -- building a config: defaults, YAML files, overrides ------------------------------------------------------
 def _section_types(cfg: Config) -> dict[str, type]:
     return {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
@@ -235,37 +565,62 @@ def _unknown(kind: str, name: str, choices: list[str], source: str) -> UserError
     return UserError(f"unknown config {kind} '{name}' in {source}.{hint} Valid: {', '.join(sorted(choices))}")
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def _coerce(value: Any, target: Any, key: str, source: str) -> Any:
-    """Convert ``value`` to the declared type of ``key`` (YAML scalars, CLI strings)."""
-    origin = getattr(target, "__origin__", None)
+    """``value`` as the declared type of ``key`` (YAML scalars, CLI strings); strict: nothing is truncated."""
+    def refuse(expected: str) -> UserError:
+        return UserError(f"config key '{key}' in {source} must be {expected}, got {value!r}")
+
     if isinstance(target, types.UnionType):  # e.g. cluster.eps: float | str ("auto"): the first type that fits
-        for option in target.__args__:
+        for option in get_args(target):
             try:
                 return _coerce(value, option, key, source)
             except UserError:
                 continue
-    try:
-        if target is bool:
-            if isinstance(value, str):
-                low = value.lower()
-                if low in ("true", "yes", "1", "on"):
-                    return True
-                if low in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if origin is list:
-            if isinstance(value, str):
+        raise refuse(" or ".join(getattr(t, "__name__", str(t)) for t in get_args(target)))
+    if get_origin(target) is list:
+        if isinstance(value, str):  # command line (or a YAML string): parse as YAML
+            try:
                 value = yaml.safe_load(value) if value.strip() else []
-                if not isinstance(value, list):
-                    value = [value]
-            (item_type,) = target.__args__
-            return [_coerce(v, item_type, key, source) for v in value]
-        if target is str:
-            return "" if value is None else str(value)
-        return target(value)
-    except (TypeError, ValueError):
-        raise UserError(f"config key '{key}' in {source}: cannot use {value!r} as {getattr(target, '__name__', target)}") from None
+            except yaml.YAMLError:
+                raise refuse("a list such as [a, b]") from None
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            value = [value]
+        (item_type,) = get_args(target)
+        return [_coerce(v, item_type, key, source) for v in value]
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise refuse("true or false")
+    if target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            return int(value)
+        raise refuse("an integer")
+    if target is float:
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise refuse("a number") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise refuse("a finite number")
+        return float(number)
+    if target is str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        raise refuse("text (put it in quotes)")
+    return value
 
 
 def apply_dict(cfg: Config, values: dict[str, Any], source: str) -> Config:
@@ -274,6 +629,8 @@ def apply_dict(cfg: Config, values: dict[str, Any], source: str) -> Config:
     for section, entries in values.items():
         if section not in sections:
             raise _unknown("section", section, list(sections), source)
+        if entries is None:
+            continue
         if not isinstance(entries, dict):
             raise UserError(f"config section '{section}' in {source} must be a mapping of keys, got {entries!r}")
         obj = getattr(cfg, section)
@@ -281,26 +638,40 @@ def apply_dict(cfg: Config, values: dict[str, Any], source: str) -> Config:
         for key, value in entries.items():
             if key not in hints:
                 raise _unknown("key", f"{section}.{key}", [f"{section}.{k}" for k in hints], source)
-            setattr(obj, key, _coerce(value, hints[key], f"{section}.{key}", source))
+            value = _coerce(value, hints[key], f"{section}.{key}", source)
+            check_value(f"{section}.{key}", value, hints[key], source)
+            setattr(obj, key, value)
     return cfg
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML file and merge it over its ``_base_`` chain (paths relative to the file)."""
-    path = path.resolve()
+    try:
+        path = path.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop
+        raise UserError(f"config file {path} cannot be resolved: {exc}") from None
     if path in seen:
         raise UserError(f"config {path} inherits from itself through _base_")
+    if path.is_dir():
+        raise UserError(f"config {path} is a folder, expected a YAML file (e.g. {path}/market1501.yaml)")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                        f"{exc.start}); save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     bases = data.pop("_base_", None) or []
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise UserError(f"_base_ in {path} must be a file name or a list of file names, got {bases!r}")
     merged: dict[str, Any] = {}
     for base in bases:
         _deep_merge(merged, _read_yaml(path.parent / base, seen + (path,)))
@@ -350,30 +721,36 @@ def resolve_config(name_or_file: str | Path) -> Path:
     if packaged.is_file():
         return packaged
     if path.is_dir():
-        raise UserError(f"config {path} is a folder; pass a YAML file or a config name such as acfl/market1501")
+        raise UserError(f"config {path} is a folder, expected a YAML file or a config name such as acfl/market1501")
     names = packaged_configs()
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(close)}?" if close else " 'hardreid configs' lists the names."
     raise UserError(f"config {name_or_file} does not exist: it is neither a file nor a packaged config name.{hint}")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file or packaged config (with its bases), then command-line overrides."""
-    cfg = Config()
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: Config | None = None) -> Config:
+    """Defaults (or a copy of ``base``), then the YAML file or packaged config (with its bases), then command-line
+    overrides."""
+    cfg = copy.deepcopy(base) if base is not None else Config()
     if path is not None:
         apply_dict(cfg, _read_yaml(resolve_config(path)), str(path))
     if overrides:
         apply_dict(cfg, parse_overrides(overrides), "command-line overrides")
-    return cfg
+    return validate_config(cfg)
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a Config saved in a checkpoint (unknown keys are an error)."""
-    return apply_dict(Config(), values, "checkpoint config")
+def config_from_dict(values: dict[str, Any], source: str = "checkpoint config") -> Config:
+    """Rebuild a Config saved in a checkpoint (unknown keys and bad values are an error)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source} must be a mapping of sections, got {type(values).__name__}")
+    return validate_config(apply_dict(Config(), values, source))
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as YAML, atomically (a kill never leaves a half-written config.yaml)."""
+    from .files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 load = load_config

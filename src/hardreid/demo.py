@@ -13,6 +13,7 @@ from .config import Config, apply_dict
 from .data.datasets import load_dataset
 from .data.synthetic import SyntheticConfig, generate_synthetic
 from .errors import UserError
+from .serialization import load_pth
 from .evaluation.pipeline import query_gallery_distances, score_distances
 from .training import model_from_config, resolve_device, train
 from .training.run_files import LOG, setup_logging
@@ -48,8 +49,8 @@ DEMO_DATA: dict[str, Any] = {"background_strength": 0.35, "person_width": 1.4}
 def _weights_backbone(path: str) -> str:
     """Architecture of a torchvision-layout state dict (the demo's --weights may be MobileNetV2 or ResNet)."""
     try:
-        state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - the model loader reports unreadable files with a clear message
+        state = load_pth(path, "weights file")
+    except UserError:  # the model loader reports unreadable files with a clear message
         return "mobilenet_v2"
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

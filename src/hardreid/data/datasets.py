@@ -23,7 +23,7 @@ from hardreid.errors import UserError
 
 PathLike = str | os.PathLike[str]
 
-MARKET_PATTERN = re.compile(r"([-\d]+)_c(\d)")
+MARKET_PATTERN = re.compile(r"([-\d]+)_c(\d+)")  # identity, camera (c12 is camera 12, not 1)
 MARKET_SPLITS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 MARKET_SUBDIRS = ("Market-1501-v15.09.15", "Market-1501")
 DUKE_SUBDIRS = ("DukeMTMC-reID",)
@@ -62,6 +62,9 @@ def _listing(items: list[str]) -> str:
 def _check_root(root: PathLike) -> str:
     """Absolute path of ``root``; raise when it is not an existing folder."""
     path = os.path.abspath(os.fspath(root))
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UserError(f"data set folder {path} is a symbolic link that leads nowhere (broken, or a loop): "
+                        "point it at the folder with the images.")
     if not os.path.exists(path):
         raise UserError(f"data set folder {path} does not exist: check the path (expected a folder with the images).")
     if not os.path.isdir(path):
@@ -77,22 +80,45 @@ def _find_base(root: str, subdirs: tuple[str, ...], markers: tuple[str, ...]) ->
     return None
 
 
-def _scan(folder: str, recursive: bool = False) -> tuple[list[str], list[str]]:
-    """Sorted image paths and sorted other file paths in ``folder``."""
+def _scan(folder: str, recursive: bool = False, log: _Log | None = None) -> tuple[list[str], list[str]]:
+    """Sorted image paths and sorted other file paths in ``folder``.
+
+    Subfolders are searched when ``recursive`` (each real folder once: a symbolic link back to a parent is
+    not followed again), else reported in ``log``'s warnings. An unreadable folder is a UserError.
+    """
     images: list[str] = []
     others: list[str] = []
-    stack = [folder]
+    skipped: list[str] = []
+    stack, seen = [folder], set()
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir():
-                    if recursive:
-                        stack.append(entry.path)
-                elif is_image_name(entry.name):
-                    images.append(entry.path)
-                else:
-                    others.append(entry.path)
+        current = stack.pop()
+        try:
+            real = os.path.realpath(current)
+            if real in seen:
+                continue
+            seen.add(real)
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if _is_dir(entry):
+                        (stack if recursive else skipped).append(entry.path)
+                    elif is_image_name(entry.name):
+                        images.append(entry.path)
+                    else:
+                        others.append(entry.path)
+        except OSError as exc:
+            raise UserError(f"cannot read folder {current}: {exc.strerror or exc}. Check its permissions.") from None
+    if skipped and log is not None:
+        log.warnings.append(f"ignored {len(skipped)} subfolder(s) of {folder} (e.g. {os.path.basename(sorted(skipped)[0])}): "
+                            "only images directly in the split folder are read; move their images up if they belong to it.")
     return sorted(images), sorted(others)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder (or a link to one); a broken or looping link is not."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _warn_other_files(others: list[str], folder: str, log: _Log) -> None:
@@ -179,7 +205,7 @@ def _require_splits(base: str, dirnames: list[str], what: str) -> None:
 
 def _market_split(base: str, split: str, example: str, log: _Log) -> list[Sample]:
     folder = os.path.join(base, MARKET_SPLITS[split])
-    images, others = _scan(folder)
+    images, others = _scan(folder, log=log)
     _warn_other_files(others, folder, log)
     _check_not_empty(images, folder, split, log)
     samples = _parse_market(images, folder, example, log)
@@ -264,8 +290,16 @@ def cuhk03np(root: PathLike, *, subset: str = "detected", strict: bool = True) -
 # ---------------------------------------------------------------- MSMT17
 
 
+def _is_msmt_base(base: str) -> bool:
+    """list_train.txt next to MSMT17's image folders (a stray list file alone does not make MSMT17)."""
+    return os.path.isfile(os.path.join(base, MSMT_LISTS["train"])) and any(
+        os.path.isdir(os.path.join(base, train)) for train, _ in MSMT_VERSIONS.values())
+
+
 def _msmt_base(root: str) -> str:
-    base = _find_base(root, MSMT_SUBDIRS, ("list_train.txt",))
+    base = next((b for b in (root, *(os.path.join(root, sub) for sub in MSMT_SUBDIRS)) if _is_msmt_base(b)), None)
+    if base is None:
+        base = _find_base(root, MSMT_SUBDIRS, ("list_train.txt",))  # lists without images: _msmt_dirs explains
     if base is None:
         raise UserError(
             f"no MSMT17 data set found in {root}: expected list_train.txt in it or in a subfolder "
@@ -464,7 +498,7 @@ FORMATS: dict[str, Callable[..., ReidDataset]] = {
 }
 
 _AUTO_RULES: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("msmt17", lambda r: _find_base(r, MSMT_SUBDIRS, ("list_train.txt",)) is not None),
+    ("msmt17", lambda r: any(_is_msmt_base(b) for b in (r, *(os.path.join(r, sub) for sub in MSMT_SUBDIRS)))),
     ("cuhk03np", lambda r: _find_base(r, CUHK03NP_SUBDIRS, CUHK03NP_SUBSETS) is not None),
     ("dukemtmc", lambda r: os.path.basename(r) in DUKE_SUBDIRS or os.path.isdir(os.path.join(r, DUKE_SUBDIRS[0]))),
     ("market1501", lambda r: os.path.basename(r).startswith("Market-1501")
@@ -481,7 +515,7 @@ def detect_format(root: PathLike) -> str:
         if rule(path):
             return name
     raise UserError(
-        f"cannot tell the data set format of {path}: looked for MSMT17 list_train.txt (in it or in "
+        f"cannot tell the data set format of {path}: looked for MSMT17 list_train.txt with train/ or mask_train_v2/ (in it or in "
         f"{'/, '.join(MSMT_SUBDIRS)}/), cuhk03-np/ or labeled/ + detected/, DukeMTMC-reID/, "
         f"{'/ or '.join(MARKET_SUBDIRS)}/, and bounding_box_train/ or query/ + bounding_box_test/. Choose the format explicitly "
         f"(one of {', '.join(FORMATS)}); use 'folder' for a plain folder of unlabelled images."

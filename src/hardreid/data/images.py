@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
+import numpy as np
 from PIL import Image
 
 from hardreid.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (and 32-bit integer) greyscale
 
 
 def is_image_name(name: str) -> bool:
@@ -17,28 +20,48 @@ def is_image_name(name: str) -> bool:
 
 
 def read_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open ``path`` fully decoded as an RGB image.
+    """Open ``path`` fully decoded as an 8-bit RGB image.
 
-    Unreadable, empty or truncated files raise :class:`UserError` naming the file.
+    16-bit greyscale (e.g. 16-bit PNG) is scaled to 8 bits (0..65535 -> 0..255); PIL's own conversion
+    would clip it to white. Unreadable, empty or truncated files raise :class:`UserError` naming the file.
     """
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in WIDE_GREY_MODES:
+                return _wide_grey_to_rgb(img)
             return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = _reason(path, exc)
+    except Exception as exc:  # noqa: BLE001 - decoders raise many kinds of errors (OSError, SyntaxError, KeyError, ...)
         raise UserError(
-            f"cannot read image {os.fspath(path)}: {reason}. "
+            f"cannot read image {os.fspath(path)}: {_reason(path, exc)}. "
             "Replace or remove the file (expected a readable JPEG, PNG or BMP image)."
         ) from exc
 
 
+def _wide_grey_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit greyscale -> 8-bit RGB by value / 257 (65535 -> 255), rounded."""
+    values = np.asarray(img, dtype=np.float64)
+    grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
 def _reason(path: str | os.PathLike[str], exc: BaseException) -> str:
-    """Short human reason for a failed read."""
+    """A plain-words reason for a failed read, with the decoder's own words in brackets when they help."""
     try:
+        if os.path.isdir(path):
+            return "it is a folder, not an image file"
         if os.path.getsize(path) == 0:
             return "the file is empty (0 bytes)"
     except OSError:
         return "the file does not exist or cannot be opened"
-    text = str(exc).strip() or type(exc).__name__
-    return text.replace(os.fspath(path), "").replace("''", "").strip(" :") or type(exc).__name__
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES:
+        return "no permission to read the file"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"the image is too large to decode safely ({exc})"
+    text = str(exc).replace(os.fspath(path), "").replace("''", "").strip(" :")
+    if "truncated" in text.lower():
+        return "the file is truncated (an incomplete download or copy?)"
+    if "cannot identify image file" in text:
+        return "its content is not a JPEG, PNG or BMP image (damaged, or another format with an image extension)"
+    detail = text or type(exc).__name__
+    return f"the file is damaged or uses a variant of its format that cannot be decoded (decoder: {detail})"

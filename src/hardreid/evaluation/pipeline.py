@@ -21,12 +21,27 @@ def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (2.0 - 2.0 * (a @ b.t())).clamp_(min=0.0)
 
 
-def query_gallery_features(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
-                           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of the query and of the gallery images (shared by the processes; call it on every one)."""
+def check_evaluable(dataset: ReidDataset) -> int:
+    """Number of queries that can be scored (a gallery image of the same identity in another camera);
+    a UserError when the splits are empty or no query can be scored. Reads no image."""
+    from ..data.inspect import unmatched_queries
+
     if not dataset.query or not dataset.gallery:
         raise UserError(f"data set at {dataset.root} has no query or gallery images to evaluate on "
                         f"(query {len(dataset.query)}, gallery {len(dataset.gallery)})")
+    scored = len(dataset.query) - len(unmatched_queries(dataset.query, dataset.gallery))
+    if scored == 0:
+        raise UserError(f"no query of {dataset.root} has a gallery image of the same identity from another camera "
+                        f"({len(dataset.query)} queries, {len(dataset.gallery)} gallery images), so nothing can be "
+                        "scored: check the query/gallery folders and the identity and camera numbers in the file names "
+                        "(hardreid datasets inspect shows them)")
+    return scored
+
+
+def query_gallery_features(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
+                           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the query and of the gallery images (shared by the processes; call it on every one)."""
+    check_evaluable(dataset)
     transform = eval_transform(data_cfg)
     kwargs = dict(batch_size=eval_cfg.batch_size, workers=data_cfg.workers, device=device, flip=eval_cfg.flip)
     qf = extract_features_sharded(model, dataset.query, transform, desc="query features", **kwargs)

@@ -18,6 +18,7 @@ import torchvision
 from torch import nn
 
 from ..errors import UserError
+from ..serialization import load_pth
 from .weights import load_fitting_state
 from .vit import TIMM_NAMES, ViTBackbone, download_vit_weights, load_vit_weights, vit_backbone
 
@@ -158,10 +159,7 @@ def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; pass a torchvision-layout state dict (e.g. --weights mobilenet_v2_imagenet.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise UserError(f"cannot read weights file {path}: {exc}") from None
+    state = load_pth(path, "weights file")
     mapped = _backbone_state(state, model.backbone_name)
     load_fitting_state(model.backbone, mapped, path, model.backbone_name,
                        "Pass a torchvision state dict of the same architecture.")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..serialization import load_pth
 from .weights import load_fitting_state
 
 # Our name -> timm architecture name.
@@ -69,13 +70,13 @@ def _unwrap(state: Any) -> dict[str, torch.Tensor]:
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix != ".safetensors":
+        return _unwrap(load_pth(path, "weights file"))
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
-            return load_file(str(path))
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parsing failure is a bad file
         raise UserError(f"cannot read weights file {path}: {exc}") from None
 
 

@@ -15,16 +15,16 @@ import scipy.sparse as sp
 import torch
 
 from hardreid.errors import UserError
-from hardreid.pseudo_labels.camera import CAMERA_NORMALIZE, camera_normalize
+from hardreid.pseudo_labels.camera import camera_normalize
 from hardreid.pseudo_labels.cluster import ClusterStats, cluster_statistics, dbscan_labels
-from hardreid.pseudo_labels.density import HDBSCAN_SELECTION, auto_eps, hdbscan_labels
+from hardreid.pseudo_labels.density import auto_eps, hdbscan_labels
 from hardreid.pseudo_labels.diagnostics import (
     ClusterDiagnostics,
     cluster_diagnostics,
     collapse_reasons,
     collapse_warning,
 )
-from hardreid.pseudo_labels.jaccard import SEARCH_MODES, compute_jaccard_distance
+from hardreid.pseudo_labels.jaccard import compute_jaccard_distance
 
 __all__ = ["ALGORITHMS", "EpochClusters", "check_cluster_config", "cluster_epoch"]
 
@@ -62,32 +62,11 @@ class EpochClusters:
 
 
 def check_cluster_config(c: Any) -> None:
-    """Raise UserError for a ``cluster`` section the options below cannot run (checked before any work)."""
-    if c.algorithm not in ALGORITHMS:
-        raise UserError(f"unknown cluster.algorithm {c.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if c.search not in SEARCH_MODES:
-        raise UserError(f"unknown cluster.search {c.search!r}; choose one of {', '.join(SEARCH_MODES)}")
-    if c.camera_normalize not in CAMERA_NORMALIZE:
-        raise UserError(f"unknown cluster.camera_normalize {c.camera_normalize!r}; "
-                        f"choose one of {', '.join(CAMERA_NORMALIZE)}")
-    if c.hdbscan_selection not in HDBSCAN_SELECTION:
-        raise UserError(f"unknown cluster.hdbscan_selection {c.hdbscan_selection!r}; "
-                        f"choose one of {', '.join(HDBSCAN_SELECTION)}")
-    if isinstance(c.eps, str):
-        if c.eps != "auto":
-            raise UserError(f"cluster.eps must be a number or 'auto', got {c.eps!r}")
-    elif not 0 < c.eps < 1:
-        raise UserError(f"cluster.eps={c.eps} must be in (0, 1): Jaccard distances lie in [0, 1] (typical 0.4-0.7)")
-    if not 0 < c.eps_rho <= 1:
-        raise UserError(f"cluster.eps_rho={c.eps_rho} must be in (0, 1] (SSG / MMT: 0.0016)")
-    if c.min_samples < 1 or c.min_cluster_size < 0:
-        raise UserError(f"cluster.min_samples must be >= 1 and cluster.min_cluster_size >= 0 (0 = min_samples), got "
-                        f"{c.min_samples} and {c.min_cluster_size}")
-    if not 0 <= c.same_camera_penalty <= 4:
-        raise UserError(f"cluster.same_camera_penalty={c.same_camera_penalty} must be in [0, 4] "
-                        "(4: every other-camera neighbour ranks before every same-camera one)")
-    if c.large_cluster_factor <= 0:
-        raise UserError(f"cluster.large_cluster_factor={c.large_cluster_factor} must be positive")
+    """Raise UserError for a ``cluster`` section the options below cannot run (checked before any work): the
+    rules of ``config.RULES`` for every ``cluster.*`` key."""
+    from hardreid.config import check_section
+
+    check_section("cluster", c)
 
 
 def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg: Any,

@@ -1,20 +1,21 @@
-"""The run directory: log file, per-epoch metrics (CSV + JSON, optionally TensorBoard), atomic checkpoints."""
+"""The run directory: log file, per-epoch metrics (CSV + JSON, optionally TensorBoard), atomic checkpoints (see
+hardreid.files)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import distributed
+from ..files import atomic_write, atomic_write_text, remove_stale_temp_files
 
 LOG = logging.getLogger("hardreid")
 
@@ -50,32 +51,34 @@ def setup_logging(log_file: Path | None = None, verbose: bool = True) -> None:
     LOG.propagate = False
 
 
+# Temporary files of earlier versions (mkstemp names); today's are .*.hardreid-tmp (hardreid.files).
+OLD_TEMP_FILES = {".": ("metrics.json.tmp", "metrics.csv.tmp"), "checkpoints": ("last.pth.*.tmp", "best.pth.*.tmp")}
+
+
+def open_run_dir(run_dir: Path, verbose: bool = True) -> None:
+    """Create the run directory, remove temporary files a killed run left, log to its train.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder, older in OLD_TEMP_FILES.items():
+        remove_stale_temp_files(run_dir / folder, older)
+    setup_logging(run_dir / "train.log", verbose=verbose)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """torch.save to a temporary file in the same folder, then rename over ``path`` (see hardreid.files)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def write_metrics(history: list[dict[str, Any]], run_dir: Path) -> None:
     """``metrics.json`` (everything) and ``metrics.csv`` (the main columns plus any loss terms)."""
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, run_dir / "metrics.json")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(history, indent=1))
     extra = sorted({k for row in history for k in row if k not in METRIC_COLUMNS and not isinstance(row[k], (dict, list))})
     columns = METRIC_COLUMNS + extra
-    with open(run_dir / "metrics.csv.tmp", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: _fmt(row.get(k)) for k in columns})
-    os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    atomic_write_text(run_dir / "metrics.csv", table.getvalue())
 
 
 def _fmt(value: Any) -> Any:

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..config import Config, OptimConfig, config_from_dict, dump_config
+from ..config import Config, OptimConfig, config_from_dict, dump_config, validate_config
 from ..data.loaders import InfiniteIdentityLoader, check_batch_split
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
@@ -36,7 +36,10 @@ from ..pseudo_labels import check_cluster_config, cluster_epoch
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
-from .run_files import LOG, TensorBoardLog, setup_logging, write_metrics
+from .preflight import check_before_training, require_training_images
+from .resume import Continuation, checkpoint_to_continue, trained_on
+from .rng import rng_state, set_rng_state
+from .run_files import LOG, TensorBoardLog, open_run_dir, setup_logging, write_metrics
 
 
 @dataclass
@@ -55,14 +58,6 @@ def resolve_device(name: str) -> torch.device:
     return distributed.single_device(name)
 
 
-def check_parallel_config(cfg: Config, world: int) -> None:
-    """The global batch must split into equal shares of whole identities; SyncBatchNorm and bn_chunk exclude each other."""
-    check_batch_split(cfg.data.batch_size, cfg.data.num_instances, world)
-    if cfg.train.sync_bn and cfg.train.bn_chunk > 0:
-        raise UserError(f"train.sync_bn normalises over the global batch and train.bn_chunk={cfg.train.bn_chunk} over "
-                        "chunks of it: choose one (train.bn_chunk=0 with sync_bn)")
-
-
 def batchnorm_group(cfg: Config, world: int) -> int:
     """How many images each BatchNorm normalises together in training mode (the setting results depend on)."""
     if cfg.train.sync_bn and world > 1:
@@ -77,9 +72,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_from_config(cfg: Config) -> ReidModel:
+def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
+    """The configured model; ``initial_weights=False`` skips model.weights / model.pretrained (a checkpoint
+    will provide every weight)."""
     m = cfg.model
-    model = build_model(m.backbone, weights=m.weights or None, pretrained=m.pretrained, last_stride=m.last_stride,
+    model = build_model(m.backbone, weights=(m.weights or None) if initial_weights else None,
+                        pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
                         img_size=(cfg.data.height, cfg.data.width))
     return model.use_channels_last(cfg.train.channels_last)
@@ -148,36 +146,18 @@ def label_agreement(labels: torch.Tensor, dataset: ReidDataset) -> dict[str, flo
     return {"label_ari": float(adjusted_rand_score(truth, pred)), "label_nmi": float(normalized_mutual_info_score(truth, pred))}
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def require_training_images(dataset: ReidDataset) -> None:
-    if not dataset.train:
-        raise UserError(f"data set at {dataset.root} has no training images (e.g. bounding_box_train/ is missing or "
-                        "empty): train needs them; a test-only folder works with evaluate and extract")
-
-
 class Trainer:
     """One run: holds model, optimiser, method and history; ``fit`` runs the remaining epochs."""
 
-    def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None) -> None:
+    def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None,
+                 initial_weights: bool = True) -> None:
         require_training_images(dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
         self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # joins torchrun's processes
-        check_parallel_config(cfg, distributed.world_size())
+        check_batch_split(cfg.data.batch_size, cfg.data.num_instances, distributed.world_size())  # equal shares
         seed_everything(cfg.train.seed)
-        model = (model or model_from_config(cfg)).to(self.device)
+        model = (model or model_from_config(cfg, initial_weights)).to(self.device)
         self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
         self.embed = distributed.data_parallel(self.model, "embed")  # the step's forward; gradients averaged over processes
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
@@ -203,11 +183,14 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
-                "rng": _rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
-                "pseudo_labels": self.previous_labels, "world_size": distributed.world_size()}
+                "rng": rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
+                "trained_on": trained_on(self.cfg, self.dataset), "world_size": distributed.world_size(),
+                "pseudo_labels": None if self.previous_labels is None else torch.as_tensor(self.previous_labels)}
 
-    def resume(self, path: Path) -> None:
-        state = distributed.main_then_broadcast(lambda: load_checkpoint(path))  # rank 0 reads, every process loads
+    def resume(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``state``: its contents, when already read; else rank 0 reads it
+        and sends it to the other processes)."""
+        state = distributed.main_then_broadcast(lambda: load_checkpoint(path)) if state is None else state
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -216,8 +199,9 @@ class Trainer:
         self.method.load_state_dict(state.get("method", {}))
         self.history, self.best_map = state["history"], state["best_map"]
         self.start_epoch = state["epoch"]
-        self.previous_labels = state.get("pseudo_labels")
-        _set_rng_state(state["rng"])
+        labels = state.get("pseudo_labels")
+        self.previous_labels = None if labels is None else np.asarray(labels)
+        set_rng_state(state["rng"])
         LOG.info("resumed from %s after epoch %d", path, self.start_epoch)
         self.check_world_change(state.get("world_size", 1))
 
@@ -331,8 +315,6 @@ class Trainer:
 
     def wants_bn_calibration(self) -> bool:
         mode = self.cfg.train.calibrate_bn
-        if mode not in ("auto", "always", "never"):
-            raise UserError(f"train.calibrate_bn must be auto, always or never, not '{mode}'")
         random_init = not (self.cfg.model.weights or self.cfg.model.pretrained)
         return mode == "always" or (mode == "auto" and random_init)
 
@@ -413,45 +395,54 @@ class Trainer:
         self.save(epoch + 1, row)
 
     def save(self, epoch: int, row: dict[str, Any]) -> None:
+        """last.pth (every save_every epochs, the last epoch, and whenever the mAP improved), then best.pth.
+
+        In this order a kill between or during the two writes leaves last.pth holding the best epoch, from
+        which resume rewrites a stale best.pth (``resume.repair_best_checkpoint``).
+        """
         ckpt_dir = self.run_dir / "checkpoints"
         improved = "mAP" in row and row["mAP"] > self.best_map
         if improved:
             self.best_map = row["mAP"]
         state = self.state(epoch)
-        if epoch % max(self.cfg.train.save_every, 1) == 0 or epoch == self.cfg.train.epochs:
+        if improved or epoch % self.cfg.train.save_every == 0 or epoch == self.cfg.train.epochs:
             save_checkpoint(state, ckpt_dir / "last.pth")
         if improved:
             save_checkpoint(state, ckpt_dir / "best.pth")
 
 
 def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidModel | None = None,
-          resume: bool = False, log_to_stderr: bool = True) -> TrainResult:
+          resume: bool = False, log_to_stderr: bool = True, start_from: str | Path | None = None) -> TrainResult:
     """Train ``cfg``'s method on ``dataset``, writing everything into ``output``.
 
-    With ``resume`` the run continues from ``output/checkpoints/last.pth``.
+    With ``resume`` the run continues from ``output/checkpoints/last.pth``; only the config keys of
+    ``resume.RESUMABLE_KEYS`` may differ from the checkpoint's. ``start_from``: a checkpoint of another run to
+    continue from as a new stage (any config key may differ; the training images must be the same). Config,
+    checkpoint, data and output folder are checked before anything is written or computed.
     """
-    require_training_images(dataset)  # before anything is written into the run directory
+    validate_config(cfg)
     run_dir = Path(output)
-    last = run_dir / "checkpoints" / "last.pth"
-    distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # several processes (torchrun): rank 0 writes the run
-    distributed.main_then_broadcast(lambda: prepare_run_dir(cfg, run_dir, resume))
-    setup_logging(run_dir / "train.log", verbose=log_to_stderr)
-    trainer = Trainer(cfg, dataset, run_dir, model)
+    distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # several processes (torchrun): rank 0 reads and writes
+    previous = distributed.main_then_broadcast(
+        lambda: prepare_run_dir(cfg, dataset, run_dir, resume, start_from, log_to_stderr))  # every process gets it
+    setup_logging(run_dir / "train.log", verbose=log_to_stderr)  # rank 0 logs; the others report errors only
+    trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None)
     distributed.main_only(write_model_info)(trainer.model, cfg, run_dir / "model_info.json")  # parameters, FLOPs
-    if resume:
-        trainer.resume(last)
+    if previous is not None:
+        trainer.resume(previous.path, previous.state)
+        distributed.main_only(previous.settle)(run_dir)  # logs notes; after a kill: best.pth back in step with the metrics
     return trainer.fit()
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
-    """Check that ``run_dir`` can start (or, with ``resume``, continue) a run; create it and write its config."""
-    last = run_dir / "checkpoints" / "last.pth"
-    if resume and not last.is_file():
-        raise UserError(f"cannot resume: {last} does not exist (was the run started with --output {run_dir}?)")
-    if not resume and last.is_file():
-        raise UserError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
+def prepare_run_dir(cfg: Config, dataset: ReidDataset, run_dir: Path, resume: bool, start_from: str | Path | None,
+                    log_to_stderr: bool) -> Continuation | None:
+    """Check the checkpoint to continue from (read here), the data and ``run_dir``; open the run folder and write
+    its config. Returns what to continue from (None for a new run)."""
+    previous = checkpoint_to_continue(run_dir, cfg, dataset, resume, start_from)
+    check_before_training(cfg, dataset, run_dir)
+    open_run_dir(run_dir, verbose=log_to_stderr)
     dump_config(cfg, run_dir / "config.yaml")
+    return previous
 
 
 def flat_tensors(state: Any, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -1,0 +1,38 @@
+"""Cheap checks of a run's data and output folder, before any work (BatchNorm calibration, extraction,
+clustering): a problem that would stop the run after hours stops it at once, with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..data.types import ReidDataset
+from ..errors import UserError
+from ..evaluation.pipeline import check_evaluable
+from ..files import check_writable_dir
+
+
+def require_training_images(dataset: ReidDataset) -> None:
+    if not dataset.train:
+        raise UserError(f"data set at {dataset.root} has no training images (e.g. bounding_box_train/ is missing or "
+                        "empty): train needs them; a test-only folder works with evaluate and extract")
+
+
+def check_before_training(cfg: Config, dataset: ReidDataset, run_dir: Path) -> None:
+    """The device exists; the output folder is writable; the training split can fill a P x K batch and a k1
+    neighbourhood; when the data set has query and gallery images, at least one query can be scored."""
+    from .trainer import resolve_device  # (the trainer imports this module)
+
+    resolve_device(cfg.train.device)
+    check_writable_dir(run_dir, "output folder")
+    require_training_images(dataset)
+    n, d, c = len(dataset.train), cfg.data, cfg.cluster
+    if n < d.batch_size:
+        raise UserError(f"the training split of {dataset.root} has {n} images, fewer than one batch of data.batch_size="
+                        f"{d.batch_size} ({d.batch_size // d.num_instances} identities x {d.num_instances} images): "
+                        "lower data.batch_size (and data.num_instances) or add images")
+    if c.k1 >= n:
+        raise UserError(f"cluster.k1={c.k1} needs more than k1 training images, {dataset.root} has {n}: "
+                        f"lower cluster.k1 (and cluster.k2) below {n}")
+    if dataset.query and dataset.gallery:
+        check_evaluable(dataset)
