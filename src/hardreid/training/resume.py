@@ -12,8 +12,8 @@ evaluated and saved, where and with how many resources:
 * ``train.eval_every``, ``train.save_every``: when evaluation runs and last.pth is written (evaluation
   forks the random streams, so it never changes training);
 * ``train.device``, ``data.workers``, ``eval.batch_size``: another machine or other resources (the numbers
-  are the same up to the device's rounding; another number of loader workers draws other random
-  augmentations, so the run is then not bit-identical to an uninterrupted one);
+  are the same up to the device's rounding; every image's augmentation has a seed of its own, so the number
+  of loader workers changes nothing);
 * ``model.weights``, ``model.pretrained``: they only initialise epoch 1; a resumed run takes every weight
   from the checkpoint (so a moved ImageNet file does not block resuming);
 * ``train.dist_timeout``, ``train.check_ranks``: how long processes wait for each other, a debugging check;
