@@ -259,7 +259,7 @@ CASES = [
          "must hold a mapping of sections", lambda env, tmp: write(tmp / "c.yaml", "- 1\n- 2\n")),
     Case("config_section_scalar", ["train", "--config", "{tmp}/c.yaml", "--data-root", "{root}", "--output", "{tmp}/out"], 2,
          "config section 'train'", yaml_over_tiny("train: 5\n")),
-    Case("no_config", ["train", "--data-root", "{root}", "--output", "{tmp}/out"], 2, "train needs --config FILE"),
+    Case("no_config", ["train", "--data-root", "{root}", "--output", "{tmp}/out"], 2, "train needs --config NAME_OR_FILE"),
     # data (issue items 4, 6, 7, 9)
     Case("data_root_missing", ["train", "--config", "{cfg}", "--data-root", "{tmp}/nowhere", "--output", "{tmp}/out"], 2,
          "nowhere does not exist"),
@@ -271,7 +271,7 @@ CASES = [
     Case("stray_list_train_txt", ["datasets", "inspect", "{tmp}/data"], 0, "(format market)", stray_msmt_list),
     Case("subfolder_images", ["datasets", "inspect", "{tmp}/data"], 0, "ignored 1 subfolder(s)", subfolder_images),
     Case("empty_training_split", ["train", "--config", "{cfg}", "--data-root", "{tmp}/data", "--output", "{tmp}/out"], 2,
-         "no images in", lambda env, tmp: [p.unlink() for p in (copy_root(env, tmp) / "bounding_box_train").iterdir()]),
+         "has no training images", lambda env, tmp: [p.unlink() for p in (copy_root(env, tmp) / "bounding_box_train").iterdir()]),
     Case("fewer_images_than_a_batch", train_with("data.batch_size=64"), 2, "has 60 images, fewer than one batch"),
     Case("k1_above_images", train_with("cluster.k1=100"), 2, "cluster.k1=100 needs more than k1 training images"),
     Case("no_cross_camera_match", ["train", "--config", "{cfg}", "--data-root", "{tmp}/data", "--output", "{tmp}/out"], 2,

@@ -330,12 +330,12 @@ def test_config_accepts_eps_auto_and_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"eps": "automatic"}, "cluster.eps must be a number or 'auto'"),
-    ({"eps": 1.2}, r"cluster.eps=1.2 must be in \(0, 1\)"),
-    ({"algorithm": "optics"}, "unknown cluster.algorithm 'optics'"),
-    ({"camera_normalize": "bn"}, "unknown cluster.camera_normalize"),
-    ({"same_camera_penalty": -1.0}, "cluster.same_camera_penalty=-1.0"),
-    ({"hdbscan_selection": "x"}, "unknown cluster.hdbscan_selection"),
+    ({"eps": "automatic"}, r"'cluster.eps' must be a number in \(0, 1\) or auto, got 'automatic'"),
+    ({"eps": 1.2}, r"'cluster.eps' must be a number in \(0, 1\) or auto, got 1.2"),
+    ({"algorithm": "optics"}, "'cluster.algorithm' must be one of dbscan, hdbscan, got 'optics'"),
+    ({"camera_normalize": "bn"}, "'cluster.camera_normalize' must be one of none, mean, standardize"),
+    ({"same_camera_penalty": -1.0}, r"'cluster.same_camera_penalty' must be a number in \[0, 4\], got -1.0"),
+    ({"hdbscan_selection": "x"}, "'cluster.hdbscan_selection' must be one of eom, leaf"),
 ])
 def test_cluster_epoch_checks_the_config(override, message):
     cfg = ClusterConfig(**override)

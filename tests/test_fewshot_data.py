@@ -102,5 +102,6 @@ def test_subsample_errors(tiny_root, tmp_path, capsys):
         subsample_dataset(tiny_root, Path(tiny_root) / "k2", 2)
     with pytest.raises(UserError, match="needs a data set in Market-1501 layout"):
         subsample_dataset(tiny_root, tmp_path / "x", 2, format="folder")
-    assert main(["datasets", "subsample", str(tiny_root), str(tmp_path / "y"), "--max-per-id", "0"]) == 2
-    assert "--max-per-id must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["datasets", "subsample", str(tiny_root), str(tmp_path / "y"), "--max-per-id", "0"])
+    assert exit_info.value.code == 2 and "--max-per-id: must be >= 1, got 0" in capsys.readouterr().err

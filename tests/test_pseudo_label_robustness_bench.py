@@ -37,7 +37,8 @@ def test_dry_run_and_argument_errors(bench, toy, capsys):
     assert bench.main([*toy, "--datasets", "cuhk03_k4", "--dry-run"]) == 2
     assert "need --cuhk03 DIR" in capsys.readouterr().err
     assert bench.main([*toy, "--option", "broken", "--dry-run"]) == 2
-    assert bench.main([*toy, "--set", "cluster.eps=2", "--options", "default", "--dry-run"]) == 0  # loads, checked at run
+    assert bench.main([*toy, "--set", "cluster.eps=2", "--options", "default", "--dry-run"]) == 2  # checked at load
+    assert "config key 'cluster.eps'" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # three processes that import torch: ~20 s on an idle 2-core machine, ~50 s under load

@@ -193,7 +193,7 @@ def fake_scores(monkeypatch, values: list[float]) -> None:
 
     scores = iter(values)
     monkeypatch.setattr(trainer_module, "evaluate_model",
-                        lambda *args, **kwargs: SimpleNamespace(mAP=(m := next(scores)), rank=lambda r, m=m: m))
+                        lambda *args, **kwargs: SimpleNamespace(mAP=(m := next(scores)), cmc=np.full(10, m), rank=lambda r, m=m: m))
 
 
 def test_a_stale_best_checkpoint_is_rewritten_on_resume(tiny_root, tmp_path, monkeypatch):

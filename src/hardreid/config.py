@@ -286,7 +286,8 @@ class OneOf:
         return value in self.choices()
 
     def describe(self, kind: Any) -> str:
-        return "one of " + ", ".join(str(c) for c in self.choices())
+        choices = self.choices()
+        return str(choices[0]) if len(choices) == 1 else "one of " + ", ".join(str(c) for c in choices)
 
 
 @dataclass(frozen=True)
@@ -544,7 +545,7 @@ def validate_config(cfg: Config) -> Config:
          "choose one (train.bn_chunk=0 with train.sync_bn=true)")
     need(len(set(cfg.method.hard_samples)) == len(cfg.method.hard_samples),
          f"method.hard_samples lists a generator twice: {cfg.method.hard_samples}")
-    if cfg.method.base == "spcl":
+    if cfg.method.base == "spcl" and c.eps != "auto":
         need(cfg.spcl.eps_gap < c.eps, f"spcl.eps_gap ({cfg.spcl.eps_gap}) must be smaller than cluster.eps ({c.eps}): "
                                         "SpCL clusters again with eps - eps_gap")
     if cfg.model.backbone.startswith("vit"):
