@@ -310,14 +310,20 @@ def test_every_method_keeps_every_process_identical(tiny_root, tmp_path):
 
 @pytest.mark.slow  # about 10 s of starting processes; the default run's 2-process tests already take 40 s
 def test_a_process_that_stops_answering_ends_the_job(tmp_path):
-    """train.dist_timeout: a process waiting for another one that hangs fails after the timeout, with a message
-    that says so, and torchrun then stops the other process: the job ends, never hangs."""
+    """An error of rank 0's own work (e.g. clustering) stops every process with the same message; a process that
+    hangs makes the one waiting for it fail after train.dist_timeout, with a message that says so, and torchrun
+    then stops the hanging one: the job ends, never hangs."""
     script = tmp_path / "hang.py"
-    script.write_text("import time\nfrom hardreid import distributed\n"
+    script.write_text("import time\nfrom hardreid import distributed\nfrom hardreid.errors import UserError\n"
                       "distributed.setup('cpu', timeout_minutes=0.05)\n"
+                      "def cluster():\n    raise UserError('every image is an outlier')\n"
+                      "try:\n    distributed.main_then_broadcast(cluster)\n"
+                      "except UserError as exc:\n    print(f'rank {distributed.rank()} stopped: {exc}', flush=True)\n"
                       "if distributed.rank() == 1:\n    time.sleep(300)\n"
                       "distributed.broadcast_object('labels')\n")
     start = time.time()
     result = torchrun([str(script)], timeout=120)
+    assert "rank 0 stopped: every image is an outlier" in result.stdout
+    assert "rank 1 stopped: every image is an outlier" in result.stdout
     assert result.returncode != 0 and time.time() - start < 100
     assert "rank 0 of 2: receiving rank 0's results failed: another process died or did not answer" in result.stderr
