@@ -2,7 +2,9 @@
 
 Rows (each one training run from the same config, the same seed, the same epochs and re-ID lr schedule):
 
-* Table 2 (on ``--table2-base``, default cluster_contrast): ``baseline`` (method.hard_samples = []),
+* Table 2 (on ``--table2-base``, default cluster_contrast; the paper's Table 2 is on its "baseline", OpenUnReID's
+  strong baseline: ``--config configs/hng/baseline_cpu_mobilenet.yaml --table2-base strong_baseline``):
+  ``baseline`` (method.hard_samples = []),
   ``mixup``, ``random noise``, ``concatenation``, ``global-fusion``, ``part-fusion`` (hng.fusion).
 * Table 1: for each of ``--bases``: ``<base>`` and ``<base>+Ours`` (part fusion). Rows already run for
   Table 2 are reused.

@@ -315,8 +315,10 @@ def test_select_positives():
     labels = torch.tensor([0, 0, 0, 0, 1, 1])
     hardest = select_positives(features, labels, torch.arange(6), "hardest").tolist()
     assert hardest[:4] == [2, 2, 0, 2] and hardest[4:] == [5, 4]  # lowest cosine similarity (Table 4 "Mining")
+    # a batch of images alone with their labels (SpCL's un-clustered instances only): each is its own positive
+    assert select_positives(torch.zeros(2, 2), torch.tensor([0, 1]), torch.arange(2)).tolist() == [0, 1]
     with pytest.raises(UserError, match="num_instances >= 2"):
-        select_positives(torch.zeros(2, 2), torch.tensor([0, 1]), torch.arange(2))
+        M.build_method(apply_dict(Config(), {"method": {"hard_samples": ["align"]}, "data": {"num_instances": 1}}, "t"), CPU)
 
 
 def test_composed_objective_is_equation_5():
@@ -324,7 +326,7 @@ def test_composed_objective_is_equation_5():
     torch.manual_seed(3)
     features, labels = _clustered(24, 3, 8, seed=6, outliers=0)
     cfg = apply_dict(Config(), {"memory": {"kind": "instance"}, "method": {"hard_samples": ["hpf", "align"]},
-                                "acfl": {"positive": "hardest"}}, "test")
+                                "acfl": {"positive": "hardest", "mining_scope": "batch"}}, "test")
     method = M.build_method(cfg, CPU)
     linear = nn.Linear(3, 8)
 
@@ -395,6 +397,10 @@ def test_every_acfl_config_builds_and_takes_a_step(path):
     clustered = (labels >= 0).nonzero().flatten()
     indices = torch.cat([clustered[labels[clustered] == a][:4] for a in (0, 1)])
     batch = M.Batch(torch.randn(8, 3, 8, 4), labels[indices], torch.zeros(8, dtype=torch.long), indices)
+    partners = method.companions()  # t4_mining: each image's hardest positive of its identity comes along
+    if partners is not None:
+        assert (labels[partners[indices]] == labels[indices]).all()
+        batch.companion = torch.randn(8, 3, 8, 4)
     out = method.training_step(model, batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -442,11 +448,10 @@ def test_an_image_alone_with_its_label_is_its_own_positive():
     for mode in ("random", "hardest"):
         positions = select_positives(F.normalize(torch.randn(5, 4), dim=1), labels, indices, mode)
         assert positions.tolist()[2] == 2 and positions.tolist()[:2] == [1, 0] and positions.tolist()[3:] == [4, 3]
-    with pytest.raises(UserError, match="num_instances"):
-        select_positives(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    assert select_positives(torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])).tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("base", ["spcl", "ice"])
+@pytest.mark.parametrize("base", ["spcl", "ice", "strong_baseline"])
 def test_acfl_generators_train_on_every_base(tiny_root, tmp_path, base):
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method={"base": base, "hard_samples": ["hpf", "hpi"]}, train={"epochs": 1, "eval_every": 0})
@@ -455,3 +460,161 @@ def test_acfl_generators_train_on_every_base(tiny_root, tmp_path, base):
     assert row["loss_ins"] > 0 and math.isfinite(row["loss"])
     assert row["hpf_pos_shift"] <= 0 <= row["hpf_neg_shift"]
     assert -1 <= row["ins_pos_cos"] <= 1 and -1 <= row["ins_plain_cos"] <= 1
+
+
+# -- fidelity of the hard positive instances (acfl.hpi_bn, acfl.hpi_lr_reference) and Table 4 "Mining" ----------
+class ChunkedTiny(TinyNet):
+    """TinyNet whose train-mode BatchNorm normalises chunks of ``bn_chunk`` images (as ReidModel)."""
+
+    def __init__(self, bn_chunk: int) -> None:
+        super().__init__()
+        self.bn_chunk = bn_chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and 0 < self.bn_chunk < x.shape[0]:
+            return torch.cat([super(ChunkedTiny, self).forward(c) for c in x.split(self.bn_chunk)])
+        return super().forward(x)
+
+
+def _frozen_copy(model: nn.Module, reference: torch.Tensor) -> nn.Module:
+    """Naive reference: a copy in eval mode whose running statistics are the train-mode batch statistics of
+    ``reference`` (one forward with momentum 1, the unbiased variance turned back into the biased one)."""
+    frozen = copy.deepcopy(model).train()
+    counts = {}
+    for name, m in frozen.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 1.0
+            m.register_forward_pre_hook(lambda mod, inp, key=name: counts.__setitem__(key, inp[0].numel() // inp[0].shape[1]))
+    frozen.bn_chunk = 0
+    with torch.no_grad():
+        frozen(reference)
+    for name, m in frozen.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_var.mul_((counts[name] - 1) / counts[name])
+    return frozen.eval()
+
+
+def _one_at_a_time(model: nn.Module, anchors, positives, prototypes, steps: int, lr: float) -> torch.Tensor:
+    """x_j <- x_j + lr g / |g| for each image alone, g its own pair's L_ins gradient (Eq. 4 written per pair)."""
+    out = []
+    for i in range(positives.shape[0]):
+        x = positives[i:i + 1].clone()
+        for _ in range(steps):
+            x.requires_grad_(True)
+            value = relative_entropy_loss(anchors[i:i + 1], model(x), prototypes, 0.05)
+            (g,) = torch.autograd.grad(value, x)
+            x = (x + lr * g / g.norm()).detach()
+        out.append(x)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_frozen_batch_ascent_is_per_image_in_train_mode(chunk):
+    """acfl.hpi_bn frozen_batch: batched x* == one image at a time with the positives' (per-chunk) batch statistics."""
+    torch.manual_seed(5)
+    model = ChunkedTiny(chunk).train()
+    images = torch.randn(6, 3, 8, 4) * 2 + 0.5
+    anchors = F.normalize(torch.randn(6, 8), dim=1)
+    prototypes = F.normalize(torch.randn(3, 8), dim=1)
+    batched = hard_positive_instances(model, anchors, images, prototypes, 3, 1.0, 0.05, bn="frozen_batch")
+    parts = images.split(chunk) if chunk else (images,)
+    start = 0
+    single = []
+    for part in parts:
+        reference = _frozen_copy(model, part)
+        single.append(_one_at_a_time(reference, anchors[start:start + len(part)], part, prototypes, 3, 1.0))
+        start += len(part)
+    torch.testing.assert_close(batched, torch.cat(single), atol=1e-5, rtol=1e-5)
+    assert model.training and model.bn.running_mean.abs().sum() == 0  # nothing written
+    coupled = hard_positive_instances(model, anchors, images, prototypes, 3, 1.0, 0.05, bn="batch")
+    assert (coupled - batched).abs().max() > 1e-3  # today's behaviour couples the positives
+    running = hard_positive_instances(model, anchors, images, prototypes, 3, 1.0, 0.05, bn="running")
+    torch.testing.assert_close(running, _one_at_a_time(copy.deepcopy(model).eval(), anchors, images, prototypes, 3, 1.0),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="hpi_bn"):
+        hard_positive_instances(model, anchors, images, prototypes, 1, 1.0, 0.05, bn="frozen")
+
+
+@pytest.mark.parametrize("bn", ["frozen_batch", "running"])
+def test_every_bn_mode_leaves_the_model_untouched(bn):
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", last_stride=2, bn_chunk=2).train()
+    images = torch.randn(4, 3, 32, 16)
+    anchors = model(images).detach()
+    before = _snapshot(model, torch.optim.Adam(model.parameters()))
+    hard_positive_instances(model, anchors, images.roll(1, 0), F.normalize(torch.randn(4, 1280), dim=1), 2, 1.0,
+                            0.05, bn=bn)
+    after = _snapshot(model, torch.optim.Adam(model.parameters()))
+    for part in ("params", "buffers", "versions"):
+        for key in before[part]:
+            a, b = before[part][key], after[part][key]
+            assert (torch.equal(a, b) if torch.is_tensor(a) else a == b), (part, key)
+    assert after["training"] and all(m.training for m in model.modules())
+
+
+def test_hpi_step_moves_each_pixel_as_far_at_any_input_size():
+    """acfl.hpi_lr_reference [256, 128]: the per-pixel RMS of the step is eta3 / sqrt(3 * 256 * 128) at any size."""
+    from hardreid.hard_samples.hpi import HardPositiveInstances, hpi_step_scale
+
+    torch.manual_seed(3)
+    model = TinyNet().eval()  # adaptive pooling: any input size
+    rms = {}
+    for size in ((256, 128), (128, 64)):
+        for reference in ([256, 128], []):
+            images = torch.randn(4, 3, *size)
+            anchors = F.normalize(torch.randn(4, 8), dim=1)
+            lr = 1.0 * hpi_step_scale(*size, reference)
+            hard = hard_positive_instances(model, anchors, images, F.normalize(torch.randn(3, 8), dim=1), 1, lr, 0.05)
+            rms[size, bool(reference)] = ((hard - images) ** 2).flatten(1).mean(1).sqrt()
+    paper = 1.0 / math.sqrt(3 * 256 * 128)
+    for size in ((256, 128), (128, 64)):
+        torch.testing.assert_close(rms[size, True], torch.full((4,), paper), rtol=1e-4, atol=0)
+    torch.testing.assert_close(rms[(128, 64), False], torch.full((4,), 2 * paper), rtol=1e-4, atol=0)  # unscaled: 2x
+    component = HardPositiveInstances(tiny_config(data={"height": 128, "width": 64}), CPU)
+    assert component.lr_scale == pytest.approx(0.5)
+    off = load_config(None, ["acfl.hpi_lr_reference=null", "data.height=128", "data.width=64"])
+    assert off.acfl.hpi_lr_reference == [] and HardPositiveInstances(off, CPU).lr_scale == 1.0
+    with pytest.raises(UserError, match="hpi_lr_reference"):
+        hpi_step_scale(128, 64, [256])
+
+
+def test_mining_takes_the_hardest_positive_of_the_whole_identity():
+    """Table 4 "Mining": argmin similarity over all images of the pseudo identity (not the batch's K)."""
+    from hardreid.hard_samples.hpi import hardest_positives
+
+    features, labels = _clustered(40, 4, 6, seed=9)
+    labels[7] = 9  # a label of one image: its own positive
+    got = hardest_positives(features, labels)
+    for i in range(40):
+        same = [j for j in range(40) if labels[j] == labels[i] and j != i and labels[i] >= 0]
+        expected = min(same, key=lambda j: float(features[i] @ features[j])) if same else i
+        assert int(got[i]) == expected, i
+    cfg = load_config(ACFL / "t4_mining.yaml")
+    assert cfg.acfl.positive == "hardest" and cfg.acfl.mining_scope == "identity"
+    method = M.build_method(cfg, CPU)
+    data = M.EpochData(0, features, labels.clamp(max=3), torch.zeros(40, dtype=torch.long), 4)
+    method.start_epoch(data, TinyNet())
+    assert torch.equal(method.companions(), hardest_positives(features, data.labels))
+
+
+def test_the_loader_brings_each_images_mined_positive(tiny_root, tmp_path):
+    from hardreid.data.loaders import InfiniteIdentityLoader
+    from hardreid.data.transforms import train_transform
+
+    data = load_dataset("market", tiny_root)
+    cfg = tiny_config(data={"erasing_p": 0.0, "flip_p": 0.0, "pad": 0})  # a deterministic transform
+    samples = data.train[:12]
+    companions = [samples[(i + 5) % 12] for i in range(12)]
+    loader = InfiniteIdentityLoader(samples, [i // 4 for i in range(12)], train_transform(cfg.data), 8, 4, 0, seed=1,
+                                    num_views=2, companions=companions)
+    images, labels, cams, positions = loader.next()
+    batch = M.Batch.from_loader(images, labels, cams, positions, CPU, companion=True)
+    assert len(batch.views) == 1 and batch.companion.shape == batch.images.shape
+    reference = InfiniteIdentityLoader(companions, [0] * 12, train_transform(cfg.data), 4, 4, 0, seed=0).loader.dataset
+    for row, position in enumerate(positions.tolist()):
+        torch.testing.assert_close(batch.companion[row], reference[position][0])
+    # end to end: the trainer asks the method for the companions and Mining aligns with them
+    run = train(tiny_config(method={"hard_samples": ["align"]}, memory={"kind": "instance"},
+                            acfl={"positive": "hardest"}, train={"epochs": 1, "eval_every": 0}),
+                data, tmp_path / "mining", log_to_stderr=False)
+    assert run.history[0]["loss_ins"] > 0 and -1 <= run.history[0]["ins_pos_cos"] <= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -265,6 +266,24 @@ def test_each_update_step_changes_only_its_own_network():
         assert (p.grad is None and g is None) or torch.equal(p.grad, g)
 
 
+@pytest.mark.parametrize("bn_synthetic", ["frozen", pytest.param("update", marks=pytest.mark.slow)])
+def test_running_statistics_after_a_joint_step_come_from_the_real_images(bn_synthetic):
+    """hng.bn_synthetic: frozen = the running statistics equal those of one forward over the real anchors only."""
+    cfg, model, optimizer, method, hng, batch = _setup(bn_synthetic=bn_synthetic)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference(batch.images)  # what the base alone would do to the statistics
+    out = method.training_step(model, batch, epoch=0, step=0)
+    assert "loss_hng_con" in out.logs
+    out.loss.backward()  # L_con still trains the network through the synthetic forward
+    assert model.neck.weight.grad is not None
+    same = [torch.equal(a, b) for (k, a), (_, b) in zip(model.named_buffers(), reference.named_buffers())
+            if "running" in k]
+    assert all(same) == (bn_synthetic == "frozen") and same
+    with pytest.raises(UserError, match="bn_synthetic"):
+        build_method(tiny_config(method={"hard_samples": ["hng"]}, hng={"bn_synthetic": "never"}), CPU)
+
+
 def test_part_images_keep_only_the_selected_rows():
     _, _, _, _, hng, _ = _setup()
     images = torch.ones(2, 3, 16, 4)
@@ -383,14 +402,16 @@ def test_hng_on_cluster_contrast_resumes_exactly_and_draws(tiny_root, tmp_path):
 
 
 @pytest.mark.parametrize("setting", [{"base": "spcl", "hard_samples": ["hng"]}, {"base": "ice", "hard_samples": ["hng"]},
+                                     {"base": "strong_baseline", "hard_samples": ["hng"]},
                                      {"base": "cluster_contrast", "hard_samples": ["hpf", "hpi", "hng"]}],
-                         ids=["spcl", "ice", "acfl"])
+                         ids=["spcl", "ice", "strong_baseline", "acfl"])
 def test_hng_plugs_into_every_base_and_acfl(tiny_root, tmp_path, setting):
     """Joint stage from the start: the base's own losses are kept and L_con is added."""
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method=setting, hng={"warmup_epochs": 0, "pictures": 0, **SMALL}, train={"epochs": 1, "eval_every": 0})
     row = train(cfg, data, tmp_path / "run", log_to_stderr=False).history[0]
-    own = {"spcl": "loss_spcl", "ice": "loss_ice_agnostic", "cluster_contrast": "loss_contrast"}[setting["base"]]
+    own = {"spcl": "loss_spcl", "ice": "loss_ice_agnostic", "cluster_contrast": "loss_contrast",
+           "strong_baseline": "loss_ce"}[setting["base"]]
     assert {own, "loss_hng_con", "hng_d_adv", "hng_rec"} <= set(row), sorted(row)
     if "hpi" in setting["hard_samples"]:
         assert "loss_ins" in row

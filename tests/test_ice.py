@@ -42,14 +42,18 @@ def test_hardest_negative_selection():
     assert CameraProxies.hardest_negatives(sims, positive, k=50).sum() == 4
 
 
-def test_cross_camera_loss_matches_a_naive_loop():
+@pytest.mark.parametrize("scoring", ["official", "cosine"])
+def test_cross_camera_loss_matches_a_naive_loop(scoring):
     proxies = _proxies()
     f = F.normalize(torch.randn(4, 4, generator=torch.Generator().manual_seed(1)), dim=1)
     labels, camids = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 0, 1, 0])
-    loss = proxies.cross_camera_loss(f, labels, camids, temperature=0.07, num_hard_negatives=2)
+    loss = proxies.cross_camera_loss(f, labels, camids, temperature=0.07, num_hard_negatives=2, scoring=scoring)
+    p = proxies.proxies.tolist()
+    # official: normalize(P.t()) scales each feature dimension d by 1 / sqrt(sum_j P[j][d]^2)
+    scale = [math.sqrt(sum(row[d] ** 2 for row in p)) if scoring == "official" else 1.0 for d in range(4)]
     per_query = []
     for q, y in zip(f, labels.tolist()):
-        sims = (proxies.proxies @ q).tolist()
+        sims = [sum(q[d].item() * row[d] / scale[d] for d in range(4)) for row in p]
         pos = [j for j in range(proxies.num_proxies) if proxies.proxy_labels[j] == y]
         neg = sorted((j for j in range(proxies.num_proxies) if j not in pos), key=lambda j: -sims[j])[:2]
         denom = math.log(sum(math.exp(sims[j] / 0.07) for j in pos + neg))
@@ -137,7 +141,7 @@ class ShiftPositives(M.Component):
         base.logit_adjusters.append(adjust)
 
 
-@pytest.mark.parametrize("base", ["cluster_contrast", "spcl", "ice"])
+@pytest.mark.parametrize("base", ["cluster_contrast", "spcl", "ice", "strong_baseline"])
 def test_logit_adjusters_change_every_base_loss(base):
     torch.manual_seed(0)
     n, dim = 12, 4
@@ -170,3 +174,65 @@ def test_trains_and_resumes_exactly(tiny_root, tmp_path, setting):
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
     assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"])
+
+
+def test_official_proxy_scoring_on_a_toy_case_by_hand():
+    """ice.proxy_scoring official: normalize(f) @ normalize(P.t()) scales each feature dimension across the proxies."""
+    proxies = CameraProxies(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), torch.tensor([0, 1, 2]),
+                            torch.tensor([0, 1, 0]))
+    f = torch.tensor([[0.8, 0.6]])
+    col0, col1 = math.sqrt(1 + 0.36), math.sqrt(0.64 + 1)  # norms of the two feature dimensions over the 3 proxies
+    official = [0.8 / col0, 0.8 * 0.6 / col0 + 0.6 * 0.8 / col1, 0.6 / col1]  # 0.686, 0.786, 0.469
+    cosine = [0.8, 0.96, 0.6]
+    for scoring, scores in (("official", official), ("cosine", cosine)):
+        torch.testing.assert_close(f @ proxies.scored_proxies(scoring).t(), torch.tensor([scores]))
+        expected = math.log(sum(math.exp(s / 0.07) for s in scores)) - scores[0] / 0.07  # positive: proxy 0
+        loss = proxies.cross_camera_loss(f, torch.tensor([0]), torch.tensor([0]), 0.07, 50, scoring)
+        assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert official[1] < cosine[1]  # the scores (and so the loss and its hardest negatives) really differ
+    with pytest.raises(UserError, match="proxy_scoring"):
+        M.build_method(tiny_config(method={"base": "ice"}, ice={"proxy_scoring": "l2"}), torch.device("cpu"))
+
+
+def _ice_step_setup(**ice):
+    from hardreid.models import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_config(method={"base": "ice"}, ice=ice)
+    model = build_model("mobilenet_v2", last_stride=2).train()
+    method = M.build_method(cfg, torch.device("cpu"))
+    n = 12
+    labels = torch.arange(n) % 3
+    data = M.EpochData(0, F.normalize(torch.randn(n, model.feat_dim), dim=1), labels, torch.arange(n) % 2, 3)
+    method.start_epoch(data, model)
+    images = lambda: torch.randn(6, 3, 32, 16)  # noqa: E731
+    batch = M.Batch(images(), torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 0, 1]), torch.arange(6),
+                    [images()], images())
+    return method, model, batch
+
+
+@pytest.mark.parametrize("on_view1", [True, False])
+def test_teacher_runs_on_view_1_view_2_and_the_weak_images(on_view1):
+    """As ice/trainers.py: three teacher forwards per step (view 1's output unused), three BN statistic updates."""
+    method, model, batch = _ice_step_setup(teacher_on_view1=on_view1)
+    teacher = method.base.teacher.get(model).module
+    seen: list[torch.Tensor] = []
+    handle = teacher.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    tracked = teacher.neck.num_batches_tracked.item()
+    method.training_step(model, batch)
+    handle.remove()
+    inputs = [batch.images, batch.views[0], batch.weak] if on_view1 else [batch.views[0], batch.weak]
+    assert len(seen) == len(inputs) and teacher.neck.num_batches_tracked.item() == tracked + len(inputs)
+    for got, images in zip(seen, inputs):  # ShuffleBN permutes each batch: compare as sets of images
+        assert sorted(got.flatten(1).sum(1).tolist()) == pytest.approx(sorted(images.flatten(1).sum(1).tolist()))
+
+
+def test_shuffle_bn_puts_the_teacher_features_back_in_order():
+    method, model, batch = _ice_step_setup(shuffle_bn=True)
+    plain, plain_model, _ = _ice_step_setup(shuffle_bn=False)  # the same seed: the same networks
+    shuffled = method.base.teacher_features(model, batch.images)
+    torch.testing.assert_close(shuffled, plain.base.teacher_features(plain_model, batch.images), atol=1e-5, rtol=1e-4)
+    method.base.teacher.get(model).module.bn_chunk = 2  # per-GPU chunks: shuffled chunks mix images, features change
+    plain.base.teacher.get(plain_model).module.bn_chunk = 2
+    assert not torch.allclose(method.base.teacher_features(model, batch.images),
+                              plain.base.teacher_features(plain_model, batch.images), atol=1e-3)

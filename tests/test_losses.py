@@ -82,3 +82,32 @@ def test_full_objective_is_class_plus_instance_term():
     assert total.item() == pytest.approx(ce.item() + kl.item(), rel=1e-4)
     dist = acfl_loss(logits, labels, anchor, positive, prototypes, 0.05, alignment="distance")
     assert dist.item() == pytest.approx(ce.item() + distance_loss(anchor, positive).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_relative_entropy_direction_against_kl_div_and_a_hand_written_kl(direction):
+    """acfl.re_direction: forward = KL(v_i || v_j) (Eq. 7 as written); reverse = F.kl_div(log v_i, v_j) = KL(v_j || v_i)."""
+    g = torch.Generator().manual_seed(4)
+    anchor = F.normalize(torch.randn(5, 6, generator=g, dtype=torch.float64), dim=1)
+    positive = F.normalize(torch.randn(5, 6, generator=g, dtype=torch.float64), dim=1)
+    prototypes = 0.7 * torch.randn(4, 6, generator=g, dtype=torch.float64)
+    got = relative_entropy_loss(anchor, positive, prototypes, 0.3, direction=direction)
+    v_i = (anchor @ prototypes.t() / 0.3).softmax(1)
+    v_j = (positive @ prototypes.t() / 0.3).softmax(1)
+    if direction == "forward":
+        hand = _hand_kl(anchor, positive, prototypes, 0.3)
+        torch_reading = F.kl_div(v_j.log(), v_i, reduction="batchmean")  # input log v_j, target v_i
+    else:
+        hand = _hand_kl(positive, anchor, prototypes, 0.3)
+        torch_reading = F.kl_div(v_i.log(), v_j, reduction="batchmean")  # input log v_i, target v_j
+    assert got.item() == pytest.approx(hand.item(), rel=1e-6)
+    assert got.item() == pytest.approx(torch_reading.item(), rel=1e-6)
+    other = relative_entropy_loss(anchor, positive, prototypes, 0.3,
+                                  direction="reverse" if direction == "forward" else "forward")
+    assert abs(other.item() - got.item()) > 1e-3  # the two readings differ
+    # detach_target holds the KL's target (v_i forward, v_j reverse) constant
+    a, p = anchor.clone().requires_grad_(), positive.clone().requires_grad_()
+    relative_entropy_loss(a, p, prototypes, 0.3, detach_target=True, direction=direction).backward()
+    assert (a.grad is None) == (direction == "forward") and (p.grad is None) == (direction == "reverse")
+    with pytest.raises(ValueError, match="direction"):
+        relative_entropy_loss(anchor, positive, prototypes, 0.3, direction="both")

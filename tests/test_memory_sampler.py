@@ -92,3 +92,90 @@ def test_momentum_update_in_rounds_equals_the_sequential_loop():
     torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)
     momentum_update_rows_(table, rows[:0], feats[:0], 0.3)  # an empty batch changes nothing
     torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)
+
+
+def _groups(order: list[int], labels: list[int]) -> list[list[int]]:
+    """Cut a sampler's stream into its per-identity groups (consecutive runs of one label)."""
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and labels[groups[-1][0]] == labels[i]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+# identities: 0 spans cameras 0/1/2 (8 images), 1 one camera (5), 2 two cameras with one image on the other (3),
+# 3 a single image, 4 two cameras (2 images), -1 outliers
+LABELS = [0] * 8 + [1] * 5 + [2] * 3 + [3] + [4] * 2 + [-1] * 3
+CAMS = [0, 1, 2, 0, 1, 2, 0, 0] + [3] * 5 + [0, 0, 1] + [2] + [0, 1] + [0, 1, 2]
+
+
+def test_multi_camera_sampler_follows_random_multiple_gallery_sampler():
+    from hardreid.data.sampler import MultiCameraSampler
+
+    for seed in range(20):
+        sampler = MultiCameraSampler(LABELS, num_instances=4, seed=seed, camids=CAMS)
+        order = list(sampler)
+        assert len(order) == len(sampler) == 4 * 4 + 1  # the single image is given once
+        groups = _groups(order, LABELS)
+        assert sorted(LABELS[g[0]] for g in groups) == [0, 1, 2, 3, 4]
+        for anchor, *partners in groups:
+            label = LABELS[anchor]
+            members = [i for i, y in enumerate(LABELS) if y == label]
+            assert all(LABELS[p] == label and p != anchor for p in partners)
+            if len(members) == 1:
+                assert partners == []
+                continue
+            assert len(partners) == 3
+            if any(CAMS[m] != CAMS[anchor] for m in members):  # K - 1 partners from the other cameras
+                assert all(CAMS[p] != CAMS[anchor] for p in partners)
+            others = [m for m in members if (CAMS[m] != CAMS[anchor] if any(CAMS[x] != CAMS[anchor] for x in members)
+                                             else m != anchor)]
+            if len(others) >= 4:  # the official threshold: without replacement only from K candidates on
+                assert len(set(partners)) == 3
+    assert list(MultiCameraSampler(LABELS, 4, seed=5, camids=CAMS)) == list(MultiCameraSampler(LABELS, 4, seed=5, camids=CAMS))
+
+
+def test_more_camera_sampler_covers_the_cameras_first():
+    from hardreid.data.sampler import MoreCameraSampler
+
+    for seed in range(20):
+        sampler = MoreCameraSampler(LABELS, num_instances=4, seed=seed, camids=CAMS)
+        order = list(sampler)
+        assert len(order) == len(sampler) == 5 * 4  # always K per identity, a single image repeated
+        chunks = [order[i:i + 4] for i in range(0, len(order), 4)]
+        assert sorted(LABELS[c[0]] for c in chunks) == [0, 1, 2, 3, 4]
+        for chunk in chunks:
+            label = LABELS[chunk[0]]
+            members = [i for i, y in enumerate(LABELS) if y == label]
+            assert all(LABELS[i] == label for i in chunk)
+            cameras = {CAMS[m] for m in members}
+            assert {CAMS[i] for i in chunk} == cameras  # every camera of the identity (it has at most 3 < K)
+            if len(members) >= 4:
+                assert len(set(chunk)) == 4  # picks + distinct others
+    wide = [0] * 6
+    picked = list(MoreCameraSampler(wide, 4, seed=1, camids=[0, 1, 2, 3, 4, 5]))
+    assert len(set(picked)) == 4  # K cameras of 6, one image each
+
+
+def test_sampler_registry_and_the_bases_official_samplers():
+    from hardreid.data.sampler import SAMPLERS, sampler_class
+    from hardreid.errors import UserError
+    from hardreid.training.methods import build_method
+
+    assert set(SAMPLERS) == {"pk", "multi_camera", "more_camera"}
+    import pytest
+
+    with pytest.raises(UserError, match="data.sampler"):
+        sampler_class("random")
+    from conftest import tiny_config
+
+    device = torch.device("cpu")
+    expected = {"cluster_contrast": "multi_camera", "spcl": "multi_camera", "ice": "more_camera",
+                "strong_baseline": "multi_camera"}
+    for base, name in expected.items():
+        cfg = tiny_config(method={"base": base})
+        assert build_method(cfg, device).sampler(cfg) == name
+        cfg = tiny_config(method={"base": base}, data={"sampler": "pk"})
+        assert build_method(cfg, device).sampler(cfg) == "pk"

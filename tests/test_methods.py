@@ -217,3 +217,51 @@ def test_epoch_means_average_tensors_and_numbers_and_skip_empty_keys():
     means.add("b", torch.tensor(0.0), torch.tensor(0))  # nothing counted: left out
     means.add("c", 0.5)
     assert means.means() == {"a": pytest.approx(3.0), "c": 0.5}
+
+
+def test_random_erasing_as_the_official_codes():
+    """Area fraction in [0.02, 0.4], aspect in [0.3, 1/0.3], the ImageNet mean written into the normalised tensor."""
+    from hardreid.data.transforms import RandomErasing
+
+    torch.manual_seed(0)
+    erase = RandomErasing(1.0)
+    fill = torch.tensor([0.485, 0.456, 0.406])
+    fractions = []
+    for _ in range(200):
+        image = erase(torch.full((3, 64, 32), 9.0))
+        mask = image[0] != 9.0
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert int(mask.sum()) == h * w and (rows.diff() == 1).all() and (cols.diff() == 1).all()  # one rectangle
+        assert torch.equal(image[:, mask], fill[:, None].expand(3, h * w))
+        fractions.append(h * w / (64 * 32))
+        assert 0.3 - 0.15 <= h / w <= 1 / 0.3 + 1.2  # rounding of small rectangles widens the ratio a little
+    assert 0.015 <= min(fractions) and max(fractions) <= 0.43 and max(fractions) > 0.33  # beyond torchvision's 0.33
+    untouched = RandomErasing(0.0)(torch.ones(3, 8, 4))
+    assert untouched.eq(1).all()
+    with pytest.raises(UserError, match="erasing_area"):
+        RandomErasing(0.5, (0.5, 0.2))
+    assert "RandomErasing(p=0.5, area=(0.02, 0.4)" in repr(train_transform(tiny_config().data))
+
+
+def test_base_configs_follow_the_official_scripts():
+    from pathlib import Path
+
+    from hardreid.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cc = load_config(configs / "cluster_contrast" / "market1501.yaml")
+    assert (cc.data.batch_size, cc.data.num_instances, cc.cluster.eps, cc.train.iters, cc.train.bn_chunk) == (256, 16, 0.6, 200, 64)
+    assert cc.model.pooling == "gem" and cc.model.gem_learnable and cc.data.erasing_area == [0.02, 0.4]
+    assert load_config(configs / "cluster_contrast" / "msmt17.yaml").train.iters == 400
+    assert load_config(configs / "spcl" / "msmt17.yaml").train.iters == 800
+    assert load_config(configs / "ice" / "msmt17.yaml").cluster.eps == 0.55
+    # CPU configs: CPU-sized cost, the rest official; bn_chunk = the per-GPU share of the official batch
+    chunks = {"cluster_contrast": 64, "spcl": 16, "ice": 8, "acfl": 32, "strong_baseline": 16}
+    for base, chunk in chunks.items():
+        cpu = load_config(configs / base / "cpu_mobilenet.yaml")
+        assert cpu.train.bn_chunk == chunk, base
+        assert (cpu.model.backbone, cpu.data.height, cpu.data.width, cpu.train.epochs, cpu.train.iters) == \
+            ("mobilenet_v2", 128, 64, 20, 100), base
+    cc_cpu = load_config(configs / "cluster_contrast" / "cpu_mobilenet.yaml")
+    assert (cc_cpu.data.batch_size, cc_cpu.data.num_instances, cc_cpu.cluster.eps, cc_cpu.model.pooling) == (64, 16, 0.6, "gem")

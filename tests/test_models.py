@@ -83,7 +83,7 @@ def test_bn_chunk_normalises_each_chunk_separately():
     model = build_model("resnet18", bn_chunk=2).train()
     x = torch.randn(4, 3, 64, 32)
     whole = model(x)
-    parts = torch.nn.functional.normalize(torch.cat([model.embed_chunk(c) for c in x.split(2)]), dim=1)
+    parts = torch.nn.functional.normalize(torch.cat([model.embed_chunk(c)[1] for c in x.split(2)]), dim=1)
     torch.testing.assert_close(whole, parts)
     model.bn_chunk = 0
     assert not torch.allclose(model(x), whole)
@@ -120,3 +120,16 @@ def test_channels_last_gives_the_same_features():
         plain = model(x)
         fast = model.use_channels_last()(x)
     torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_learnable_gem_trains_its_exponent():
+    from hardreid.models.reid import GeneralizedMeanPooling
+
+    x = torch.rand(2, 3, 4, 2) + 0.1
+    fixed, learned = GeneralizedMeanPooling(3.0), GeneralizedMeanPooling(3.0, learnable=True)
+    torch.testing.assert_close(learned(x), fixed(x))  # the same value at its initial p
+    learned(x).sum().backward()
+    assert isinstance(learned.p, torch.nn.Parameter) and learned.p.grad is not None and learned.p.grad.abs() > 0
+    model = build_model("resnet18", pooling="gem", gem_learnable=True)
+    assert any(name == "pool.p" for name, _ in model.named_parameters())
+    assert not any(name == "pool.p" for name, _ in build_model("resnet18", pooling="gem").named_parameters())

@@ -51,10 +51,19 @@ class DataConfig:
     width: int = 128
     batch_size: int = 64  # P x K = 16 x 4
     num_instances: int = 4  # K images per pseudo identity in a batch
+    # P x K sampler (data/sampler.py): auto = the base's official one (Cluster Contrast, SpCL, strong_baseline:
+    # multi_camera; ICE: more_camera) | pk (K random images) | multi_camera (RandomMultipleGallerySampler: an anchor
+    # and K - 1 images from its other cameras) | more_camera (ICE's MoreCameraSampler: one image per camera first)
+    sampler: str = "auto"
     workers: int = 4
     flip_p: float = 0.5
     pad: int = 10
     erasing_p: float = 0.5
+    # random erasing as the official codes (Zhong et al.): area fraction drawn from [low, high], aspect ratio from
+    # [r1, 1/r1], the rectangle filled with erasing_fill in the *normalised* tensor (they write the ImageNet mean there)
+    erasing_area: list[float] = field(default_factory=lambda: [0.02, 0.4])
+    erasing_aspect: float = 0.3
+    erasing_fill: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     blur_p: float = 0.0  # Gaussian blur of training images with this probability (ICE: 0.5)
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  # blur radius drawn uniformly from this range
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -66,7 +75,8 @@ class ModelConfig:
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenet_v2 | vit_small (ViT-S/16, needs timm)
     last_stride: int = 1
     pooling: str = "avg"  # avg | gem
-    gem_p: float = 3.0
+    gem_p: float = 3.0  # GeM exponent (its initial value when learnable)
+    gem_learnable: bool = True  # GeM's p is a trained parameter (fast-reid's GeneralizedMeanPoolingP, Cluster Contrast's "gem")
     weights: str = ""  # local torchvision-layout state dict (timm layout for vit_small); "" = random init
     pretrained: bool = False  # torchvision download (fails offline with a clear message)
 
@@ -128,7 +138,9 @@ class TrainConfig:
     amp_cpu: bool = False  # autocast on CPU too (bfloat16): the mixed-precision path without a GPU (tests)
     calibrate_bn: str = "auto"  # auto (only from random init) | always | never: BatchNorm statistics before epoch 1
     channels_last: bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
-    bn_chunk: int = 0  # >0: normalise BatchNorm over chunks of this many images (emulates multi-GPU)
+    # >0: BatchNorm normalises chunks of this many images, the per-GPU share of an official multi-GPU batch
+    # (Cluster Contrast 256 / 4 GPUs = 64, SpCL 64 / 4 = 16, ICE 32 / 4 = 8, ACFL 64 / 2 = 32; set in each base's configs)
+    bn_chunk: int = 0
     sync_bn: bool = False  # several processes (torchrun, CUDA): SyncBatchNorm over the global batch, not per process
     dist_timeout: float = 30.0  # several processes: minutes a collective waits for the others before the job fails
     check_ranks: bool = False  # several processes: compare weights and memories of every process each epoch (debug)
@@ -146,7 +158,7 @@ class EvalConfig:
 
 @dataclass
 class MethodConfig:
-    base: str = "cluster_contrast"  # cluster_contrast | spcl | ice
+    base: str = "cluster_contrast"  # cluster_contrast | spcl | ice | strong_baseline
     hard_samples: list[str] = field(default_factory=list)  # generators, e.g. [hpf, hpi] (ACFL) or [hng] (SHNG)
 
 
@@ -181,6 +193,11 @@ class IceConfig:
     consistency_temperature: float = 0.4  # tau_s of the soft instance consistency loss, --scale-kl
     consistency_weight: float = 10.0  # lambda_s of L_s_ins (the official "* 10")
     evaluate_teacher: bool = True  # evaluate / save the EMA teacher (ICE and the mean_teacher add-on), as ICE does
+    # inter-camera proxy scores (ICE and camera_proxy): official = normalize(f) @ normalize(P^T) as ice/trainers.py
+    # writes it (each feature dimension normalised across the proxies) | cosine (each proxy a unit vector)
+    proxy_scoring: str = "official"
+    teacher_on_view1: bool = True  # the teacher also runs on view 1 (output unused), as officially: 3 BN updates per step
+    shuffle_bn: bool = True  # teacher inputs shuffled before its (train.bn_chunk) BatchNorm chunks, as the official ShuffleBN
 
 
 @dataclass
@@ -196,7 +213,17 @@ class AcflConfig:
     alignment: str = "re"  # L_ins of the align/hpi components: re (Eq. 7) | distance (Table 2, L_d = 2(1 - q.k))
     re_detach_target: bool = False  # Eq. 5 has no stop-gradient; true: v(Q(x_i)) is a constant (as ICE's KL)
     positive: str = "random"  # x_j in the batch: random (Alg. 1 line 9) | hardest (lowest similarity, Table 4 "Mining")
+    # positive: hardest searches: identity (every image of the pseudo identity by the epoch's instance-memory similarity;
+    # the loader brings it with the batch, Table 4 "Mining") | batch (the K images of the batch)
+    mining_scope: str = "identity"
     ins_weight: float = 1.0  # weight of L_ins in Eq. 5 (the paper adds it with weight 1)
+    re_direction: str = "forward"  # Eq. 7: forward KL(v(Q(x_i)) || v(Q(x_j))) | reverse (F.kl_div(log v_i, v_j) reading)
+    # BatchNorm during the Z ascent steps (Eq. 4 is a per-pair gradient): frozen_batch (the positives' batch statistics
+    # computed once at x^(0), then constant) | running (running statistics) | batch (statistics of every step's batch)
+    hpi_bn: str = "frozen_batch"
+    # [H, W] at which eta3 is the paper's: the step is scaled by sqrt(H W / (H_ref W_ref)), so each pixel moves as
+    # far as at the paper's 256x128 at any input size; [] (or null) = the unscaled step
+    hpi_lr_reference: list[int] = field(default_factory=lambda: [256, 128])
 
 
 @dataclass
@@ -225,6 +252,20 @@ class HngConfig:
     lr_gamma: float = 0.1
     warmup_generator: bool = True  # train G with L_rec during warm-up (Table 3 "w/o gen warm-up": false)
     pictures: int = 8  # samples in the per-epoch picture grid; 0 = no pictures
+    # BatchNorm running statistics and the L_con forward of [augmented, generated, parts]: frozen (only the real
+    # anchors' forward updates them, the statistics stay those of real images) | update (every forward updates them)
+    bn_synthetic: str = "frozen"
+
+
+@dataclass
+class StrongBaselineConfig:
+    """OpenUnReID's strong clustering baseline (tools/strong_baseline/config.yaml), SHNG Table 1 "baseline"."""
+
+    label_smoothing: float = 0.1  # CrossEntropyLoss epsilon over the epoch's clusters (models/losses/classification.py)
+    ce_weight: float = 1.0  # TRAIN.LOSS.losses cross_entropy
+    triplet_weight: float = 1.0  # TRAIN.LOSS.losses softmax_triplet
+    triplet_margin: float = 0.0  # TRAIN.LOSS.margin of the softmax triplet loss (on the pooled features)
+    reset_optimizer: bool = True  # the runner's reset_optim: Adam's state is cleared when the labels change (each epoch)
 
 
 @dataclass
@@ -241,6 +282,7 @@ class Config:
     ice: IceConfig = field(default_factory=IceConfig)
     acfl: AcflConfig = field(default_factory=AcflConfig)
     hng: HngConfig = field(default_factory=HngConfig)
+    strong_baseline: StrongBaselineConfig = field(default_factory=StrongBaselineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -387,6 +429,9 @@ RULES: dict[str, Any] = {
     "data.flip_p": PROBABILITY,
     "data.pad": NON_NEGATIVE,
     "data.erasing_p": PROBABILITY,
+    "data.sampler": OneOf("auto", "pk", "multi_camera", "more_camera"),
+    "data.erasing_area": Each(Range(0, 1, low_open=True)),
+    "data.erasing_aspect": Range(0, 1, low_open=True),
     "data.blur_p": PROBABILITY,
     "data.blur_sigma": Each(ABOVE_ZERO),
     "data.std": Each(ABOVE_ZERO),
@@ -451,6 +496,7 @@ RULES: dict[str, Any] = {
     "ice.instance_weight": NON_NEGATIVE,
     "ice.consistency_temperature": ABOVE_ZERO,
     "ice.consistency_weight": NON_NEGATIVE,
+    "ice.proxy_scoring": OneOf("official", "cosine"),
     "acfl.hpf_steps": NON_NEGATIVE,
     "acfl.hpf_lr_positive": NON_NEGATIVE,
     "acfl.hpf_lr_negative": NON_NEGATIVE,
@@ -460,6 +506,10 @@ RULES: dict[str, Any] = {
     "acfl.alignment": OneOf("re", "distance"),
     "acfl.positive": OneOf("random", "hardest"),
     "acfl.ins_weight": NON_NEGATIVE,
+    "acfl.mining_scope": OneOf("identity", "batch"),
+    "acfl.re_direction": OneOf("forward", "reverse"),
+    "acfl.hpi_bn": OneOf("frozen_batch", "running", "batch"),
+    "acfl.hpi_lr_reference": Each(POSITIVE),  # [height, width] or [] (null): see validate_config
     "hng.fusion": OneOf("part", "global", "concat", "noise", "mixup"),
     "hng.fusion_lambda": PROBABILITY,
     "hng.part_stride": POSITIVE,
@@ -481,6 +531,11 @@ RULES: dict[str, Any] = {
     "hng.joint_lr_step": POSITIVE,
     "hng.lr_gamma": ABOVE_ZERO,
     "hng.pictures": NON_NEGATIVE,
+    "hng.bn_synthetic": OneOf("frozen", "update"),
+    "strong_baseline.label_smoothing": Range(0, 1, high_open=True),
+    "strong_baseline.ce_weight": NON_NEGATIVE,
+    "strong_baseline.triplet_weight": NON_NEGATIVE,
+    "strong_baseline.triplet_margin": NON_NEGATIVE,
 }
 
 
@@ -531,6 +586,11 @@ def validate_config(cfg: Config) -> Config:
     need(len(d.blur_sigma) == 2 and d.blur_sigma[0] <= d.blur_sigma[1],
          f"data.blur_sigma must be [low, high] with low <= high, got {d.blur_sigma}")
     need(len(d.mean) == 3 and len(d.std) == 3, f"data.mean and data.std need 3 values (R, G, B), got {d.mean} and {d.std}")
+    need(len(d.erasing_area) == 2 and d.erasing_area[0] <= d.erasing_area[1],
+         f"data.erasing_area must be [low, high] with low <= high, got {d.erasing_area}")
+    need(len(d.erasing_fill) == 3, f"data.erasing_fill needs 3 values (R, G, B), got {d.erasing_fill}")
+    need(len(cfg.acfl.hpi_lr_reference) in (0, 2),
+         f"acfl.hpi_lr_reference must be [height, width] or null, got {cfg.acfl.hpi_lr_reference}")
     need(c.k2 <= c.k1, f"cluster.k2 ({c.k2}) must not exceed cluster.k1 ({c.k1}): query expansion uses the k2 "
                        "nearest of the k1 neighbours")
     need(all(a < b for a, b in zip(o.milestones, o.milestones[1:])),

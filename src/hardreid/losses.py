@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .precision import float32
 
 ALIGNMENTS = ("re", "distance")
+RE_DIRECTIONS = ("forward", "reverse")
 
 
 def contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -26,18 +27,24 @@ def similarity_distribution(features: torch.Tensor, prototypes: torch.Tensor, te
 
 @float32
 def relative_entropy_loss(anchor: torch.Tensor, positive: torch.Tensor, prototypes: torch.Tensor,
-                          temperature: float, detach_target: bool = False) -> torch.Tensor:
+                          temperature: float, detach_target: bool = False, direction: str = "forward") -> torch.Tensor:
     """L_ins = KL(v(Q(x_i)) || v(Q(x_j))), mean over the batch (ACFL Eq. 7).
 
     ``anchor`` = Q(x_i), ``positive`` = Q(x_j) or Q(x_j*); ``prototypes`` = the plain person features C.
-    Eq. 5 puts no stop-gradient on either side; ``detach_target`` makes v(Q(x_i)) (the KL target, as in
-    ICE's KL term) a constant.
+    ``direction`` (``acfl.re_direction``): ``forward`` = KL(v_i || v_j) as Eq. 7 reads; ``reverse`` =
+    KL(v_j || v_i), what ``F.kl_div(log v_i, v_j)`` (input = the anchor, target = the positive) computes.
+    Eq. 5 puts no stop-gradient on either side; ``detach_target`` makes the KL target (the distribution the
+    expectation is taken under: v_i forward, v_j reverse; as ICE's KL term) a constant.
     """
+    if direction not in RE_DIRECTIONS:
+        raise ValueError(f"unknown relative-entropy direction '{direction}'; choose one of {', '.join(RE_DIRECTIONS)}")
     log_p = similarity_distribution(anchor, prototypes, temperature)
+    log_q = similarity_distribution(positive, prototypes, temperature)
+    if direction == "reverse":
+        log_p, log_q = log_q, log_p
     if detach_target:
         log_p = log_p.detach()
-    log_q = similarity_distribution(positive, prototypes, temperature)
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)  # KL(p || q)
 
 
 @float32
@@ -47,10 +54,10 @@ def distance_loss(anchor: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
 
 def instance_loss(kind: str, anchor: torch.Tensor, positive: torch.Tensor, prototypes: torch.Tensor,
-                  temperature: float, detach_target: bool = False) -> torch.Tensor:
-    """L_ins by name: ``re`` (Eq. 7) or ``distance`` (L_d of Table 2)."""
+                  temperature: float, detach_target: bool = False, direction: str = "forward") -> torch.Tensor:
+    """L_ins by name: ``re`` (Eq. 7, in ``direction``) or ``distance`` (L_d of Table 2)."""
     if kind == "re":
-        return relative_entropy_loss(anchor, positive, prototypes, temperature, detach_target)
+        return relative_entropy_loss(anchor, positive, prototypes, temperature, detach_target, direction)
     if kind == "distance":
         return distance_loss(anchor, positive)
     raise ValueError(f"unknown instance loss '{kind}'; choose one of {', '.join(ALIGNMENTS)}")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
 from .images import read_image
-from .sampler import GlobalBatches, IdentitySampler
+from .sampler import GlobalBatches, sampler_class
 from .types import Sample
 
 
@@ -45,16 +45,22 @@ class ImageDataset(Dataset):
 
     With ``num_views`` > 1 the image is transformed that many times independently and the
     views are stacked: the image tensor is V x C x H x W (methods that compare augmented views).
+    ``weak_transform`` appends the image under that transform; ``companions`` (one sample per
+    sample) appends the companion image under ``transform``, after everything else.
     A key ``(index, seed)`` (``GlobalBatches``) draws the random transforms from ``seed``.
     """
 
     def __init__(self, samples: Sequence[Sample], transform: Callable, labels: Sequence[int] | None = None,
-                 num_views: int = 1, weak_transform: Callable | None = None) -> None:
+                 num_views: int = 1, weak_transform: Callable | None = None,
+                 companions: Sequence[Sample] | None = None) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.labels = list(labels) if labels is not None else [s.pid for s in self.samples]
         self.num_views = num_views
-        self.weak_transform = weak_transform  # appended as the last view (un-augmented image)
+        self.weak_transform = weak_transform  # appended after the views (un-augmented image)
+        self.companions = list(companions) if companions is not None else None  # appended last
+        if self.companions is not None and len(self.companions) != len(self.samples):
+            raise ValueError(f"{len(self.samples)} samples but {len(self.companions)} companions")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -67,6 +73,8 @@ class ImageDataset(Dataset):
             views = [self.transform(picture) for _ in range(self.num_views)]
             if self.weak_transform is not None:
                 views.append(self.weak_transform(picture))
+            if self.companions is not None:
+                views.append(self.transform(read_image(self.companions[index].path)))
         image = views[0] if len(views) == 1 else torch.stack(views)
         return image, self.labels[index], sample.camid, index
 
@@ -90,20 +98,24 @@ def check_batch_split(batch_size: int, num_instances: int, parts: int = 1) -> No
 class InfiniteIdentityLoader:
     """Endless P x K batches over pseudo labels (restarts the sampler when a pass ends).
 
+    ``sampler``: a name of ``data.sampler.SAMPLERS`` (the cameras come from the samples).
     ``num_views`` > 1: images come as B x V x C x H x W (independent augmentations of each image);
-    ``weak_transform`` adds one more view, the image under that transform. ``singletons_once``: see
-    ``IdentitySampler``. ``batch_size`` is the global batch: with ``parts`` > 1 processes, process
-    ``part`` loads its contiguous share of each one (``GlobalBatches``). Every image's augmentation is
-    drawn from a seed of its own, the same at any number of processes or workers.
+    ``weak_transform`` adds one more view, the image under that transform; ``companions`` one more, each
+    image's companion sample under ``transform``. ``singletons_once``: see ``IdentitySampler``.
+    ``batch_size`` is the global batch: with ``parts`` > 1 processes, process ``part`` loads its contiguous
+    share of each one (``GlobalBatches``). Every image's augmentation is drawn from a seed of its own, the
+    same at any number of processes or workers.
     """
 
     def __init__(self, samples: Sequence[Sample], labels: Sequence[int], transform: Callable, batch_size: int,
                  num_instances: int, workers: int, seed: int, num_views: int = 1, weak_transform: Callable | None = None,
-                 singletons_once: bool = False, part: int = 0, parts: int = 1) -> None:
+                 singletons_once: bool = False, sampler: str = "pk", companions: Sequence[Sample] | None = None,
+                 part: int = 0, parts: int = 1) -> None:
         check_batch_split(batch_size, num_instances, parts)
-        self.sampler = IdentitySampler(labels, num_instances, seed=seed, min_length=batch_size, singletons_once=singletons_once)
+        self.sampler = sampler_class(sampler)(labels, num_instances, seed=seed, min_length=batch_size,
+                                              singletons_once=singletons_once, camids=[s.camid for s in samples])
         self.batches = GlobalBatches(self.sampler, batch_size, seed, part, parts)
-        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views, weak_transform),
+        self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views, weak_transform, companions),
                                  batch_sampler=self.batches, num_workers=workers, worker_init_fn=_worker_init,
                                  pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
         self._it: Iterator | None = None

@@ -1,4 +1,23 @@
-"""P x K identity sampler over (pseudo) labels."""
+"""P x K identity samplers over (pseudo) labels, one class per official sampler (``data.sampler``).
+
+Every sampler visits each identity once per pass, in random order, and yields its images
+together (a contiguous group); a loader with ``batch_size = P * K`` and ``drop_last=True``
+cuts the stream into batches. Labels < 0 (outliers) are never sampled. With few
+identities several passes are chained to reach ``min_length``.
+
+``pk``            K images of the identity (without replacement when it has K).
+``multi_camera``  ``RandomMultipleGallerySampler`` of SpCL, Cluster Contrast and OpenUnReID
+                  (``spcl/utils/data/sampler.py``, ``clustercontrast/utils/data/sampler.py``):
+                  a random anchor, then K - 1 images from the identity's *other* cameras when
+                  it has any, else K - 1 of its other images; an identity of one image gives
+                  that image alone.
+``more_camera``   ICE's ``MoreCameraSampler`` (``ice/utils/data/sampler.py``): one random
+                  image per camera of the identity; with K cameras or more, K of those; with
+                  fewer, filled up with the identity's other images; always K images.
+
+The draws follow the official code's rules (including when it samples with replacement), with
+their own seeded generator instead of the global random streams.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +27,26 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from ..errors import UserError
+
 
 class IdentitySampler(Sampler[int]):
-    """Yields dataset indices in batches of P identities x K instances.
+    """``pk``: K images per identity, drawn without replacement when it has at least K, with replacement otherwise.
 
-    Each pass visits every identity once: K of its images (drawn without
-    replacement when it has at least K, with replacement otherwise), the
-    identities in random order. ``len`` is the number of indices in a pass,
-    always a multiple of K (with few identities, several passes are chained
-    to reach ``min_length``); a loader with ``batch_size = P * K`` and
-    ``drop_last=True`` then gives P x K batches. Labels < 0 (outliers) are
-    never sampled.
-
-    ``singletons_once``: a label with a single image yields it once, not K
-    times (SpCL's ``RandomMultipleGallerySampler`` skips the K - 1 partners of
-    an un-clustered instance); batches then hold a varying number of labels.
+    ``len`` is the number of indices in a pass (a multiple of the group sizes; several passes chained to
+    reach ``min_length``). ``singletons_once``: a label with a single image yields it once, not K times
+    (SpCL's un-clustered instances under the plain P x K sampler). ``camids``: one camera per label
+    entry (used by the camera-aware subclasses; may be omitted here).
     """
 
     def __init__(self, labels: Sequence[int], num_instances: int, seed: int = 0, min_length: int = 0,
-                 singletons_once: bool = False) -> None:
+                 singletons_once: bool = False, camids: Sequence[int] | None = None) -> None:
         self.num_instances = num_instances
         self.min_length = min_length
         self.singletons_once = singletons_once
+        self.camids = list(camids) if camids is not None else [0] * len(labels)
+        if len(self.camids) != len(labels):
+            raise ValueError(f"{len(labels)} labels but {len(self.camids)} camera ids")
         self.index_by_label: dict[int, list[int]] = defaultdict(list)
         for index, label in enumerate(labels):
             if label >= 0:
@@ -41,6 +58,7 @@ class IdentitySampler(Sampler[int]):
         return self._passes() * self._per_pass()
 
     def _draws(self, label: int) -> int:
+        """How many indices ``label`` gives per pass (fixed for every sampler, so ``len`` is exact)."""
         return 1 if self.singletons_once and len(self.index_by_label[label]) == 1 else self.num_instances
 
     def _per_pass(self) -> int:
@@ -50,13 +68,81 @@ class IdentitySampler(Sampler[int]):
         """Whole shuffled passes needed to give at least ``min_length`` indices (few clusters)."""
         return max(1, -(-self.min_length // max(self._per_pass(), 1)))
 
+    def group(self, label: int) -> list[int]:
+        """The indices one identity contributes to a pass."""
+        members = self.index_by_label[label]
+        draws = self._draws(label)
+        return [int(i) for i in self.rng.choice(members, draws, replace=len(members) < draws)]
+
     def __iter__(self) -> Iterator[int]:
         order = np.concatenate([self.rng.permutation(len(self.labels)) for _ in range(self._passes())])
         for position in order:
-            members = self.index_by_label[self.labels[position]]
-            draws = self._draws(self.labels[position])
-            replace = len(members) < draws
-            yield from (int(i) for i in self.rng.choice(members, draws, replace=replace))
+            yield from self.group(self.labels[position])
+
+    def _choose(self, pool: list[int], size: int, enough: int) -> list[int]:
+        """``size`` of ``pool``, without replacement when ``len(pool) >= enough`` (the official threshold)."""
+        return [int(i) for i in self.rng.choice(pool, size, replace=len(pool) < enough)]
+
+
+class MultiCameraSampler(IdentitySampler):
+    """``multi_camera``: RandomMultipleGallerySampler (SpCL, Cluster Contrast, OpenUnReID's strong baseline).
+
+    Per identity: a random anchor, then K - 1 partners from the cameras other than the anchor's (drawn with
+    replacement unless there are at least K such images, as the official ``len(select_cams) >= num_instances``);
+    without other cameras, K - 1 of the identity's other images; a single image is given once.
+    """
+
+    def _draws(self, label: int) -> int:
+        return 1 if len(self.index_by_label[label]) == 1 else self.num_instances
+
+    def group(self, label: int) -> list[int]:
+        members = self.index_by_label[label]
+        anchor = members[int(self.rng.integers(len(members)))]
+        if len(members) == 1:
+            return [anchor]
+        other_cameras = [m for m in members if self.camids[m] != self.camids[anchor]]
+        pool = other_cameras or [m for m in members if m != anchor]
+        return [anchor, *self._choose(pool, self.num_instances - 1, self.num_instances)]
+
+
+class MoreCameraSampler(IdentitySampler):
+    """``more_camera``: ICE's MoreCameraSampler, K images per identity covering as many cameras as possible.
+
+    One random image per camera (cameras in increasing order); at least K cameras: K of those picks without
+    replacement; fewer: the picks plus K - picks of the identity's other images (without replacement when
+    there are enough), or, with no other image, K draws with replacement from the picks.
+    """
+
+    def _draws(self, label: int) -> int:
+        return self.num_instances
+
+    def group(self, label: int) -> list[int]:
+        k = self.num_instances
+        members = self.index_by_label[label]
+        by_camera: dict[int, list[int]] = defaultdict(list)
+        for m in members:
+            by_camera[self.camids[m]].append(m)
+        picks = [int(self.rng.choice(by_camera[c])) for c in sorted(by_camera)]
+        if len(picks) >= k:
+            return self._choose(picks, k, k)
+        rest = [m for m in members if m not in picks]
+        if not rest:  # every image is a pick: K draws with replacement, as the official code
+            return [int(i) for i in self.rng.choice(picks, k, replace=True)]
+        return picks + self._choose(rest, k - len(picks), k - len(picks))
+
+
+SAMPLERS: dict[str, type[IdentitySampler]] = {
+    "pk": IdentitySampler,
+    "multi_camera": MultiCameraSampler,
+    "more_camera": MoreCameraSampler,
+}
+
+
+def sampler_class(name: str) -> type[IdentitySampler]:
+    """The sampler registered as ``name`` (``data.sampler``); a clear error for unknown names."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown data.sampler '{name}'; choose auto or one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
 
 
 class GlobalBatches(Sampler[list]):

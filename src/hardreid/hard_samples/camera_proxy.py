@@ -5,7 +5,9 @@ labels (``EpochData``), one per (pseudo identity, camera); a batch image takes i
 through ``batch.indices``, so the add-on works whatever labels the base samples with (SpCL's
 un-clustered instances, DBSCAN outliers there, have no proxy and are left out of this term).
 Weights and temperature: ``ice.camera_weight`` (mu, 0.5), ``ice.intra_camera_weight`` (0),
-``ice.camera_temperature`` (0.07), ``ice.hard_negatives`` (50). The ICE base uses this class for its L_cam.
+``ice.camera_temperature`` (0.07), ``ice.hard_negatives`` (50), scores ``ice.proxy_scoring`` (the
+official per-dimension normalisation by default, see ``memory/camera_proxies.py``). The ICE base uses
+this class for its L_cam.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..memory import CameraProxies
+from ..memory.camera_proxies import PROXY_SCORINGS
 from ..training import methods
 from ..training.methods import BaseMethod, Component, EpochData, StepContext
 
@@ -27,6 +30,8 @@ class CameraProxyLoss(Component):
     def __init__(self, cfg, device: torch.device, prefix: str = "camera_proxy") -> None:
         super().__init__(cfg, device)
         self.prefix = prefix
+        if cfg.ice.proxy_scoring not in PROXY_SCORINGS:
+            raise UserError(f"unknown ice.proxy_scoring '{cfg.ice.proxy_scoring}'; choose one of {', '.join(PROXY_SCORINGS)}")
         self.proxies: CameraProxies | None = None
         self.labels: torch.Tensor | None = None
 
@@ -49,7 +54,7 @@ class CameraProxyLoss(Component):
         terms = {}
         if ice.camera_weight:
             terms[self.prefix] = ice.camera_weight * self.proxies.cross_camera_loss(
-                features, labels, camids, ice.camera_temperature, ice.hard_negatives)
+                features, labels, camids, ice.camera_temperature, ice.hard_negatives, ice.proxy_scoring)
         if ice.intra_camera_weight:
             terms[f"{self.prefix}_intra"] = ice.intra_camera_weight * self.proxies.intra_camera_loss(
                 features, labels, camids, ice.camera_temperature)

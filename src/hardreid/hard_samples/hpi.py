@@ -4,7 +4,9 @@ Two registered components share one class:
 
 ``align``  L_ins(Q(x_i), Q(x_j)) with a positive x_j of the same pseudo label from the P x K batch
            (Table 2 "Base.+distance", "Base.+RE", "Base.+HPF+RE"; Table 4 "Easy" and, with
-           ``acfl.positive: hardest``, "Mining": the hardest positive by similarity instead of a generated one).
+           ``acfl.positive: hardest``, "Mining": the hardest positive by similarity instead of a generated one,
+           among every image of the pseudo identity (``acfl.mining_scope: identity``, brought by the loader as
+           ``Batch.companion``) or among the batch's images (``batch``)).
 ``hpi``    L_ins(Q(x_i), Q(x_j*)) with the hard positive instance x_j* made from x_j by Z steps of
            normalised gradient ascent of L_ins in image space (Eq. 3-4, Alg. 3).
 
@@ -18,46 +20,78 @@ much harder the generated positives are.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .. import distributed
 from ..config import Config
 from ..errors import UserError
-from ..losses import ALIGNMENTS, instance_loss
+from ..losses import ALIGNMENTS, RE_DIRECTIONS, instance_loss
+from ..models.batchnorm import eval_mode, frozen_batch_forward, scratch_forward
 from ..precision import float32
-from ..training.methods import HARD_SAMPLES, BaseMethod, Component, StepContext
+from ..training.methods import HARD_SAMPLES, BaseMethod, Component, EpochData, StepContext
 
 POSITIVE_CHOICES = ("random", "hardest")
+MINING_SCOPES = ("identity", "batch")
+HPI_BN_MODES = ("frozen_batch", "running", "batch")
+
+__all__ = ["hard_positive_instances", "generation_forward", "hpi_step_scale", "hardest_positives", "select_positives",
+           "scratch_forward"]
 
 
-def scratch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward with its buffers replaced by private copies (torch.func.functional_call).
+def generation_forward(model: nn.Module, positives: torch.Tensor, mode: str = "frozen_batch") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network's forward during the Z ascent steps, by ``acfl.hpi_bn``; the model is never changed.
 
-    BatchNorm in training mode writes its running statistics (and num_batches_tracked) into the copies, so the
-    model's own buffers are neither changed nor bumped in version: the re-ID forward of the same step, whose
-    backward still holds them, stays valid. The parameters are the model's own (gradients reach the images only).
+    ``frozen_batch``: BatchNorm normalises with the positives' own train-mode batch statistics, computed once at
+    x^(0) and held constant (per ``bn_chunk`` chunk, as the training forward): each x_j's gradient is then its own
+    pair's (Eq. 4), the same whether the positives go through together or one at a time. ``running``: eval-mode
+    normalisation with the running statistics. ``batch``: train-mode statistics of each step's batch, which
+    couple the positives (running-statistic updates go to private copies). A model in eval mode runs as it is.
     """
-    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
-    return lambda x: functional_call(model, buffers, (x,))
+    if mode not in HPI_BN_MODES:
+        raise UserError(f"unknown acfl.hpi_bn '{mode}'; choose one of {', '.join(HPI_BN_MODES)}")
+    if not isinstance(model, nn.Module) or not model.training:
+        return model
+    if mode == "batch":
+        return scratch_forward(model)
+    if mode == "running":
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with eval_mode(model):
+                return model(x)
+        return forward
+    return frozen_batch_forward(model, positives.detach(), getattr(model, "bn_chunk", 0))
+
+
+def hpi_step_scale(height: int, width: int, reference: Sequence[int]) -> float:
+    """Factor of eta3 that keeps the per-pixel step of the paper's size: sqrt(H W / (H_ref W_ref)); 1 without one.
+
+    eta3 is an L2 norm per image (Eq. 4): at H x W its per-pixel RMS is eta3 / sqrt(C H W), so at 128x64 the
+    paper's eta3 (set at 256x128) would move each pixel twice as far. ``acfl.hpi_lr_reference`` = [H_ref, W_ref].
+    """
+    if not reference:
+        return 1.0
+    if len(reference) != 2 or min(reference) <= 0:
+        raise UserError(f"acfl.hpi_lr_reference must be [height, width] (or null), not {list(reference)}")
+    return ((height * width) / (reference[0] * reference[1])) ** 0.5
 
 
 @float32  # the network too: float16 image gradients underflow
 def hard_positive_instances(model: nn.Module, anchor_features: torch.Tensor, positives: torch.Tensor,
                             prototypes: torch.Tensor, steps: int, lr: float, temperature: float, loss: str = "re",
-                            *, history: list[float] | None = None) -> torch.Tensor:
+                            *, history: list[float] | None = None, bn: str = "frozen_batch",
+                            direction: str = "forward") -> torch.Tensor:
     """x_j* = x_j^(Z): Z = ``steps`` steps of x_j <- x_j + eta3 g / |g|_2, g = dL_ins(s(Q(x_i)), Q(x_j)) / dx_j.
 
     ACFL Eq. 3-4 and Algorithm 3. ``anchor_features`` = Q(x_i) (B x D, used as constants), ``positives`` =
     the images x_j in normalised image space (B x C x H x W, one per query), ``prototypes`` = the plain person
-    features C (for the relative entropy), ``lr`` = eta3, ``loss`` = ``re`` (Eq. 7) or ``distance``.
+    features C (for the relative entropy), ``lr`` = eta3 (already scaled for the input size, ``hpi_step_scale``),
+    ``loss`` = ``re`` (Eq. 7, in ``direction``) or ``distance``, ``bn`` = ``acfl.hpi_bn`` (``generation_forward``).
     The norm is taken per image. All positives go through the network together, one forward and one backward
     per step. The model is left as it was: gradients are taken with respect to the images only (no
-    parameter .grad), buffers (BatchNorm running statistics) are private copies, the mode is not changed.
+    parameter .grad), buffers (BatchNorm running statistics) are never written, the mode is not changed.
     ``history`` (optional) receives L_ins at x^(0), ..., x^(Z) (one more forward pass).
     """
     if loss not in ALIGNMENTS:
@@ -65,11 +99,11 @@ def hard_positive_instances(model: nn.Module, anchor_features: torch.Tensor, pos
     anchor = anchor_features.detach()  # s(Q(x_i)), Eq. 3
     prototypes = prototypes.detach()
     x = positives.detach().clone()
-    forward = scratch_forward(model)
+    forward = generation_forward(model, x, bn)
     with torch.enable_grad():
         for _ in range(steps):  # z = 1..Z
             x.requires_grad_(True)
-            value = instance_loss(loss, anchor, forward(x), prototypes, temperature)
+            value = instance_loss(loss, anchor, forward(x), prototypes, temperature, direction=direction)
             # each query's own L_ins (the batch sum): the same direction per image, no 1/B shrinking of the
             # gradients (which could underflow in float16 under autocast)
             (grad,) = torch.autograd.grad(value * x.shape[0], x)
@@ -79,8 +113,30 @@ def hard_positive_instances(model: nn.Module, anchor_features: torch.Tensor, pos
             x = (x.detach() + lr * grad / norm).to(positives.dtype)  # ascent on L_ins, Eq. 4
         if history is not None:
             with torch.no_grad():
-                history.append(float(instance_loss(loss, anchor, forward(x), prototypes, temperature)))
+                history.append(float(instance_loss(loss, anchor, forward(x), prototypes, temperature,
+                                                   direction=direction)))
     return x.detach()
+
+
+def hardest_positives(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """For every image i the position of argmin_j f_i . f_j over the *other* images j of its label (Table 4 "Mining").
+
+    ``features`` (N x D): the instance memory at the epoch's start (the epoch's extracted features, which
+    initialise M); ``labels`` (N): -1 = not sampled. An image alone with its label (or an outlier) is its own.
+    """
+    out = torch.arange(labels.numel(), device=labels.device)
+    f = features.detach().float().to(labels.device)
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    bounds = torch.searchsorted(sorted_labels, sorted_labels.unique_consecutive(), right=False).tolist()
+    for start, end in zip(bounds, bounds[1:] + [labels.numel()]):
+        members = order[start:end]
+        if sorted_labels[start] < 0 or members.numel() < 2:
+            continue
+        sim = f[members] @ f[members].t()
+        sim.fill_diagonal_(float("inf"))
+        out[members] = members[sim.argmin(dim=1)]
+    return out
 
 
 def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
@@ -100,10 +156,7 @@ def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torc
         eye = torch.eye(batch, dtype=torch.bool, device=labels.device)
         candidates[alone] = same[alone] & ~eye[alone]
     lonely = ~candidates.any(dim=1)
-    if lonely.all():
-        raise UserError("ACFL instance alignment needs positives in the batch: use data.num_instances >= 2 "
-                        "(P x K sampling)")
-    if lonely.any():  # SpCL's un-clustered instances: the image itself is its only positive (instance level)
+    if lonely.any():  # SpCL's un-clustered instances (a batch may hold only them): the image itself (instance level)
         candidates[lonely] = torch.eye(batch, dtype=torch.bool, device=labels.device)[lonely]
     if mode == "random":
         # drawn over the global batch and cut to this process's block: the choice one process makes for these images
@@ -117,7 +170,13 @@ def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torc
 
 
 class InstanceAlignment(Component):
-    """L_ins(Q(x_i), Q(x_j)) with a plain positive from the batch (``align``), weighted by acfl.ins_weight."""
+    """L_ins(Q(x_i), Q(x_j)) with a plain positive (``align``), weighted by acfl.ins_weight.
+
+    x_j is chosen in the batch (``select_positives``), or, for Table 4 "Mining" (``acfl.positive: hardest``,
+    ``acfl.mining_scope: identity``), it is each image's hardest positive among all images of its pseudo
+    identity, which the loader brings along (``companions``, ``Batch.companion``) and one more training
+    forward turns into Q(x_j).
+    """
 
     name = "align"
     generates = False
@@ -125,22 +184,30 @@ class InstanceAlignment(Component):
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
         a = cfg.acfl
-        if a.alignment not in ALIGNMENTS:
-            raise UserError(f"unknown acfl.alignment '{a.alignment}'; choose one of {', '.join(ALIGNMENTS)} "
-                            "(leave align/hpi out of method.hard_samples for no instance term)")
-        if a.positive not in POSITIVE_CHOICES:
-            raise UserError(f"unknown acfl.positive '{a.positive}'; choose one of {', '.join(POSITIVE_CHOICES)}")
+        choices = {"alignment": (a.alignment, ALIGNMENTS), "positive": (a.positive, POSITIVE_CHOICES),
+                   "mining_scope": (a.mining_scope, MINING_SCOPES), "re_direction": (a.re_direction, RE_DIRECTIONS),
+                   "hpi_bn": (a.hpi_bn, HPI_BN_MODES)}
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                extra = " (leave align/hpi out of method.hard_samples for no instance term)" if key == "alignment" else ""
+                raise UserError(f"unknown acfl.{key} '{value}'; choose one of {', '.join(valid)}{extra}")
         if a.hpi_steps < 0:
             raise UserError(f"acfl.hpi_steps (Z) must be >= 0, got {a.hpi_steps}")
+        if cfg.data.num_instances < 2:
+            raise UserError(f"ACFL instance alignment needs positives in the batch: use data.num_instances >= 2 "
+                            f"(P x K sampling), not {cfg.data.num_instances}")
+        self.lr_scale = hpi_step_scale(cfg.data.height, cfg.data.width, a.hpi_lr_reference)
         self.acfl = a
+        self.mines_identity = a.positive == "hardest" and a.mining_scope == "identity"
         self.base: BaseMethod | None = None
+        self.partners: torch.Tensor | None = None
 
     @torch.no_grad()
-    def record(self, ctx: StepContext, positions: torch.Tensor, positive: torch.Tensor) -> None:
+    def record(self, ctx: StepContext, positions: torch.Tensor | None, positive: torch.Tensor) -> None:
         """Accumulate the anchor-positive cosine similarities of this step's queries."""
         anchor = ctx.features.detach().float()
         values = {"ins_pos_cos": F.cosine_similarity(anchor, positive.detach().float(), dim=1)}
-        if self.generates:
+        if self.generates and positions is not None:
             values["ins_plain_cos"] = F.cosine_similarity(anchor, anchor[positions], dim=1)
         for key, value in values.items():
             self.stats.add(key, value.sum(), anchor.shape[0])
@@ -153,19 +220,39 @@ class InstanceAlignment(Component):
         base.instance_alignment = self.name  # type: ignore[attr-defined]
         self.base = base
 
-    def positive_features(self, ctx: StepContext, positions: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        """Q(x_j): the batch already holds the positives' features."""
-        return ctx.features[positions]
+    def start_epoch(self, data: EpochData, model: nn.Module) -> None:
+        super().start_epoch(data, model)
+        if self.mines_identity:
+            assert self.base is not None, "attach() was not called"
+            self.partners = hardest_positives(data.features, self.base.sampling_labels(data).to(data.features.device))
+
+    def companions(self) -> torch.Tensor | None:
+        return self.partners if self.mines_identity else None
+
+    def positive_images(self, ctx: StepContext) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(batch positions of x_j, or None) and (the images x_j when they are not batch images, else None)."""
+        batch = ctx.batch
+        if self.mines_identity:
+            if batch.companion is None:
+                raise RuntimeError("acfl.mining_scope=identity needs Batch.companion: the loader was built without "
+                                   "the method's companions")
+            return None, batch.companion
+        return select_positives(ctx.features, batch.labels, batch.indices, self.acfl.positive), None
+
+    def positive_features(self, ctx: StepContext, positions: torch.Tensor | None, images: torch.Tensor | None,
+                          prototypes: torch.Tensor) -> torch.Tensor:
+        """Q(x_j): the batch already holds the positives' features; companions take one training forward."""
+        return ctx.model(images) if positions is None else ctx.features[positions]
 
     def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         assert self.base is not None, "attach() was not called"
-        a, batch = self.acfl, ctx.batch
-        positions = select_positives(ctx.features, batch.labels, batch.indices, a.positive)
-        prototypes = self.base.prototypes()  # plain person features C (Eq. 7)
-        positive = self.positive_features(ctx, positions, prototypes)
+        a = self.acfl
+        positions, images = self.positive_images(ctx)
+        prototypes = self.base.prototypes().detach()  # plain person features C (Eq. 7), constants
+        positive = self.positive_features(ctx, positions, images, prototypes)
         self.record(ctx, positions, positive)
         value = instance_loss(a.alignment, ctx.features, positive, prototypes, self.base.temperature,
-                              a.re_detach_target)
+                              a.re_detach_target, a.re_direction)
         return {"ins": a.ins_weight * value}
 
 
@@ -175,12 +262,15 @@ class HardPositiveInstances(InstanceAlignment):
     name = "hpi"
     generates = True
 
-    def positive_features(self, ctx: StepContext, positions: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        """Q(x_j*): generate from the batch images x_j (Alg. 3), then one training forward of x_j*."""
+    def positive_features(self, ctx: StepContext, positions: torch.Tensor | None, images: torch.Tensor | None,
+                          prototypes: torch.Tensor) -> torch.Tensor:
+        """Q(x_j*): generate from the positives x_j (Alg. 3), then one training forward of x_j*."""
         assert self.base is not None
-        hard = hard_positive_instances(ctx.model, ctx.features, ctx.batch.images[positions], prototypes,
-                                       self.acfl.hpi_steps, self.acfl.hpi_lr, self.base.temperature,
-                                       loss=self.acfl.alignment)
+        a = self.acfl
+        start = ctx.batch.images[positions] if positions is not None else images
+        hard = hard_positive_instances(ctx.model, ctx.features, start, prototypes, a.hpi_steps,
+                                       a.hpi_lr * self.lr_scale, self.base.temperature, loss=a.alignment,
+                                       bn=a.hpi_bn, direction=a.re_direction)
         return ctx.model(hard)
 
 

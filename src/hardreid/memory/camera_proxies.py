@@ -17,6 +17,13 @@ Losses (features L2-normalised, temperature beta 0.07 in the official code):
 
 Both are averaged over the queries of each camera and summed over the cameras present
 in the batch, as the official code does (``loss_cam += ... / len(percam_feat)``).
+
+Proxy scores of the inter-camera loss (``scoring``, ``ice.proxy_scoring``): the official
+``ice/trainers.py`` computes ``matmul(F.normalize(f), F.normalize(P.t()))``, and
+``F.normalize`` of the D x Np matrix ``P.t()`` normalises each *feature dimension* across
+the proxies, not each proxy (``official``, the default, which also ranks the hard
+negatives); ``cosine`` is the cosine similarity with unit proxies. The intra-camera term
+(commented out officially) uses the cosine.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch.nn.functional as F
 
 from ..precision import float32
 
+PROXY_SCORINGS = ("official", "cosine")
 
 class CameraProxies:
     """Proxies (Np x D, unit rows) with their pseudo label and camera."""
@@ -59,11 +67,20 @@ class CameraProxies:
             total = total + per_query[camids == cam].mean()
         return total
 
+    def scored_proxies(self, scoring: str = "official") -> torch.Tensor:
+        """The proxies the inter-camera scores are products with (Np x D): see the module doc."""
+        if scoring == "official":
+            return F.normalize(self.proxies, dim=0)  # = F.normalize(P.t(), dim=1).t(): each dimension across proxies
+        if scoring == "cosine":
+            return self.proxies
+        raise ValueError(f"unknown proxy scoring '{scoring}'; choose one of {', '.join(PROXY_SCORINGS)}")
+
     def cross_camera_loss(self, features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor,
-                          temperature: float = 0.07, num_hard_negatives: int = 50) -> torch.Tensor:
+                          temperature: float = 0.07, num_hard_negatives: int = 50,
+                          scoring: str = "official") -> torch.Tensor:
         """ICE's inter-camera proxy contrastive loss with the k hardest negative proxies (see module doc)."""
         features = F.normalize(features, dim=1)
-        sims = features @ self.proxies.to(features.dtype).t()  # B x Np
+        sims = features @ self.scored_proxies(scoring).to(features.dtype).t()  # B x Np
         positive = labels[:, None] == self.proxy_labels[None, :]
         hard = self.hardest_negatives(sims.detach(), positive, num_hard_negatives)
         logits = sims / temperature

@@ -24,11 +24,16 @@ from .vit import TIMM_NAMES, ViTBackbone, download_vit_weights, load_vit_weights
 
 
 class GeneralizedMeanPooling(nn.Module):
-    """GeM pooling: (mean x^p)^(1/p) over the spatial map, p fixed."""
+    """GeM pooling: (mean x^p)^(1/p) over the spatial map.
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+    ``learnable``: p is a trained parameter initialised at ``p`` (fast-reid's ``GeneralizedMeanPoolingP``, the
+    "gem" of Cluster Contrast's ``clustercontrast/models/pooling.py`` and of OpenUnReID); otherwise p is fixed.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False) -> None:
         super().__init__()
-        self.p, self.eps = p, eps
+        self.eps = eps
+        self.p = nn.Parameter(torch.tensor([float(p)])) if learnable else p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
@@ -86,7 +91,7 @@ class ReidModel(nn.Module):
     """Re-ID feature extractor: ``forward`` returns L2-normalised features (B x dim)."""
 
     def __init__(self, backbone: str = "resnet50", last_stride: int = 1, pooling: str = "avg", gem_p: float = 3.0,
-                 bn_chunk: int = 0, img_size: tuple[int, int] = (256, 128)) -> None:
+                 bn_chunk: int = 0, img_size: tuple[int, int] = (256, 128), gem_learnable: bool = False) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
@@ -100,7 +105,8 @@ class ReidModel(nn.Module):
         if isinstance(self.backbone, ViTBackbone):
             self.pool = nn.Identity()  # the backbone already returns the CLS token (B x dim)
         else:
-            self.pool = GeneralizedMeanPooling(gem_p) if pooling == "gem" else nn.AdaptiveAvgPool2d(1)
+            self.pool = (GeneralizedMeanPooling(gem_p, learnable=gem_learnable) if pooling == "gem"
+                         else nn.AdaptiveAvgPool2d(1))
         self.neck = nn.BatchNorm1d(self.feat_dim)
         nn.init.ones_(self.neck.weight)
         nn.init.zeros_(self.neck.bias)
@@ -115,6 +121,10 @@ class ReidModel(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised neck output (B x dim)."""
+        return self.pool_and_embed(x)[1]
+
+    def pool_and_embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled backbone features before the neck and the unnormalised neck output (both B x dim)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.training and 0 < self.bn_chunk < x.shape[0]:
@@ -122,15 +132,15 @@ class ReidModel(nn.Module):
             # own; the running statistics follow the first chunk only, as DataParallel keeps the first GPU's
             # replica's and DDP's ranks take rank 0's.
             first, *rest = x.split(self.bn_chunk)
-            head = self.embed_chunk(first)
+            parts = [self.embed_chunk(first)]
             with running_statistics_kept(self):
-                tail = [self.embed_chunk(c) for c in rest]
-            return torch.cat([head, *tail])
+                parts += [self.embed_chunk(c) for c in rest]
+            return torch.cat([p for p, _ in parts]), torch.cat([e for _, e in parts])
         return self.embed_chunk(x)
 
-    def embed_chunk(self, x: torch.Tensor) -> torch.Tensor:
+    def embed_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.pool(self.backbone(x)).flatten(1)
-        return self.neck(pooled)
+        return pooled, self.neck(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.embed(x), dim=1)
@@ -187,12 +197,13 @@ def _download_pretrained(model: ReidModel) -> None:
 
 def build_model(backbone: str = "resnet50", weights: str | Path | None = None, pretrained: bool = False, last_stride: int = 1,
                 pooling: str = "avg", gem_p: float = 3.0, bn_chunk: int = 0,
-                img_size: tuple[int, int] = (256, 128)) -> ReidModel:
+                img_size: tuple[int, int] = (256, 128), gem_learnable: bool = False) -> ReidModel:
     """Build a re-ID model; ``weights`` is a local torchvision-layout file (timm layout for ViT), ``pretrained`` downloads.
 
     ``img_size`` (height, width) only matters for ViT: the grid of its position embedding.
     """
-    model = ReidModel(backbone, last_stride=last_stride, pooling=pooling, gem_p=gem_p, bn_chunk=bn_chunk, img_size=img_size)
+    model = ReidModel(backbone, last_stride=last_stride, pooling=pooling, gem_p=gem_p, bn_chunk=bn_chunk, img_size=img_size,
+                      gem_learnable=gem_learnable)
     if weights:
         load_backbone_weights(model, weights)
     elif pretrained:

@@ -24,8 +24,12 @@ negative generation). Both are ``Component`` objects with the same hooks; the
 ``end_epoch(epoch, run_dir)``
     after the epoch's steps: pictures and statistics for the metrics row.
 
-The base decides which images are sampled (``sampling_labels``) and any
-component may name the network whose features are clustered
+The base decides which images are sampled (``sampling_labels``) and by which of
+``data/sampler.py``'s samplers (``sampler``: its official one, unless ``data.sampler``
+names another); a component may ask the loader to bring a companion image with each
+batch image (``companions``: ACFL's mined hardest positives), may own parameters trained
+by its own optimiser stepped with the re-ID one (``optimizers``: OpenUnReID's classifier),
+and may name the network whose features are clustered
 (``clustering_model``, e.g. an EMA teacher) and the one that is evaluated and
 saved for evaluation (``evaluation_model``).
 
@@ -60,18 +64,21 @@ class Batch:
     indices: torch.Tensor  # positions in the full training list (EpochData rows)
     views: list[torch.Tensor] = field(default_factory=list)  # further independent augmentations, if asked for
     weak: torch.Tensor | None = None  # the un-augmented image (eval transform), if a component asked for it (ICE)
+    companion: torch.Tensor | None = None  # each image's companion (augmented), if a component asked for them (Mining)
 
     @classmethod
     def from_loader(cls, images: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor, indices: torch.Tensor,
-                    device: torch.device, weak: bool = False) -> "Batch":
-        """Split B x V x C x H x W loader output into ``images`` and ``views`` (and ``weak``: the last view)."""
+                    device: torch.device, weak: bool = False, companion: bool = False) -> "Batch":
+        """Split B x V x C x H x W loader output into ``images`` and ``views``; ``companion``: the last view,
+        ``weak``: the last one before it (the order ``ImageDataset`` stacks them in)."""
         images = images.to(device, non_blocking=True)
         views: list[torch.Tensor] = []
         if images.dim() == 5:
             views = [images[:, v] for v in range(1, images.shape[1])]
             images = images[:, 0]
+        companion_view = views.pop() if companion else None
         weak_view = views.pop() if weak else None
-        return cls(images, labels.to(device), camids.to(device), indices.to(device), views, weak_view)
+        return cls(images, labels.to(device), camids.to(device), indices.to(device), views, weak_view, companion_view)
 
 
 @dataclass
@@ -99,6 +106,7 @@ class StepContext:
     step: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
     embeddings: torch.Tensor | None = None  # the same features before L2 normalisation (model.embed), if the model has it
+    pooled: torch.Tensor | None = None  # the backbone's pooled features before the BatchNorm neck, if the model has them
 
 
 @dataclass
@@ -144,7 +152,7 @@ class Component:
     name = "component"
     num_views = 1  # augmented views of each batch image this component needs (Batch.views has num_views - 1)
     weak_view = False  # also load each batch image without augmentation (Batch.weak; ICE's soft instance targets)
-    singletons_once = False  # sampler: a label with one image gives it once per pass, not K times (SpCL's sampler)
+    singletons_once = False  # pk sampler: a label with one image gives it once per pass, not K times (SpCL)
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -181,6 +189,16 @@ class Component:
         """Features to cluster instead of extracting them (N x D, SpCL clusters its instance memory); None = extract."""
         return None
 
+    def companions(self) -> torch.Tensor | None:
+        """After ``start_epoch``: for every training image the position of an image the loader brings along with it
+        (``Batch.companion``; ACFL's mined hardest positive); None = no companions."""
+        return None
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers of the component's own trainable tensors that the trainer steps with the re-ID optimiser
+        (same backward, gradient scaler and lr: their lr is set to the re-ID lr every epoch)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -202,6 +220,8 @@ class BaseMethod(Component):
     """A base method: a memory and its loss. Hard-sample generators work on ``prototypes``."""
 
     name = "base"
+    sampler = "multi_camera"  # the official P x K sampler (data.sampler: auto); RandomMultipleGallerySampler by default
+    reset_optimizer = False  # the trainer clears the re-ID optimiser's state after each start_epoch (OpenUnReID)
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
@@ -220,13 +240,16 @@ class BaseMethod(Component):
         return data.labels
 
     @float32  # the prototypes are float32 memories; HPF's ascent steps are small changes of these logits
-    def cluster_logits(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def cluster_logits(self, features: torch.Tensor, labels: torch.Tensor,
+                       prototypes: torch.Tensor | None = None) -> torch.Tensor:
         """q . c_a / tau for every cluster prototype (B x Nc), after every registered adjuster (float32).
 
         ``labels``: the index of each row's own prototype, or -1 when its positive is not a prototype
         (SpCL's un-clustered instances); adjusters must treat -1 as "every prototype is a negative".
+        ``prototypes``: default ``self.prototypes()``; a base with trained prototypes (a classifier) passes them.
         """
-        prototypes = self.prototypes()
+        if prototypes is None:
+            prototypes = self.prototypes()
         logits = features @ prototypes.t() / self.temperature
         for adjust in self.logit_adjusters:
             logits = adjust(features, labels, prototypes, logits)
@@ -314,21 +337,41 @@ class ComposedMethod:
     def singletons_once(self) -> bool:
         return self.base.singletons_once
 
+    @property
+    def reset_optimizer(self) -> bool:
+        return self.base.reset_optimizer
+
+    def sampler(self, cfg: Config) -> str:
+        """``data.sampler``, or the base's official sampler for ``auto``."""
+        return self.base.sampler if cfg.data.sampler == "auto" else cfg.data.sampler
+
+    def companions(self) -> torch.Tensor | None:
+        for c in self.components:
+            found = c.companions()
+            if found is not None:
+                return found
+        return None
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for c in self.components for o in c.optimizers()]
+
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
         for c in self.components:
             c.start_epoch(data, model)
 
     def training_step(self, model: nn.Module, batch: Batch, epoch: int = 0, step: int = 0,
-                      embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepOutput:
-        """The step's losses. ``embed``: ``model.embed`` as the trainer wraps it so that gradients are averaged over
-        processes (``distributed.data_parallel``); the batch's features are computed through it."""
+                      pool_and_embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+                      ) -> StepOutput:
+        """The step's losses. ``pool_and_embed``: ``model.pool_and_embed`` as the trainer wraps it so that gradients are
+        averaged over processes (``distributed.data_parallel``); the batch's features are computed through it."""
         logs: dict[str, float] = {}
         for c in self.components:
             logs.update(c.before_step(model, batch, epoch, step))
-        embed = embed or getattr(model, "embed", None)
-        if callable(embed):  # ReidModel: forward = normalize(embed); keep both for losses on unnormalised features (ICE)
-            embeddings = embed(batch.images)
-            ctx = StepContext(model, batch, F.normalize(embeddings, dim=1), self.base, epoch, step, embeddings=embeddings)
+        pool_and_embed = pool_and_embed or getattr(model, "pool_and_embed", None)
+        if callable(pool_and_embed):  # ReidModel: forward = normalize(embed); keep the unnormalised features (ICE) and
+            pooled, embeddings = pool_and_embed(batch.images)  # the pooled ones before the neck (strong_baseline)
+            ctx = StepContext(model, batch, F.normalize(embeddings, dim=1), self.base, epoch, step, embeddings=embeddings,
+                              pooled=pooled)
         else:
             ctx = StepContext(model, batch, model(batch.images), self.base, epoch, step)
         terms: dict[str, torch.Tensor] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..config import Config, OptimConfig, config_from_dict, dump_config, validate_config
 from ..data.loaders import InfiniteIdentityLoader, check_batch_split
+from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
@@ -79,7 +81,7 @@ def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
     model = build_model(m.backbone, weights=(m.weights or None) if initial_weights else None,
                         pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
-                        img_size=(cfg.data.height, cfg.data.width))
+                        img_size=(cfg.data.height, cfg.data.width), gem_learnable=m.gem_learnable)
     return model.use_channels_last(cfg.train.channels_last)
 
 
@@ -159,9 +161,12 @@ class Trainer:
         seed_everything(cfg.train.seed)
         model = (model or model_from_config(cfg, initial_weights)).to(self.device)
         self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
-        self.embed = distributed.data_parallel(self.model, "embed")  # the step's forward; gradients averaged over processes
+        # the step's forward, through which DDP averages the gradients over the processes (one process: the method)
+        self.pool_and_embed = distributed.data_parallel(self.model, "pool_and_embed")
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
+        sampler_class(self.method.sampler(cfg))  # unknown data.sampler / bad erasing settings: fail before epoch 1
+        train_transform(cfg.data)
         t = cfg.train
         self.precision = training_precision(t.amp, t.amp_dtype, t.amp_cpu, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
@@ -280,6 +285,8 @@ class Trainer:
             LOG.warning("epoch %d/%d: %s", epoch + 1, cfg.train.epochs, clusters.warning)
         data = EpochData(epoch, features, labels, camids, stats.num_clusters, clusters.distance, clusters.eps)
         self.method.start_epoch(data, self.model)
+        if self.method.reset_optimizer:  # OpenUnReID's reset_optim: new labels, fresh Adam moments
+            self.optimizer.state = defaultdict(dict)
         losses = self.train_steps(epoch, self.method.sampling_labels(data))
         self.scheduler.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
@@ -328,14 +335,20 @@ class Trainer:
         cfg = self.cfg
         keep = (labels >= 0).nonzero().flatten().tolist()
         samples = [self.dataset.train[i] for i in keep]
+        partners = self.method.companions()  # e.g. ACFL Mining: each image's hardest positive comes with it
+        companions = None if partners is None else [self.dataset.train[int(partners[i])] for i in keep]
         loader = InfiniteIdentityLoader(samples, labels[keep].tolist(), train_transform(cfg.data), cfg.data.batch_size,
                                         cfg.data.num_instances, cfg.data.workers, seed=cfg.train.seed * 1000 + epoch,
                                         num_views=self.method.num_views,
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
-                                        singletons_once=self.method.singletons_once,
+                                        singletons_once=self.method.singletons_once, sampler=self.method.sampler(cfg),
+                                        companions=companions,
                                         part=distributed.rank(), parts=distributed.world_size())  # this process's share
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         keep_index = torch.as_tensor(keep)  # loader position -> row of the training list (moves with the batch)
+        for optimizer in self.method.optimizers():  # a component's own trainable tensors (OpenUnReID's classifier)
+            for group in optimizer.param_groups:
+                group["lr"] = self.optimizer.param_groups[0]["lr"]
         totals: dict[str, float] = {}
         self.model.train()
         bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=distributed.progress_disabled(),
@@ -345,7 +358,8 @@ class Trainer:
         for step in bar:
             images, batch_labels, camids, positions = loader.next()
             index = keep_index[positions]
-            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view)
+            batch = Batch.from_loader(images, batch_labels, camids, index, self.device, weak=self.method.weak_view,
+                                      companion=companions is not None)
             out = self.train_step(batch, epoch, step)
             for key, value in {"loss": out.loss.item(), **out.logs}.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -365,13 +379,18 @@ class Trainer:
         """One optimiser step on a batch already on the device: the method's losses under the run's autocast
         (``train.amp*``), backward (loss scaled for float16), optimiser step, then the method's state updates."""
         with self.precision.autocast():
-            out = self.method.training_step(self.model, batch, epoch, step, embed=self.embed)
+            out = self.method.training_step(self.model, batch, epoch, step, pool_and_embed=self.pool_and_embed)
         if not torch.isfinite(out.loss):
             raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                             f"lower optim.lr (now {self.cfg.optim.lr}) or check the data")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()  # several processes: the gradients are averaged meanwhile (DDP)
-        self.scaler.step(self.optimizer)
+        optimizers = (self.optimizer, *self.method.optimizers())  # and a component's own (OpenUnReID's classifier)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()  # several processes: DDP averages the model's gradients meanwhile
+        for optimizer in optimizers[1:]:  # a component's own parameters: averaged over the processes here
+            distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
         if self.scaler.is_enabled():
             scale = self.scaler.get_scale()
             self.scaler.update()

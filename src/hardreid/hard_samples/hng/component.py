@@ -8,7 +8,11 @@ Per training step (Sec. 3.4, "the two networks are updated alternately, each wit
    in eval mode so its BatchNorm running statistics are untouched (a frozen network is also a constant
    function of its input: the batch statistics of generated images would otherwise shift E's features).
 3. **re-ID step**: the trainer's optimiser minimises the base's own losses + ``losses(ctx)`` = L_con
-   (Eq. 7-8), where the generated images and selected parts of step 2 are detached constants.
+   (Eq. 7-8), where the generated images and selected parts of step 2 are detached constants. Its forward of
+   [augmented, generated, parts] is two-thirds synthetic (the parts half blank); with ``hng.bn_synthetic:
+   frozen`` it leaves the BatchNorm running statistics alone (private copies), so the statistics used for
+   clustering and evaluation come from the real anchors' forward only, as with the base alone; ``update``
+   lets that forward move them too.
 
 Schedule (Sec. 4.2), one run in two stages: epochs ``< hng.warmup_epochs`` are the warm-up (the re-ID
 network trains with its base method only; G with L_rec only, D untouched; G's lr x ``lr_gamma`` after
@@ -31,6 +35,7 @@ from torch import nn
 from ... import distributed
 from ...config import Config
 from ...errors import UserError
+from ...models.batchnorm import eval_mode, scratch_forward
 from ...training.methods import Batch, Component, EpochData, StepContext
 from . import losses as L
 from .fusion import FUSIONS, fuse, mixup_features, pick_negatives
@@ -48,18 +53,6 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in saved:
             p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode inside the block (BatchNorm uses and keeps its running statistics)."""
-    saved = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 @dataclass
@@ -81,6 +74,9 @@ class Pending:
     parts: torch.Tensor | None = None  # X_pa: x_gen with everything outside the selected part set to 0 (the mean colour)
 
 
+BN_SYNTHETIC = ("frozen", "update")
+
+
 class HardNegativeGeneration(Component):
     """Generator + discriminator with their own Adam optimisers; adds L_con to the re-ID loss."""
 
@@ -96,6 +92,8 @@ class HardNegativeGeneration(Component):
             raise UserError(f"hng.fusion_lambda must be in [0, 1], got {h.fusion_lambda}")
         if h.warmup_epochs < 0:
             raise UserError(f"hng.warmup_epochs must be >= 0, got {h.warmup_epochs}")
+        if h.bn_synthetic not in BN_SYNTHETIC:
+            raise UserError(f"unknown hng.bn_synthetic '{h.bn_synthetic}'; choose one of {', '.join(BN_SYNTHETIC)}")
         if cfg.data.height % 4 or cfg.data.width % 4:
             raise UserError(f"hng needs data.height and data.width divisible by 4, got {cfg.data.height}x{cfg.data.width}")
         self.mean, self.std = list(cfg.data.mean), list(cfg.data.std)
@@ -242,7 +240,8 @@ class HardNegativeGeneration(Component):
         else:
             assert pending.generated is not None
             inputs = [aug, pending.generated] + ([pending.parts] if pending.parts is not None else [])
-            outputs = ctx.model(torch.cat(inputs)).split(len(labels))
+            forward = scratch_forward(ctx.model) if self.h.bn_synthetic == "frozen" else ctx.model
+            outputs = forward(torch.cat(inputs)).split(len(labels))
             v_aug, v_gen, negatives = outputs[0], outputs[1], list(outputs[1:])
         self.record(L.pair_statistics(ctx.features.detach(), labels, v_gen.detach(), self.h.temperature))
         return {"hng_con": self.h.con_weight * L.con_loss(ctx.features, v_aug, labels, self.h.temperature, negatives)}

@@ -9,8 +9,9 @@ As in the official code (``examples/unsupervised_train.py``, ``ice/trainers.py``
   student's *unnormalised* feature of view 1 (the official model returns the raw BN-neck output in
   train mode), c_k the mean teacher feature of cluster k (not renormalised): ``prototypes()``;
 - L_cam: the inter-camera proxy contrastive loss with the 50 hardest negative proxies,
-  beta 0.07, weight 0.5 (``CameraProxies.cross_camera_loss``); the intra-camera term is
-  available with weight 0 (commented out in the official code);
+  beta 0.07, weight 0.5 (``CameraProxies.cross_camera_loss``), scored as the official code
+  does (each feature dimension normalised across the proxies, ``ice.proxy_scoring``); the
+  intra-camera term is available with weight 0 (commented out in the official code);
 - L_h_ins, hard instance contrastive loss (``hard_instance_loss``): student view 1 against the
   teacher's features of view 2; the positive is the hardest (least similar) same-label teacher
   feature, the negatives every other-label teacher feature, tau_h 0.1;
@@ -20,8 +21,13 @@ As in the official code (``examples/unsupervised_train.py``, ``ice/trainers.py``
 
 The teacher runs in train mode for its step features (batch statistics, as the official code;
 its BatchNorm running statistics come from those passes; only its weights follow the student).
-The official ShuffleBN only matters across several GPUs and is left out. Evaluation uses the
-student here (the official code evaluates the teacher).
+As officially it runs on view 1 too (``f_out_t1_ema``, unused by any loss; ``ice.teacher_on_view1``),
+so its running statistics see view 1, view 2 and the un-augmented images, three updates per step.
+ShuffleBN (``ice.shuffle_bn``): the teacher's inputs are permuted before its forward and its
+features put back in order, so that its per-GPU BatchNorm chunks (``train.bn_chunk``) mix
+identities; it changes nothing without chunks. The evaluated and saved network is the teacher
+(``ice.evaluate_teacher``, as the official ``evaluator_1_ema``). The sampler is ICE's
+MoreCameraSampler (``data.sampler: auto``).
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class ICE(TeacherHooks, BaseMethod):
     """Camera-agnostic and camera-aware proxies, hard and soft instance losses, EMA teacher."""
 
     name = "ice"
+    sampler = "more_camera"  # ice/utils/data/sampler.py MoreCameraSampler
     num_views = 2  # batch.images (view 1) and batch.views[0] (view 2)
     weak_view = True  # batch.weak: the un-augmented image, the soft consistency target
 
@@ -102,9 +109,16 @@ class ICE(TeacherHooks, BaseMethod):
 
     @torch.no_grad()
     def teacher_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's features in train mode (batch statistics, as the official teacher), with ShuffleBN."""
         teacher = self.teacher.get(model).module
-        teacher.train()  # batch statistics, as the official teacher
-        return teacher(images)
+        teacher.train()
+        if not self.cfg.ice.shuffle_bn:
+            return teacher(images)
+        order = torch.randperm(images.shape[0], device=images.device)  # get_shuffle_ids of ice/trainers.py
+        out = teacher(images[order])
+        features = torch.empty_like(out)
+        features[order] = out
+        return features
 
     def losses(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         cfg, batch = self.cfg.ice, ctx.batch
@@ -114,6 +128,8 @@ class ICE(TeacherHooks, BaseMethod):
         terms = {"ice_agnostic": label_smoothed_cross_entropy(self.cluster_logits(raw, batch.labels), batch.labels,
                                                               cfg.label_smoothing)}
         terms.update(self.camera.losses(ctx))
+        if cfg.teacher_on_view1:  # official f_out_t1_ema: no loss uses it, but it moves the teacher's BN statistics
+            self.teacher_features(ctx.model, batch.images)
         teacher_view2 = self.teacher_features(ctx.model, batch.views[0])
         teacher_weak = self.teacher_features(ctx.model, batch.weak)
         terms["ice_hard_instance"] = cfg.instance_weight * hard_instance_loss(
