@@ -282,6 +282,14 @@ def shard(items: Sequence[T], block: int = 1) -> Sequence[T]:
     return items[start:stop]
 
 
+def rank_rows(batch: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of the rows of a tensor over the global batch (equal shares)."""
+    if not active():
+        return batch
+    share = batch.shape[0] // world_size()
+    return batch[rank() * share:(rank() + 1) * share]
+
+
 def rank_block(matrix: torch.Tensor) -> torch.Tensor:
     """This rank's diagonal block of a square matrix over the global batch (rows and columns of its share).
 
@@ -425,5 +433,5 @@ def progress_disabled() -> bool | None:
 __all__ = ["active", "all_gather_cat", "all_gather_object", "all_gather_rows", "average_gradients", "barrier",
            "broadcast_buffers", "broadcast_object", "check_identical", "data_parallel", "digest", "is_main",
            "launched_world_size", "local_rank", "main_only", "main_then_broadcast", "progress_disabled",
-           "random_state_kept", "rank", "rank_block", "setup", "shard", "shard_bounds", "single_device",
+           "random_state_kept", "rank", "rank_block", "rank_rows", "setup", "shard", "shard_bounds", "single_device",
            "sum_over_ranks", "sync_batchnorm", "world_size"]
