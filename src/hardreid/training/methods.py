@@ -436,8 +436,8 @@ class ComposedMethod:
 
 def gather_step(ctx: StepContext) -> StepContext:
     """The step of the global batch: every process's features (detached; and embeddings), labels, cameras and
-    indices, concatenated in process order, which is the global batch's order. Images are not gathered (the
-    batch's are empty). One process: ``ctx`` itself."""
+    indices, concatenated in process order, which is the global batch's order. Images and pooled features are not
+    gathered (empty / None). One process: ``ctx`` itself."""
     if distributed.world_size() == 1:
         return ctx
     b = ctx.batch
@@ -446,7 +446,7 @@ def gather_step(ctx: StepContext) -> StepContext:
     batch = Batch(empty, ids[:, 0], ids[:, 1].to(b.camids.dtype), ids[:, 2].to(b.indices.dtype))
     embeddings = None if ctx.embeddings is None else distributed.all_gather_rows(ctx.embeddings)
     return dataclasses.replace(ctx, batch=batch, features=distributed.all_gather_rows(ctx.features),
-                               embeddings=embeddings, cache={})
+                               embeddings=embeddings, pooled=None, cache={})
 
 
 # Registries: a new base or generator is one module that adds itself here (no trainer change).
