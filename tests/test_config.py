@@ -104,7 +104,7 @@ def test_rules_give_one_line_with_key_value_and_range():
     with pytest.raises(UserError) as info:
         load_config(None, ["cluster.eps=1.2"])
     assert str(info.value) == "config key 'cluster.eps' in command-line overrides must be a number in (0, 1) or auto, got 1.2"
-    with pytest.raises(UserError, match=r"'method.base' .* one of cluster_contrast, ice, spcl, got 'foo'"):
+    with pytest.raises(UserError, match=r"'method.base' .* one of cluster_contrast, ice, spcl, strong_baseline, got 'foo'"):
         load_config(None, ["method.base=foo"])
 
 
