@@ -20,7 +20,8 @@ little time left is skipped, one that runs out of time is stopped, and the repor
                       ``--weights``), one epoch of each in turn until the time runs out.
 
 It writes ``device_run.json``, ``device_run.md`` and ``device_run.log`` (every stage's output) into ``--out``,
-rewritten after each stage. One GPU cannot test multi-GPU training: that check is a CPU (gloo) test.
+rewritten after each stage. One GPU cannot test multi-GPU training: that check is the CPU test with 2 gloo
+processes against one (tests/test_distributed.py).
 
 ``--smoke`` runs every stage at toy size on the CPU (bfloat16 autocast) so that the script cannot rot; its
 numbers are not GPU numbers.
@@ -58,8 +59,8 @@ common.repo_src_on_path()
 
 REPORT_RESERVE_S = 8.0  # kept back from every stage for the reports and a killed stage's clean-up
 KILL_GRACE_S = 3.0  # a stage gets this long after its limit to finish writing before it is killed
-MULTI_GPU_NOTE = ("One GPU cannot test multi-GPU training (DDP, being added separately): that check is a CPU "
-                  "test with the gloo backend, not part of this run.")
+MULTI_GPU_NOTE = ("One GPU cannot test multi-GPU training (torchrun, DDP, NCCL): that check is the CPU test with "
+                  "2 gloo processes against one (tests/test_distributed.py), not part of this run.")
 SMOKE_NOTE = "Smoke run: every stage at toy size on the CPU (bfloat16 autocast); these are not GPU numbers."
 
 

@@ -89,6 +89,21 @@ def test_bn_chunk_normalises_each_chunk_separately():
     assert not torch.allclose(model(x), whole)
 
 
+def test_bn_chunk_running_statistics_follow_the_first_chunk():
+    """As nn.DataParallel (the first GPU's replica) and DDP (rank 0's buffers): the other chunks leave them alone."""
+    torch.manual_seed(0)
+    chunked = build_model("mobilenet_v2", bn_chunk=2, last_stride=2).train()
+    alone = build_model("mobilenet_v2", last_stride=2).train()
+    alone.load_state_dict(chunked.state_dict())
+    x = torch.randn(6, 3, 64, 32)
+    chunked(x)
+    alone(x[:2])
+    for (name, mine), theirs in zip(chunked.state_dict().items(), alone.state_dict().values()):
+        if "running" in name or "num_batches" in name:
+            assert torch.equal(mine, theirs), name
+    assert int(chunked.neck.num_batches_tracked) == 1 and chunked.neck.momentum == 0.1
+
+
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="shared MobileNetV2 weights not present")
 def test_shared_mobilenet_weights_load():
     model = build_model("mobilenet_v2", weights=SHARED_WEIGHTS)

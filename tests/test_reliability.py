@@ -37,7 +37,7 @@ def _forbid_work(monkeypatch) -> None:
         raise AssertionError("work started before the start-up checks failed")
 
     monkeypatch.setattr(trainer_module, "calibrate_batchnorm", forbidden)
-    monkeypatch.setattr(trainer_module, "extract_features", forbidden)
+    monkeypatch.setattr(trainer_module, "extract_features_sharded", forbidden)
 
 
 @pytest.fixture

@@ -135,6 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.data.format = args.format
     dataset = _load_data(args, cfg)
     result = train(cfg, dataset, run_dir, resume=args.resume)
+    from . import distributed
+
+    if not distributed.is_main():  # several processes (torchrun): rank 0 reports
+        return 0
     final = result.final
     if "mAP" in final:
         print(f"final: mAP {final['mAP']:.1f}  top-1 {final['top1']:.1f}  top-5 {final['top5']:.1f}  top-10 {final['top10']:.1f}")
@@ -476,7 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid train --config cluster_contrast/cpu_mobilenet --data-root ../shared/data/cuhk03 \\\n"
                               "      --output runs/cuhk03 --weights ../shared/weights/mobilenet_v2_imagenet.pth train.epochs=20\n"
                               "  hardreid train --output runs/cc --data-root ~/data/market --resume      # continue a run\n"
-                              "  hardreid train --output runs/cc --data-root ~/data/market --resume train.epochs=80\n\n"
+                              "  hardreid train --output runs/cc --data-root ~/data/market --resume train.epochs=80\n"
+                              "  # 4 GPUs of one machine (data.batch_size is the global batch, shared by the processes):\n"
+                              "  torchrun --nproc_per_node 4 -m hardreid train --config acfl/market1501 \\\n"
+                              "      --data-root ~/data/market --output runs/acfl\n"
+                              "  # 2 machines x 4 GPUs (run on each machine, --node_rank 0 and 1):\n"
+                              "  torchrun --nnodes 2 --node_rank 0 --nproc_per_node 4 --rdzv_backend c10d \\\n"
+                              "      --rdzv_endpoint HOST0:29400 -m hardreid train --config ... --data-root ... --output ...\n\n"
                               "--config takes a YAML file or the name of a packaged config ('hardreid configs' lists them).\n"
                               "Any config key can be overridden as section.key=value (every key and its default: the packaged\n"
                               "base.yaml); every value is checked before any work starts. --resume refuses changes to keys\n"
@@ -719,12 +729,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hardreid {args.command}: terminated by SIGTERM{_resume_hint(args)}", file=sys.stderr)
             return SIGTERM_EXIT
         if isinstance(exc, UserError):
-            print(f"hardreid {args.command}: error: {clean_message(exc)}", file=sys.stderr)
+            print(f"hardreid {args.command}: error{_rank_note()}: {clean_message(exc)}", file=sys.stderr)
             return 2
         if isinstance(exc, OSError):  # the machine, not the input: a full disk, a vanished mount, ...
             print(f"hardreid {args.command}: error: {exc}", file=sys.stderr)
             return 1
         raise
+
+
+def _rank_note() -> str:
+    """Which process failed, when several run (torchrun)."""
+    from . import distributed
+
+    return f" (rank {distributed.rank()} of {distributed.world_size()})" if distributed.world_size() > 1 else ""
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

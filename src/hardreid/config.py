@@ -141,6 +141,9 @@ class TrainConfig:
     # >0: BatchNorm normalises chunks of this many images, the per-GPU share of an official multi-GPU batch
     # (Cluster Contrast 256 / 4 GPUs = 64, SpCL 64 / 4 = 16, ICE 32 / 4 = 8, ACFL 64 / 2 = 32; set in each base's configs)
     bn_chunk: int = 0
+    sync_bn: bool = False  # several processes (torchrun, CUDA): SyncBatchNorm over the global batch, not per process
+    dist_timeout: float = 30.0  # several processes: minutes a collective waits for the others before the job fails
+    check_ranks: bool = False  # several processes: compare weights and memories of every process each epoch (debug)
     save_every: int = 1  # write last.pth every N epochs
     tensorboard: bool = False  # also write each epoch's metrics as TensorBoard scalars (RUN_DIR/tensorboard; needs tensorboard)
 
@@ -471,6 +474,7 @@ RULES: dict[str, Any] = {
     "train.device": Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
     "train.calibrate_bn": OneOf("auto", "always", "never"),
     "train.bn_chunk": NON_NEGATIVE,
+    "train.dist_timeout": ABOVE_ZERO,
     "train.amp_dtype": OneOf("auto", "float16", "bfloat16"),
     "train.save_every": POSITIVE,
     "eval.batch_size": POSITIVE,
@@ -596,6 +600,9 @@ def validate_config(cfg: Config) -> Config:
     starts = [e[0] for e in o.lr_schedule]
     need(not starts or (starts[0] == 0 and all(a < b for a, b in zip(starts, starts[1:]))),
          f"optim.lr_schedule must start at epoch 0 with increasing epochs, got {o.lr_schedule}")
+    need(not (cfg.train.sync_bn and cfg.train.bn_chunk > 0),
+         f"train.sync_bn normalises over the global batch and train.bn_chunk={cfg.train.bn_chunk} over chunks of it: "
+         "choose one (train.bn_chunk=0 with train.sync_bn=true)")
     need(len(set(cfg.method.hard_samples)) == len(cfg.method.hard_samples),
          f"method.hard_samples lists a generator twice: {cfg.method.hard_samples}")
     if cfg.method.base == "spcl" and c.eps != "auto":

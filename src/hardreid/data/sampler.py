@@ -143,3 +143,36 @@ def sampler_class(name: str) -> type[IdentitySampler]:
     if name not in SAMPLERS:
         raise UserError(f"unknown data.sampler '{name}'; choose auto or one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
+
+
+class GlobalBatches(Sampler[list]):
+    """Global batches of a sampler's index stream, and this process's contiguous share of each.
+
+    The stream is cut into batches of ``batch_size`` (a last, shorter batch is dropped). Every process
+    iterates the same stream (same sampler seed) and yields only its share: positions
+    ``[part * batch_size / parts, (part + 1) * batch_size / parts)`` of each global batch, so ``parts``
+    processes together load exactly the batches one process would. Each index comes with the seed of its
+    augmentation, ``(index, seed)``, drawn per position of the global batch from a generator seeded with
+    ``seed``: an image's augmentation depends neither on the number of processes nor on the loader's workers.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, seed: int, part: int = 0, parts: int = 1) -> None:
+        if parts < 1 or not 0 <= part < parts or batch_size % parts:
+            raise ValueError(f"cannot share batches of {batch_size} as part {part} of {parts}")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.share = batch_size // parts
+        self.start = part * self.share
+        self.rng = np.random.default_rng([seed, 0xA6])  # augmentation seeds, apart from the sampler's own draws
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(int(index))
+            if len(batch) == self.batch_size:
+                seeds = self.rng.integers(0, 2**63 - 1, size=self.batch_size)
+                yield [(batch[i], int(seeds[i])) for i in range(self.start, self.start + self.share)]
+                batch = []

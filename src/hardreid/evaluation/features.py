@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..data.loaders import eval_loader
 from ..data.types import Sample
 
@@ -24,7 +25,7 @@ def extract_features(model: nn.Module, samples: Sequence[Sample], transform, bat
     model.eval()
     chunks = []
     loader = eval_loader(samples, transform, batch_size, workers)
-    for images, *_ in tqdm(loader, desc=desc, leave=False, disable=None, unit="batch"):
+    for images, *_ in tqdm(loader, desc=desc, leave=False, disable=distributed.progress_disabled(), unit="batch"):
         images = images.to(device, non_blocking=True)
         feats = model(images)
         if flip:
@@ -34,6 +35,17 @@ def extract_features(model: nn.Module, samples: Sequence[Sample], transform, bat
     if not chunks:
         return torch.zeros(0, getattr(model, "feat_dim", 0))
     return torch.cat(chunks)
+
+
+def extract_features_sharded(model: nn.Module, samples: Sequence[Sample], transform, batch_size: int = 128,
+                             workers: int = 2, device: torch.device | str = "cpu", flip: bool = False,
+                             desc: str = "features") -> torch.Tensor:
+    """``extract_features`` of every sample, the work shared by the processes: each extracts a contiguous share
+    (whole batches, so every batch is the one a single process would make) and every process gets all rows in
+    the order of ``samples``. Call it on every process; in one process it is ``extract_features``."""
+    start, stop = distributed.shard_bounds(len(samples), batch_size)
+    mine = extract_features(model, samples[start:stop], transform, batch_size, workers, device, flip, desc)
+    return distributed.all_gather_cat(mine)
 
 
 @torch.no_grad()
@@ -57,7 +69,7 @@ def calibrate_batchnorm(model: nn.Module, samples: Sequence[Sample], transform, 
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
     for images, *_ in tqdm(eval_loader(subset, transform, batch_size, workers), desc="BatchNorm calibration",
-                           leave=False, disable=None, unit="batch"):
+                           leave=False, disable=distributed.progress_disabled(), unit="batch"):
         if images.shape[0] > 1:  # BatchNorm1d needs two values per channel in train mode
             model(images.to(device, non_blocking=True))
     for m, momentum in saved:

@@ -6,11 +6,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..config import DataConfig, EvalConfig
 from ..data.transforms import eval_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
-from .features import extract_features
+from .features import extract_features_sharded
 from .ranking import RankingResult, evaluate_ranking
 from .rerank import re_ranking
 
@@ -37,18 +38,30 @@ def check_evaluable(dataset: ReidDataset) -> int:
     return scored
 
 
-def query_gallery_distances(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
-                            device: torch.device | str = "cpu", rerank: bool | None = None) -> torch.Tensor:
-    """Query x gallery distances (squared Euclidean of unit features, or re-ranked)."""
+def query_gallery_features(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
+                           device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the query and of the gallery images (shared by the processes; call it on every one)."""
     check_evaluable(dataset)
     transform = eval_transform(data_cfg)
     kwargs = dict(batch_size=eval_cfg.batch_size, workers=data_cfg.workers, device=device, flip=eval_cfg.flip)
-    qf = extract_features(model, dataset.query, transform, desc="query features", **kwargs)
-    gf = extract_features(model, dataset.gallery, transform, desc="gallery features", **kwargs)
+    qf = extract_features_sharded(model, dataset.query, transform, desc="query features", **kwargs)
+    gf = extract_features_sharded(model, dataset.gallery, transform, desc="gallery features", **kwargs)
+    return qf, gf
+
+
+def feature_distances(qf: torch.Tensor, gf: torch.Tensor, rerank: bool) -> torch.Tensor:
+    """Query x gallery distances (squared Euclidean of unit features, or k-reciprocal re-ranked)."""
     dist = squared_distance(qf, gf)
-    if eval_cfg.rerank if rerank is None else rerank:
+    if rerank:
         dist = torch.as_tensor(re_ranking(dist.numpy(), squared_distance(qf, qf).numpy(), squared_distance(gf, gf).numpy()))
     return dist
+
+
+def query_gallery_distances(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
+                            device: torch.device | str = "cpu", rerank: bool | None = None) -> torch.Tensor:
+    """Query x gallery distances (squared Euclidean of unit features, or re-ranked)."""
+    qf, gf = query_gallery_features(model, dataset, data_cfg, eval_cfg, device)
+    return feature_distances(qf, gf, eval_cfg.rerank if rerank is None else rerank)
 
 
 def score_distances(dist: torch.Tensor, dataset: ReidDataset, max_rank: int = 10) -> RankingResult:
@@ -62,6 +75,11 @@ def score_distances(dist: torch.Tensor, dataset: ReidDataset, max_rank: int = 10
 
 def evaluate_model(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
                    device: torch.device | str = "cpu", rerank: bool | None = None) -> RankingResult:
-    """CMC / mAP of ``model`` on the Market-1501 protocol (optionally re-ranked, flip-averaged)."""
-    dist = query_gallery_distances(model, dataset, data_cfg, eval_cfg, device, rerank)
-    return score_distances(dist, dataset, eval_cfg.max_rank)
+    """CMC / mAP of ``model`` on the Market-1501 protocol (optionally re-ranked, flip-averaged).
+
+    Several processes: each extracts its share of the features, rank 0 scores, every process gets the result.
+    """
+    qf, gf = query_gallery_features(model, dataset, data_cfg, eval_cfg, device)
+    rerank = eval_cfg.rerank if rerank is None else rerank
+    return distributed.main_then_broadcast(
+        lambda: score_distances(feature_distances(qf, gf, rerank), dataset, eval_cfg.max_rank))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import UserError
 from ..memory import CameraProxies
 from ..memory.camera_proxies import PROXY_SCORINGS
@@ -49,16 +50,20 @@ class CameraProxyLoss(Component):
         labels = self.labels[ctx.batch.indices]
         clustered = labels >= 0
         features, labels, camids = ctx.features[clustered], labels[clustered], ctx.batch.camids[clustered]
+        everyone = distributed.all_gather_cat(camids)  # the whole batch's cameras: per-camera means over all processes
         if features.shape[0] == 0:
             return {self.prefix: ctx.features.sum() * 0.0}
         terms = {}
         if ice.camera_weight:
             terms[self.prefix] = ice.camera_weight * self.proxies.cross_camera_loss(
-                features, labels, camids, ice.camera_temperature, ice.hard_negatives, ice.proxy_scoring)
+                features, labels, camids, ice.camera_temperature, ice.hard_negatives, ice.proxy_scoring, everyone)
         if ice.intra_camera_weight:
             terms[f"{self.prefix}_intra"] = ice.intra_camera_weight * self.proxies.intra_camera_loss(
-                features, labels, camids, ice.camera_temperature)
+                features, labels, camids, ice.camera_temperature, everyone)
         return terms
+
+    def shared_state(self) -> dict:
+        return {} if self.proxies is None else self.proxies.state_dict()
 
 
 methods.HARD_SAMPLES["camera_proxy"] = CameraProxyLoss

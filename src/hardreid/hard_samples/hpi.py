@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..config import Config
 from ..errors import UserError
 from ..losses import ALIGNMENTS, RE_DIRECTIONS, instance_loss
@@ -158,7 +159,9 @@ def select_positives(features: torch.Tensor, labels: torch.Tensor, indices: torc
     if lonely.any():  # SpCL's un-clustered instances (a batch may hold only them): the image itself (instance level)
         candidates[lonely] = torch.eye(batch, dtype=torch.bool, device=labels.device)[lonely]
     if mode == "random":
-        scores = torch.rand(batch, batch, device=labels.device)
+        # drawn over the global batch and cut to this process's block: the choice one process makes for these images
+        everyone = batch * distributed.world_size()
+        scores = distributed.rank_block(torch.rand(everyone, everyone, device=labels.device))
         return scores.masked_fill(~candidates, -1.0).argmax(dim=1)
     if mode == "hardest":
         f = features.detach().float()

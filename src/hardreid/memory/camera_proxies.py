@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..precision import float32
 
 PROXY_SCORINGS = ("official", "cosine")
@@ -60,12 +61,19 @@ class CameraProxies:
     def num_proxies(self) -> int:
         return self.proxies.shape[0]
 
-    def _per_camera_mean(self, per_query: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
-        """sum over cameras in the batch of the mean over that camera's queries (the official reduction)."""
-        total = per_query.new_zeros(())
-        for cam in torch.unique(camids):
-            total = total + per_query[camids == cam].mean()
-        return total
+    @staticmethod
+    def _per_camera_mean(per_query: torch.Tensor, camids: torch.Tensor,
+                         batch_camids: torch.Tensor | None = None) -> torch.Tensor:
+        """sum over cameras in the batch of the mean over that camera's queries (the official reduction):
+        sum_i l_i / n_cam(i).
+
+        ``batch_camids``: the cameras of the whole batch's queries when several processes each hold a share
+        (default ``camids``); each process then returns its part of the sum times the number of processes,
+        whose average (DDP's) is the whole batch's value.
+        """
+        everyone = camids if batch_camids is None else batch_camids
+        counts = (camids[:, None] == everyone[None, :]).sum(1).to(per_query.dtype)
+        return (per_query / counts).sum() * distributed.world_size()
 
     def scored_proxies(self, scoring: str = "official") -> torch.Tensor:
         """The proxies the inter-camera scores are products with (Np x D): see the module doc."""
@@ -77,8 +85,9 @@ class CameraProxies:
 
     def cross_camera_loss(self, features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor,
                           temperature: float = 0.07, num_hard_negatives: int = 50,
-                          scoring: str = "official") -> torch.Tensor:
-        """ICE's inter-camera proxy contrastive loss with the k hardest negative proxies (see module doc)."""
+                          scoring: str = "official", batch_camids: torch.Tensor | None = None) -> torch.Tensor:
+        """ICE's inter-camera proxy contrastive loss with the k hardest negative proxies (see module doc);
+        ``batch_camids``: see ``_per_camera_mean``."""
         features = F.normalize(features, dim=1)
         sims = features @ self.scored_proxies(scoring).to(features.dtype).t()  # B x Np
         positive = labels[:, None] == self.proxy_labels[None, :]
@@ -88,7 +97,7 @@ class CameraProxies:
         log_denominator = torch.logsumexp(logits.masked_fill(~chosen, float("-inf")), dim=1)
         mean_positive = (logits * positive).sum(1) / positive.sum(1).clamp(min=1)
         per_query = log_denominator - mean_positive
-        return self._per_camera_mean(per_query, camids)
+        return self._per_camera_mean(per_query, camids, batch_camids)
 
     @staticmethod
     def hardest_negatives(sims: torch.Tensor, positive: torch.Tensor, k: int) -> torch.Tensor:
@@ -100,8 +109,9 @@ class CameraProxies:
         return hard & ~positive  # rows with fewer than k negatives keep only real ones
 
     def intra_camera_loss(self, features: torch.Tensor, labels: torch.Tensor, camids: torch.Tensor,
-                          temperature: float = 0.07) -> torch.Tensor:
-        """Cross-entropy over the proxies of the query's own camera, target the proxy of (label, camera)."""
+                          temperature: float = 0.07, batch_camids: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy over the proxies of the query's own camera, target the proxy of (label, camera);
+        ``batch_camids``: see ``_per_camera_mean``."""
         features = F.normalize(features, dim=1)
         logits = features @ self.proxies.to(features.dtype).t() / temperature
         same_cam = camids[:, None] == self.proxy_cams[None, :]
@@ -110,7 +120,7 @@ class CameraProxies:
             raise ValueError("a batch image has no proxy for its (label, camera): proxies built from other labels?")
         log_prob = logits.masked_fill(~same_cam, float("-inf")).log_softmax(dim=1)
         per_query = -log_prob.masked_fill(~target, 0.0).sum(1)
-        return self._per_camera_mean(per_query, camids)
+        return self._per_camera_mean(per_query, camids, batch_camids)
 
     def state_dict(self) -> dict[str, Any]:
         return {"proxies": self.proxies, "proxy_labels": self.proxy_labels, "proxy_cams": self.proxy_cams}

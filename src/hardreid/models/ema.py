@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..precision import float32
 
 
@@ -100,7 +101,11 @@ class TeacherHooks:
         return self.teacher.get(model).module if self.cfg.ice.evaluate_teacher else None
 
     def after_step(self, ctx: Any) -> None:
-        self.teacher.get(ctx.model).update(ctx.model)
+        teacher = self.teacher.get(ctx.model)
+        teacher.update(ctx.model)
+        # a teacher run in train mode (ICE) updates its BatchNorm statistics from each process's own share of the
+        # batch: every process keeps rank 0's, as the student's (one process: the first bn_chunk's)
+        distributed.broadcast_buffers(teacher.module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict()}

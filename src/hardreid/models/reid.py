@@ -8,8 +8,9 @@ map (``models/vit.py``); the neck and normalisation are the same.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,23 @@ class GeneralizedMeanPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+@contextlib.contextmanager
+def running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` normalise with their batch statistics but leave their running statistics
+    (and ``num_batches_tracked``) as they were inside the block."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running <- (1 - 0) running + 0 batch: unchanged
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def _resnet(name: str, last_stride: int) -> tuple[nn.Module, int]:
@@ -110,8 +128,13 @@ class ReidModel(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.training and 0 < self.bn_chunk < x.shape[0]:
-            # Emulate per-GPU BatchNorm: each chunk is normalised on its own.
-            parts = [self.embed_chunk(c) for c in x.split(self.bn_chunk)]
+            # Emulate per-GPU BatchNorm (nn.DataParallel, one DDP process per GPU): each chunk is normalised on its
+            # own; the running statistics follow the first chunk only, as DataParallel keeps the first GPU's
+            # replica's and DDP's ranks take rank 0's.
+            first, *rest = x.split(self.bn_chunk)
+            parts = [self.embed_chunk(first)]
+            with running_statistics_kept(self):
+                parts += [self.embed_chunk(c) for c in rest]
             return torch.cat([p for p, _ in parts]), torch.cat([e for _, e in parts])
         return self.embed_chunk(x)
 

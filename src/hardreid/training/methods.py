@@ -17,7 +17,10 @@ negative generation). Both are ``Component`` objects with the same hooks; the
     named loss terms (already weighted) of the step; the re-ID loss is their sum.
 ``after_step(ctx)``
     after the optimiser step: explicit memory / teacher updates. Nothing is
-    ever updated inside backward.
+    ever updated inside backward. Under several processes ``ctx`` holds the
+    whole (global) batch: every process's features, labels, cameras and
+    indices in global batch order (``gather_step``), so that memories update
+    identically everywhere; its images are not gathered (empty).
 ``end_epoch(epoch, run_dir)``
     after the epoch's steps: pictures and statistics for the metrics row.
 
@@ -37,6 +40,7 @@ the prototypes by harder ones (``logit_adjusters``: ACFL's hard person features)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -45,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..config import Config
 from ..errors import UserError
 from ..memory import ClusterMemory, InstanceMemory, QueueMemory
@@ -134,13 +139,11 @@ class EpochMeans:
         self.counts[key] = self.counts.get(key, 0) + count
 
     def means(self) -> dict[str, float]:
-        """The means of the keys that counted anything (one device sync per key)."""
-        out = {}
-        for key, total in self.sums.items():
-            count = float(self.counts[key])
-            if count > 0:
-                out[key] = float(total) / count
-        return out
+        """The means of the keys that counted anything (one device sync per key), over every process's steps
+        (call on every process)."""
+        sums = distributed.sum_over_ranks({key: float(total) for key, total in self.sums.items()})
+        counts = distributed.sum_over_ranks({key: float(count) for key, count in self.counts.items()})
+        return {key: total / counts[key] for key, total in sums.items() if counts[key] > 0}
 
 
 class Component:
@@ -201,6 +204,11 @@ class Component:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def shared_state(self) -> dict[str, Any]:
+        """What every process must hold identically (memories, teachers, own networks), compared across processes
+        by ``train.check_ranks``; default ``state_dict()``."""
+        return self.state_dict()
 
 
 class LogitAdjuster(Protocol):
@@ -298,6 +306,9 @@ class ClusterContrast(BaseMethod):
         else:
             self.memory.update(ctx.features, ctx.batch.labels, ctx.batch.indices)
 
+    def shared_state(self) -> dict[str, Any]:
+        return {"memory": {k: v for k, v in vars(self.memory).items() if isinstance(v, torch.Tensor)}}
+
 
 class ComposedMethod:
     """A method: a base and its hard-sample generators, called in that order at every hook (what the trainer runs)."""
@@ -348,11 +359,15 @@ class ComposedMethod:
         for c in self.components:
             c.start_epoch(data, model)
 
-    def training_step(self, model: nn.Module, batch: Batch, epoch: int = 0, step: int = 0) -> StepOutput:
+    def training_step(self, model: nn.Module, batch: Batch, epoch: int = 0, step: int = 0,
+                      pool_and_embed: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+                      ) -> StepOutput:
+        """The step's losses. ``pool_and_embed``: ``model.pool_and_embed`` as the trainer wraps it so that gradients are
+        averaged over processes (``distributed.data_parallel``); the batch's features are computed through it."""
         logs: dict[str, float] = {}
         for c in self.components:
             logs.update(c.before_step(model, batch, epoch, step))
-        pool_and_embed = getattr(model, "pool_and_embed", None)
+        pool_and_embed = pool_and_embed or getattr(model, "pool_and_embed", None)
         if callable(pool_and_embed):  # ReidModel: forward = normalize(embed); keep the unnormalised features (ICE) and
             pooled, embeddings = pool_and_embed(batch.images)  # the pooled ones before the neck (strong_baseline)
             ctx = StepContext(model, batch, F.normalize(embeddings, dim=1), self.base, epoch, step, embeddings=embeddings,
@@ -373,8 +388,9 @@ class ComposedMethod:
 
     def after_step(self, out: StepOutput) -> None:
         assert out.context is not None
+        ctx = gather_step(out.context)  # the global batch, in the same order on every process
         for c in self.components:
-            c.after_step(out.context)
+            c.after_step(ctx)
 
     def sampling_labels(self, data: EpochData) -> torch.Tensor:
         return self.base.sampling_labels(data)
@@ -409,10 +425,28 @@ class ComposedMethod:
     def state_dict(self) -> dict[str, Any]:
         return {c.name: c.state_dict() for c in self.components}
 
+    def shared_state(self) -> dict[str, Any]:
+        return {c.name: c.shared_state() for c in self.components}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for c in self.components:
             if c.name in state:
                 c.load_state_dict(state[c.name])
+
+
+def gather_step(ctx: StepContext) -> StepContext:
+    """The step of the global batch: every process's features (detached; and embeddings), labels, cameras and
+    indices, concatenated in process order, which is the global batch's order. Images and pooled features are not
+    gathered (empty / None). One process: ``ctx`` itself."""
+    if distributed.world_size() == 1:
+        return ctx
+    b = ctx.batch
+    ids = distributed.all_gather_rows(torch.stack([b.labels, b.camids.to(b.labels), b.indices.to(b.labels)], dim=1))
+    empty = b.images[:0]
+    batch = Batch(empty, ids[:, 0], ids[:, 1].to(b.camids.dtype), ids[:, 2].to(b.indices.dtype))
+    embeddings = None if ctx.embeddings is None else distributed.all_gather_rows(ctx.embeddings)
+    return dataclasses.replace(ctx, batch=batch, features=distributed.all_gather_rows(ctx.features),
+                               embeddings=embeddings, pooled=None, cache={})
 
 
 # Registries: a new base or generator is one module that adds itself here (no trainer change).

@@ -12,10 +12,14 @@ evaluated and saved, where and with how many resources:
 * ``train.eval_every``, ``train.save_every``: when evaluation runs and last.pth is written (evaluation
   forks the random streams, so it never changes training);
 * ``train.device``, ``data.workers``, ``eval.batch_size``: another machine or other resources (the numbers
-  are the same up to the device's rounding; another number of loader workers draws other random
-  augmentations, so the run is then not bit-identical to an uninterrupted one);
+  are the same up to the device's rounding; every image's augmentation has a seed of its own, so the number
+  of loader workers changes nothing);
 * ``model.weights``, ``model.pretrained``: they only initialise epoch 1; a resumed run takes every weight
-  from the checkpoint (so a moved ImageNet file does not block resuming).
+  from the checkpoint (so a moved ImageNet file does not block resuming);
+* ``train.dist_timeout``, ``train.check_ranks``: how long processes wait for each other, a debugging check;
+* ``train.bn_chunk`` when the run continues with another number of processes (torchrun) and the new value
+  keeps the BatchNorm groups of the checkpoint's (the global batch, its images and random streams are the
+  same at any number of processes; see ``Trainer.check_world_change``).
 
 Everything else (method, losses, clustering, data layout and augmentation, optimiser, seed, ...) would
 silently turn the run into a mixture of two experiments: start a new run instead.
@@ -36,7 +40,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .run_files import LOG, write_metrics
 
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.eval_every", "train.save_every", "train.device", "data.workers",
-                            "eval.batch_size", "model.weights", "model.pretrained"})
+                            "eval.batch_size", "model.weights", "model.pretrained", "train.dist_timeout",
+                            "train.check_ranks"})
 SHOWN_CHANGES = 6
 
 
@@ -113,7 +118,8 @@ def check_resume(state: dict[str, Any], cfg: Config, dataset: ReidDataset, path:
     """
     saved = config_from_dict(state.get("config"), f"the config stored in checkpoint {path}")
     if not any_config:
-        refused = {k: v for k, v in config_changes(saved, cfg).items() if k not in RESUMABLE_KEYS}
+        refused = {k: v for k, v in config_changes(saved, cfg).items()
+                   if k not in RESUMABLE_KEYS and not (k == "train.bn_chunk" and same_batchnorm_groups(saved, cfg, state))}
         if refused:
             shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(refused.items())[:SHOWN_CHANGES])
             more = f"; and {len(refused) - SHOWN_CHANGES} more" if len(refused) > SHOWN_CHANGES else ""
@@ -134,6 +140,14 @@ def check_resume(state: dict[str, Any], cfg: Config, dataset: ReidDataset, path:
                         f"of '{ours['name']}'{' with other file names' if recorded['train_images'] == ours['train_images'] else ''}; "
                         "pass the --data-root the run was trained on")
     return []
+
+
+def same_batchnorm_groups(saved: Config, cfg: Config, state: dict[str, Any]) -> bool:
+    """With this run's number of processes, ``cfg`` normalises BatchNorm over the groups the checkpoint's run did."""
+    from .. import distributed
+    from .trainer import batchnorm_group  # (the trainer imports this module)
+
+    return batchnorm_group(saved, int(state.get("world_size", 1))) == batchnorm_group(cfg, distributed.world_size())
 
 
 def best_epoch(history: list[dict[str, Any]]) -> int | None:

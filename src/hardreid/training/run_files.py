@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..files import atomic_write, atomic_write_text, remove_stale_temp_files
 
 LOG = logging.getLogger("hardreid")
@@ -22,11 +23,21 @@ METRIC_COLUMNS = ["epoch", "clusters", "outliers", "loss", "mAP", "top1", "top5"
 
 
 def setup_logging(log_file: Path | None = None, verbose: bool = True) -> None:
-    """Readable log lines to stderr and, when given, to ``log_file`` (appending, for resume)."""
-    LOG.setLevel(logging.INFO)
+    """Readable log lines to stderr and, when given, to ``log_file`` (appending, for resume).
+
+    Several processes: rank 0 logs; the others write only errors, to stderr, prefixed with their rank.
+    """
     for handler in list(LOG.handlers):
         LOG.removeHandler(handler)
         handler.close()
+    LOG.propagate = False
+    if not distributed.is_main():
+        LOG.setLevel(logging.ERROR)
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter(f"%(asctime)s rank {distributed.rank()}: %(message)s", datefmt="%H:%M:%S"))
+        LOG.addHandler(stream)
+        return
+    LOG.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if verbose:
         stream = logging.StreamHandler(sys.stderr)

@@ -2,6 +2,10 @@
 
 extract features -> pseudo labels (k-reciprocal Jaccard -> DBSCAN, pseudo_labels.cluster_epoch) -> method memory
 -> P x K steps (loss, optimiser step, memory update) -> evaluate -> log -> checkpoint.
+
+Several processes (``torchrun``, ``distributed.py``) run the same loop: each extracts a share of the
+features and gets all of them, rank 0 clusters and every process gets the labels, each trains on its
+share of the global batch (gradients averaged), rank 0 scores and writes. One process is a world of size 1.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import Config, OptimConfig, config_from_dict, dump_config, validate_config
-from ..data.loaders import InfiniteIdentityLoader
+from ..data.loaders import InfiniteIdentityLoader, check_batch_split
 from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
-from ..evaluation.features import calibrate_batchnorm, extract_features
+from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
 from ..evaluation.pipeline import evaluate_model
 from ..export.info import write_model_info
 from ..models import ReidModel, build_model
@@ -34,9 +39,9 @@ from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
 from .preflight import check_before_training, require_training_images
-from .resume import checkpoint_to_continue, trained_on
+from .resume import Continuation, checkpoint_to_continue, trained_on
 from .rng import rng_state, set_rng_state
-from .run_files import LOG, TensorBoardLog, open_run_dir, write_metrics
+from .run_files import LOG, TensorBoardLog, open_run_dir, setup_logging, write_metrics
 
 
 @dataclass
@@ -51,15 +56,16 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but no CUDA device is available; use train.device=cpu or auto")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s) "
-                        f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    return device
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` for one process."""
+    return distributed.single_device(name)
+
+
+def batchnorm_group(cfg: Config, world: int) -> int:
+    """How many images each BatchNorm normalises together in training mode (the setting results depend on)."""
+    if cfg.train.sync_bn and world > 1:
+        return cfg.data.batch_size
+    share = cfg.data.batch_size // world
+    return cfg.train.bn_chunk if 0 < cfg.train.bn_chunk < share else share
 
 
 def seed_everything(seed: int) -> None:
@@ -150,9 +156,13 @@ class Trainer:
         require_training_images(dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
-        self.device = resolve_device(cfg.train.device)
+        self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # joins torchrun's processes
+        check_batch_split(cfg.data.batch_size, cfg.data.num_instances, distributed.world_size())  # equal shares
         seed_everything(cfg.train.seed)
-        self.model = (model or model_from_config(cfg, initial_weights)).to(self.device)
+        model = (model or model_from_config(cfg, initial_weights)).to(self.device)
+        self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
+        # the step's forward, through which DDP averages the gradients over the processes (one process: the method)
+        self.pool_and_embed = distributed.data_parallel(self.model, "pool_and_embed")
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
         sampler_class(self.method.sampler(cfg))  # unknown data.sampler / bad erasing settings: fail before epoch 1
@@ -179,12 +189,13 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
                 "rng": rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
-                "trained_on": trained_on(self.cfg, self.dataset),
+                "trained_on": trained_on(self.cfg, self.dataset), "world_size": distributed.world_size(),
                 "pseudo_labels": None if self.previous_labels is None else torch.as_tensor(self.previous_labels)}
 
     def resume(self, path: Path, state: dict[str, Any] | None = None) -> None:
-        """Continue from the checkpoint at ``path`` (``state``: its contents, when already read)."""
-        state = load_checkpoint(path) if state is None else state
+        """Continue from the checkpoint at ``path`` (``state``: its contents, when already read; else rank 0 reads it
+        and sends it to the other processes)."""
+        state = distributed.main_then_broadcast(lambda: load_checkpoint(path)) if state is None else state
         load_model_state(self.model, state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -197,42 +208,77 @@ class Trainer:
         self.previous_labels = None if labels is None else np.asarray(labels)
         set_rng_state(state["rng"])
         LOG.info("resumed from %s after epoch %d", path, self.start_epoch)
+        self.check_world_change(state.get("world_size", 1))
+
+    def check_world_change(self, saved_world: int) -> None:
+        """Resuming with another number of processes: the global batch, its images, their augmentation and the
+        random streams are the same; BatchNorm groups may not be (a warning says how to keep them)."""
+        world = distributed.world_size()
+        if saved_world == world:
+            return
+        before, now = batchnorm_group(self.cfg, saved_world), batchnorm_group(self.cfg, world)
+        LOG.info("the run was trained with %d processes, it continues with %d (global batch %d unchanged)",
+                 saved_world, world, self.cfg.data.batch_size)
+        if before != now:
+            LOG.warning("BatchNorm normalised groups of %d images with %d processes and now groups of %d: the run "
+                        "continues, but not as it would have; to keep groups of %d set train.bn_chunk=%d (or use %d "
+                        "processes)", before, saved_world, now, before, before, saved_world)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        self.log_world()
         LOG.info("training %s on %s: %d images, %d cameras, device %s", cfg.method.base, self.dataset.name,
                  len(self.dataset.train), self.dataset.num_train_cams, self.device)
         if self.start_epoch == 0 and self.wants_bn_calibration():
             LOG.info("calibrating BatchNorm statistics on the training images (train.calibrate_bn=%s)", cfg.train.calibrate_bn)
-            calibrate_batchnorm(self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size,
-                                cfg.data.workers, self.device)
+            distributed.main_then_broadcast(lambda: calibrate_batchnorm(  # on rank 0, then its statistics everywhere
+                self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
+                self.device))
+            distributed.broadcast_buffers(self.model)
         for epoch in range(self.start_epoch, cfg.train.epochs):
             row = self.run_epoch(epoch)
             self.history.append(row)
-            write_metrics(self.history, self.run_dir)
-            if self.tensorboard:
-                self.tensorboard.log_epoch(row)
-            self.save(epoch + 1, row)
-        if self.history:
+            self.write(epoch, row)
+        if self.history and distributed.is_main():
             plot_training_curves(self.run_dir)
         return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
+
+    def log_world(self) -> None:
+        """The log's first line: processes, how the batch is shared, what BatchNorm normalises."""
+        cfg, world = self.cfg, distributed.world_size()
+        group, share = batchnorm_group(cfg, world), cfg.data.batch_size // world
+        norm = "SyncBatchNorm over the global batch" if group == cfg.data.batch_size and world > 1 else \
+            f"BatchNorm over groups of {group} images"
+        if world == 1:
+            LOG.info("world size 1: one process, batch %d, %s", cfg.data.batch_size, norm)
+        else:
+            LOG.info("world size %d: %d processes (%s), global batch %d = %d x %d, %s", world, world,
+                     "nccl" if self.device.type == "cuda" else "gloo", cfg.data.batch_size, world, share, norm)
+        if cfg.train.bn_chunk > share and not cfg.train.sync_bn:
+            LOG.warning("train.bn_chunk=%d but each process holds %d images of the batch: BatchNorm normalises groups "
+                        "of %d (fewer processes, or a larger data.batch_size, keep groups of %d)", cfg.train.bn_chunk,
+                        share, share, cfg.train.bn_chunk)
+
+    @property
+    def files(self) -> Path | None:
+        """Where this process writes pictures: the run folder on rank 0, nowhere on the others."""
+        return self.run_dir if distributed.is_main() else None
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         cfg, start = self.cfg, time.time()
         features = self.method.clustering_features()  # SpCL clusters its instance memory
-        if features is None:
-            features = extract_features(self.method.clustering_model(self.model), self.dataset.train,
-                                        eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers, self.device,
-                                        desc=f"epoch {epoch + 1} features")
+        if features is None:  # each process extracts a share, every one gets all features
+            features = extract_features_sharded(self.method.clustering_model(self.model), self.dataset.train,
+                                                eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
+                                                self.device, desc=f"epoch {epoch + 1} features")
         features = features.cpu()
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
         camids = torch.tensor([s.camid for s in self.dataset.train])
-        clusters = cluster_epoch(features, camids, cfg.cluster, self.previous_labels)
+        clusters, agreement = distributed.main_then_broadcast(lambda: self.pseudo_labels(features, camids))  # rank 0
         self.previous_labels, stats = clusters.labels, clusters.stats
         labels = torch.as_tensor(clusters.labels, dtype=torch.long)
-        agreement = label_agreement(labels, self.dataset)
         LOG.info("epoch %d/%d pseudo labels: %s%s", epoch + 1, cfg.train.epochs, clusters.text(),
                  "".join(f", {k} {v:.3f}" for k, v in agreement.items()))
         if clusters.warning:
@@ -246,7 +292,9 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "clusters": stats.num_clusters, "outliers": stats.num_outliers,
                                **losses, **agreement, "lr": self.optimizer.param_groups[0]["lr"],
                                "cluster_sizes": stats.to_dict(), **clusters.metrics(),
-                               **self.method.end_epoch(epoch, self.run_dir)}
+                               **self.method.end_epoch(epoch, self.files), "world_size": distributed.world_size()}
+        if cfg.train.check_ranks:
+            self.check_ranks(epoch)
         if self.should_evaluate(epoch):
             # evaluation must not move the random streams: a run that evaluates at other epochs (eval_every)
             # or is resumed trains exactly as one that does not (the loaders draw their seeds from torch's RNG)
@@ -258,6 +306,19 @@ class Trainer:
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
         return row
+
+    def pseudo_labels(self, features: torch.Tensor, camids: torch.Tensor) -> tuple[Any, dict[str, float]]:
+        """This epoch's clusters (``cluster_epoch``) and their agreement with the true identities (diagnostics)."""
+        clusters = cluster_epoch(features, camids, self.cfg.cluster, self.previous_labels)
+        return clusters, label_agreement(torch.as_tensor(clusters.labels, dtype=torch.long), self.dataset)
+
+    def check_ranks(self, epoch: int) -> None:
+        """``train.check_ranks``: weights, optimiser state and the method's memories are identical on every process."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
+                 "method": self.method.shared_state()}
+        count = distributed.check_identical(flat_tensors(state), f"epoch {epoch + 1}")
+        LOG.info("epoch %d: %d tensors (weights, optimiser, memories) identical on all %d processes", epoch + 1,
+                 count, distributed.world_size())
 
     def wants_bn_calibration(self) -> bool:
         mode = self.cfg.train.calibrate_bn
@@ -281,7 +342,8 @@ class Trainer:
                                         num_views=self.method.num_views,
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
                                         singletons_once=self.method.singletons_once, sampler=self.method.sampler(cfg),
-                                        companions=companions)
+                                        companions=companions,
+                                        part=distributed.rank(), parts=distributed.world_size())  # this process's share
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         keep_index = torch.as_tensor(keep)  # loader position -> row of the training list (moves with the batch)
         for optimizer in self.method.optimizers():  # a component's own trainable tensors (OpenUnReID's classifier)
@@ -289,7 +351,8 @@ class Trainer:
                 group["lr"] = self.optimizer.param_groups[0]["lr"]
         totals: dict[str, float] = {}
         self.model.train()
-        bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=None, unit="step")
+        bar = tqdm(range(iters), desc=f"epoch {epoch + 1} train", leave=False, disable=distributed.progress_disabled(),
+                   unit="step")
         self._synchronize()
         start = time.perf_counter()  # training steps only: batch loading, forward, backward, update
         for step in bar:
@@ -305,6 +368,8 @@ class Trainer:
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
         self._synchronize()
         seconds = time.perf_counter() - start
+        world = distributed.world_size()  # the mean of the processes' shares: the global batch's (mean-reduced) losses
+        totals = {k: v / world for k, v in distributed.sum_over_ranks(totals).items()}
         means = {k: v / iters for k, v in totals.items() if k != "amp_skipped_steps"}
         if "amp_skipped_steps" in totals:  # a count, not a mean
             means["amp_skipped_steps"] = totals["amp_skipped_steps"]
@@ -314,14 +379,16 @@ class Trainer:
         """One optimiser step on a batch already on the device: the method's losses under the run's autocast
         (``train.amp*``), backward (loss scaled for float16), optimiser step, then the method's state updates."""
         with self.precision.autocast():
-            out = self.method.training_step(self.model, batch, epoch, step)
+            out = self.method.training_step(self.model, batch, epoch, step, pool_and_embed=self.pool_and_embed)
         if not torch.isfinite(out.loss):
             raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                             f"lower optim.lr (now {self.cfg.optim.lr}) or check the data")
         optimizers = (self.optimizer, *self.method.optimizers())  # and a component's own (OpenUnReID's classifier)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        self.scaler.scale(out.loss).backward()  # several processes: DDP averages the model's gradients meanwhile
+        for optimizer in optimizers[1:]:  # a component's own parameters: averaged over the processes here
+            distributed.average_gradients(p for group in optimizer.param_groups for p in group["params"])
         for optimizer in optimizers:
             self.scaler.step(optimizer)
         if self.scaler.is_enabled():
@@ -329,13 +396,22 @@ class Trainer:
             self.scaler.update()
             if self.scaler.get_scale() < scale:  # float16 gradients overflowed: the scaler skipped this step
                 out.logs["amp_skipped_steps"] = 1.0
-        self.method.after_step(out)
+        distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, as DataParallel keeps the first GPU's
+        self.method.after_step(out)  # memories and teachers, from the global batch on every process
         return out
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work, so that step timings are real."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    @distributed.main_only
+    def write(self, epoch: int, row: dict[str, Any]) -> None:
+        """Metrics and checkpoints of the epoch just done (rank 0)."""
+        write_metrics(self.history, self.run_dir)
+        if self.tensorboard:
+            self.tensorboard.log_epoch(row)
+        self.save(epoch + 1, row)
 
     def save(self, epoch: int, row: dict[str, Any]) -> None:
         """last.pth (every save_every epochs, the last epoch, and whenever the mAP improved), then best.pth.
@@ -365,16 +441,38 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
     """
     validate_config(cfg)
     run_dir = Path(output)
+    distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # several processes (torchrun): rank 0 reads and writes
+    previous = distributed.main_then_broadcast(
+        lambda: prepare_run_dir(cfg, dataset, run_dir, resume, start_from, log_to_stderr))  # every process gets it
+    setup_logging(run_dir / "train.log", verbose=log_to_stderr)  # rank 0 logs; the others report errors only
+    trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None)
+    distributed.main_only(write_model_info)(trainer.model, cfg, run_dir / "model_info.json")  # parameters, FLOPs
+    if previous is not None:
+        trainer.resume(previous.path, previous.state)
+        distributed.main_only(previous.settle)(run_dir)  # logs notes; after a kill: best.pth back in step with the metrics
+    return trainer.fit()
+
+
+def prepare_run_dir(cfg: Config, dataset: ReidDataset, run_dir: Path, resume: bool, start_from: str | Path | None,
+                    log_to_stderr: bool) -> Continuation | None:
+    """Check the checkpoint to continue from (read here), the data and ``run_dir``; open the run folder and write
+    its config. Returns what to continue from (None for a new run)."""
     previous = checkpoint_to_continue(run_dir, cfg, dataset, resume, start_from)
     check_before_training(cfg, dataset, run_dir)
     open_run_dir(run_dir, verbose=log_to_stderr)
     dump_config(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None)
-    write_model_info(trainer.model, cfg, run_dir / "model_info.json")  # parameters and FLOPs at the input size
-    if previous is not None:
-        trainer.resume(previous.path, previous.state)
-        previous.settle(run_dir)  # logs notes; after a kill: best.pth back in step with the metrics
-    return trainer.fit()
+    return previous
+
+
+def flat_tensors(state: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in nested dicts / lists / tuples, by its dotted path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else []
+    out: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        out.update(flat_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 __all__ = ["Trainer", "TrainResult", "train", "model_from_config", "config_from_dict", "resolve_device"]

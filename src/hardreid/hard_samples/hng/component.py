@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ... import distributed
 from ...config import Config
 from ...errors import UserError
 from ...models.batchnorm import eval_mode, scratch_forward
@@ -144,7 +145,9 @@ class HardNegativeGeneration(Component):
         loss = self.h.adv_weight * L.lsgan_discriminator_loss(d(x), d(generated.reconstructed.detach()), d(generated.images.detach()))
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(d.parameters())  # D trains on every process's batch share
         self.opt_d.step()
+        distributed.broadcast_buffers(d)
         return {"hng_d_adv": float(loss.detach())}
 
     def generator_step(self, model: nn.Module, batch: Batch, x: torch.Tensor, generated: Generated) -> dict[str, float]:
@@ -162,7 +165,7 @@ class HardNegativeGeneration(Component):
             loss = h.rec_weight * rec + h.hng_weight * hng + h.adv_weight * adv
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
-        self.opt_g.step()
+        self.step_generator()
         return {"hng_rec": float(rec.detach()), "hng_hng": float(hng.detach()), "hng_g_adv": float(adv.detach())}
 
     def warmup_generator_step(self, x: torch.Tensor) -> dict[str, float]:
@@ -171,8 +174,15 @@ class HardNegativeGeneration(Component):
         rec = L.reconstruction_loss(self.generator(x), x)
         self.opt_g.zero_grad(set_to_none=True)
         (self.h.rec_weight * rec).backward()
-        self.opt_g.step()
+        self.step_generator()
         return {"hng_rec": float(rec.detach())}
+
+    def step_generator(self) -> None:
+        """G's optimiser step on the gradients averaged over the processes (as DDP would), then rank 0's buffers."""
+        assert self.generator is not None
+        distributed.average_gradients(self.generator.parameters())
+        self.opt_g.step()
+        distributed.broadcast_buffers(self.generator)
 
     @staticmethod
     def augmented_view(batch: Batch) -> torch.Tensor:

@@ -25,7 +25,9 @@ As officially it runs on view 1 too (``f_out_t1_ema``, unused by any loss; ``ice
 so its running statistics see view 1, view 2 and the un-augmented images, three updates per step.
 ShuffleBN (``ice.shuffle_bn``): the teacher's inputs are permuted before its forward and its
 features put back in order, so that its per-GPU BatchNorm chunks (``train.bn_chunk``) mix
-identities; it changes nothing without chunks. The evaluated and saved network is the teacher
+identities; it changes nothing without chunks. Several processes (torchrun) shuffle the global
+batch across them, and both instance losses compare each process's images with the whole batch's
+teacher features, as the official loss does on the outputs of every GPU. The evaluated and saved network is the teacher
 (``ice.evaluate_teacher``, as the official ``evaluator_1_ema``). The sampler is ICE's
 MoreCameraSampler (``data.sampler: auto``).
 """
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import distributed
 from ...hard_samples.camera_proxy import CameraProxyLoss
 from ...models.ema import LazyTeacher, TeacherHooks
 from ...precision import float32
@@ -44,14 +47,18 @@ from .. import methods
 from ..methods import BaseMethod, EpochData, StepContext
 
 
-def hard_instance_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+def hard_instance_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
+                       teacher_labels: torch.Tensor | None = None) -> torch.Tensor:
     """ICE's L_h_ins: ``-log exp(s_i . t_p / tau) / (exp(s_i . t_p / tau) + sum_{j: y_j != y_i} exp(s_i . t_j / tau))``
 
     with ``t_p`` the least similar teacher feature of the same label (the image's own other view included).
+    ``teacher``, ``teacher_labels``: the columns, by default the same images as the student's rows; several
+    processes pass the whole batch's teacher features (each process's rows against every column).
     """
+    teacher_labels = labels if teacher_labels is None else teacher_labels
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
-    sims = s @ t.t()  # B x B
-    same = labels[:, None] == labels[None, :]
+    sims = s @ t.t()  # B x B (this process's rows x the whole batch's columns)
+    same = labels[:, None] == teacher_labels[None, :]
     hardest_positive = sims.masked_fill(~same, float("inf")).min(dim=1).values
     negatives = sims.masked_fill(same, float("-inf"))
     logits = torch.cat([hardest_positive[:, None], negatives], dim=1) / temperature
@@ -60,15 +67,18 @@ def hard_instance_loss(student: torch.Tensor, teacher: torch.Tensor, labels: tor
 
 @float32
 def soft_instance_consistency(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
-                              temperature: float = 0.4) -> torch.Tensor:
+                              temperature: float = 0.4, target_columns: torch.Tensor | None = None) -> torch.Tensor:
     """ICE's L_s_ins: KL(softmax(w w^T / tau) || softmax(s t^T / tau)), batch mean.
 
     ``target``: features of the un-augmented images (w); the target side is detached (stop-gradient).
+    ``teacher``, ``target_columns``: the columns, by default the student's own images; several processes pass
+    the whole batch's (each process's rows against every column).
     """
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
     w = F.normalize(target.detach(), dim=1)
+    w_columns = w if target_columns is None else F.normalize(target_columns.detach(), dim=1)
     log_p = (s @ t.t() / temperature).log_softmax(dim=1)
-    q = (w @ w.t() / temperature).softmax(dim=1)
+    q = (w @ w_columns.t() / temperature).softmax(dim=1)
     return F.kl_div(log_p, q, reduction="batchmean")
 
 
@@ -109,13 +119,16 @@ class ICE(TeacherHooks, BaseMethod):
 
     @torch.no_grad()
     def teacher_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's features in train mode (batch statistics, as the official teacher), with ShuffleBN."""
+        """The teacher's features in train mode (batch statistics, as the official teacher), with ShuffleBN, of the
+        whole batch: several processes each run the teacher on their share and gather every process's features (in
+        global batch order), as the official loss sees every GPU's outputs."""
         teacher = self.teacher.get(model).module
         teacher.train()
         if not self.cfg.ice.shuffle_bn:
-            return teacher(images)
-        order = torch.randperm(images.shape[0], device=images.device)  # get_shuffle_ids of ice/trainers.py
-        out = teacher(images[order])
+            return distributed.all_gather_rows(teacher(images))
+        everyone = distributed.all_gather_rows(images)  # ShuffleBN shuffles the global batch across the GPUs
+        order = torch.randperm(everyone.shape[0], device=images.device)  # get_shuffle_ids of ice/trainers.py
+        out = distributed.all_gather_rows(teacher(distributed.rank_rows(everyone[order])))
         features = torch.empty_like(out)
         features[order] = out
         return features
@@ -130,13 +143,16 @@ class ICE(TeacherHooks, BaseMethod):
         terms.update(self.camera.losses(ctx))
         if cfg.teacher_on_view1:  # official f_out_t1_ema: no loss uses it, but it moves the teacher's BN statistics
             self.teacher_features(ctx.model, batch.images)
-        teacher_view2 = self.teacher_features(ctx.model, batch.views[0])
+        teacher_view2 = self.teacher_features(ctx.model, batch.views[0])  # the whole batch's
         teacher_weak = self.teacher_features(ctx.model, batch.weak)
         terms["ice_hard_instance"] = cfg.instance_weight * hard_instance_loss(
-            ctx.features, teacher_view2, batch.labels, cfg.instance_temperature)
+            ctx.features, teacher_view2, batch.labels, cfg.instance_temperature, distributed.all_gather_rows(batch.labels))
         terms["ice_soft_instance"] = cfg.consistency_weight * soft_instance_consistency(
-            ctx.features, teacher_view2, teacher_weak, cfg.consistency_temperature)
+            ctx.features, teacher_view2, distributed.rank_rows(teacher_weak), cfg.consistency_temperature, teacher_weak)
         return terms
+
+    def shared_state(self) -> dict:
+        return {**self.state_dict(), "centres": self.centres, "camera": self.camera.shared_state()}
 
 
 methods.BASES["ice"] = ICE
