@@ -32,6 +32,7 @@ from hardreid.pseudo_labels.diagnostics import (
     large_cluster_share,
     largest_to_median,
     partition_ari,
+    score_decline_warning,
     single_camera_share,
 )
 from test_pseudo_labels import clustered_features, dense_reference_jaccard, same_partition
@@ -92,6 +93,19 @@ def test_collapse_reasons_and_warning():
     # one camera in the data: never a one-camera warning
     single = cluster_diagnostics(LABELS, np.zeros_like(CAMS), size_limit=100)
     assert collapse_reasons(single, 0.2, 0.0) == {}
+
+
+def test_score_decline_warning_reads_the_history():
+    rows = [{"epoch": 1, "mAP": 6.0, "collapse_warning": True}, {"epoch": 2, "collapse_warning": False},
+            {"epoch": 3, "mAP": 7.5, "collapse_warning": True}, {"epoch": 4, "mAP": 1.0, "collapse_warning": False}]
+    line = score_decline_warning(rows)
+    assert line.startswith("training made the model worse: mAP 6.0 after epoch 1, 1.0 after epoch 4")
+    assert "collapsed at epoch(s) 1,3" in line and "best.pth holds epoch 3 (mAP 7.5)" in line and "\n" not in line
+    quiet = [{**row, "collapse_warning": False} for row in rows]
+    assert "stayed below their thresholds" in score_decline_warning(quiet)
+    assert score_decline_warning([*rows[:3], {"epoch": 4, "mAP": 6.0}]) is None  # ends level: no warning
+    assert score_decline_warning(rows[:2]) is None  # one evaluation: nothing to compare
+    assert score_decline_warning([]) is None
 
 
 # --------------------------------------------------------------------------- eps auto

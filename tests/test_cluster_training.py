@@ -100,3 +100,15 @@ def test_a_bad_cluster_key_fails_before_any_work(tiny_root, tmp_path, monkeypatc
     cfg.cluster.camera_normalize = "per_camera"  # set in Python: not checked by apply_dict, so train must check it
     with pytest.raises(UserError, match="'cluster.camera_normalize' must be one of none, mean, standardize"):
         train(cfg, load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)
+
+
+@pytest.mark.parametrize("scores, worse", [([5.0, 7.0, 2.0], True), ([5.0, 4.0, 6.0], False)])
+def test_a_run_that_ends_worse_than_its_first_score_says_so(tiny_root, tmp_path, monkeypatch, scores, worse):
+    from test_reliability import fake_scores
+
+    fake_scores(monkeypatch, scores)
+    train(tiny_config(train={"epochs": 3, "iters": 1, "eval_every": 1}), load_dataset("market", tiny_root),
+          tmp_path / "run", log_to_stderr=False)
+    log = (tmp_path / "run" / "train.log").read_text()
+    line = "training made the model worse: mAP 5.0 after epoch 1, 2.0 after epoch 3"
+    assert (line in log) is worse and ("best.pth holds epoch 2 (mAP 7.0)" in log) is worse

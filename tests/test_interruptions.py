@@ -29,9 +29,10 @@ from hardreid.training.resume import best_epoch
 from conftest import tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-# 3 epochs of 2 steps, evaluated every epoch; with this seed the mAP improves at epoch 2 (checked by `reference`),
+# 3 epochs of 2 steps, evaluated every epoch; with this seed the mAP improves at epoch 2 with 1 and 2 threads
+# (measured 18.6 -> 22.9 and 12.3 -> 22.3; checked by `reference`),
 # so best.pth is written at epochs 1 and 2.
-SETTINGS = {"train": {"epochs": 3, "iters": 2, "eval_every": 1, "seed": 2}}
+SETTINGS = {"train": {"epochs": 3, "iters": 2, "eval_every": 1, "seed": 7}}
 
 
 @pytest.fixture(scope="module")

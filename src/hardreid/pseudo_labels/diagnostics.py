@@ -23,7 +23,8 @@ image only, never the true identities, so it works on a user's unlabelled data:
 warning (giant clusters, or clusters that group one camera only) with the
 thresholds of the config (``cluster.warn_large_share``,
 ``cluster.warn_single_camera_share``); ``collapse_warning`` writes the one log
-line with what to try.
+line with what to try.  ``score_decline_warning`` reads a finished run's history: the line that says the
+model ended worse than at its first evaluation.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "large_cluster_share",
     "largest_to_median",
     "partition_ari",
+    "score_decline_warning",
     "single_camera_share",
 ]
 
@@ -157,3 +159,23 @@ def collapse_warning(reasons: dict[str, str], eps: float | None = None) -> str:
         tries += ["cluster.camera_normalize=mean (or standardize)", "a small cluster.same_camera_penalty (e.g. 0.1)"]
     return ("pseudo labels look collapsed: " + "; ".join(reasons.values()) + ". Training on them can make the model "
             "worse; try " + ", ".join(tries) + " (README: pseudo labels on small or camera-biased data)")
+
+
+def score_decline_warning(history: list[dict], metric: str = "mAP") -> str | None:
+    """The end-of-training line when the last evaluated score is below the first one, else None.
+
+    Names both scores, the best epoch (which best.pth holds) and the epochs whose pseudo labels looked collapsed,
+    so that a user sees that training made the model worse and where to look.  Rows without ``metric`` (epochs
+    that were not evaluated) are skipped; fewer than two evaluations say nothing.
+    """
+    scored = [row for row in history if row.get(metric) is not None]
+    if len(scored) < 2 or scored[-1][metric] >= scored[0][metric]:
+        return None
+    first, last = scored[0], scored[-1]
+    best = max(scored, key=lambda row: row[metric])
+    collapsed = [str(row["epoch"]) for row in history if row.get("collapse_warning")]
+    why = (f"; the pseudo labels looked collapsed at epoch(s) {','.join(collapsed)}" if collapsed else
+           "; the collapse diagnostics stayed below their thresholds (see the pseudo-label lines of the log)")
+    return (f"training made the model worse: {metric} {first[metric]:.1f} after epoch {first['epoch']}, "
+            f"{last[metric]:.1f} after epoch {last['epoch']}{why}. best.pth holds epoch {best['epoch']} "
+            f"({metric} {best[metric]:.1f}) (README: pseudo labels on small or camera-biased data)")

@@ -35,6 +35,7 @@ from ..export.info import write_model_info
 from ..models import ReidModel, build_model
 from ..precision import training_precision
 from ..pseudo_labels import check_cluster_config, cluster_epoch
+from ..pseudo_labels.diagnostics import score_decline_warning
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .methods import Batch, EpochData, Method, StepOutput, build_method
 from ..viz.curves import plot_training_curves
@@ -241,6 +242,9 @@ class Trainer:
             self.history.append(row)
             self.write(epoch, row)
         if self.history and distributed.is_main():
+            decline = score_decline_warning(self.history)
+            if decline:
+                LOG.warning(decline)
             plot_training_curves(self.run_dir)
         return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
 
