@@ -31,7 +31,7 @@ from .viz.ranked import save_ranked_results
 #   the first pseudo labels) worse here (label ARI 0.07 instead of 0.21);
 # - workers 0: decoding 64x32 JPEGs is cheap; loader processes would only compete for the 2 cores;
 # - sampler pk: the plain P x K sampler the demo was set up and measured with (the base's official
-#   multi_camera sampler ended at mAP 26.9 instead of 31.0 from random init in one run).
+#   multi_camera sampler ended at mAP 26.9 instead of 31.0 from random init in one run, before the per-image augmentation seeds; seeds move the demo by +-5 mAP).
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "data": {"format": "market", "height": 64, "width": 32, "workers": 0, "batch_size": 32, "num_instances": 4,
              "pad": 3, "erasing_p": 0.0, "sampler": "pk"},
