@@ -337,3 +337,15 @@ def test_a_process_that_stops_answering_ends_the_job(tmp_path):
     assert "rank 1 stopped: every image is an outlier" in result.stdout
     assert result.returncode != 0 and time.time() - start < 100
     assert "rank 0 of 2: receiving rank 0's results failed: another process died or did not answer" in result.stderr
+
+
+def test_rank_0_errors_travel_as_plain_data():
+    from hardreid.errors import UserError
+
+    described = distributed._describe(UserError("every image is an outlier"))
+    assert described == (True, "every image is an outlier")  # no exception object crosses processes
+    rebuilt = distributed._rebuild(described)
+    assert isinstance(rebuilt, UserError) and str(rebuilt) == "every image is an outlier"
+    other = distributed._rebuild(distributed._describe(ValueError("bad shape")))
+    assert type(other) is RuntimeError and str(other) == "rank 0 failed: ValueError: bad shape"
+    assert distributed._describe(None) is None

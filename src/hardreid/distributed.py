@@ -28,7 +28,6 @@ import datetime
 import functools
 import hashlib
 import os
-import pickle
 import random
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -241,23 +240,28 @@ def main_then_broadcast(fn: Callable[[], T]) -> T:
                 result = fn()
             except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
                 error = exc
-        sent = broadcast_object((result, _portable(error)))
+        sent = broadcast_object((result, _describe(error)))
     if error is not None:
         raise error
     if sent[1] is not None:
-        raise sent[1]
+        raise _rebuild(sent[1])
     return sent[0]
 
 
-def _portable(error: BaseException | None) -> BaseException | None:
-    """``error`` if it survives pickling (UserError does), else a RuntimeError with its text."""
+def _describe(error: BaseException | None) -> tuple[bool, str] | None:
+    """Rank 0's error as plain data for the other ranks: (is a UserError, its message); no exception object is
+    sent, so no rank ever unpickles one."""
     if error is None:
         return None
-    try:
-        pickle.loads(pickle.dumps(error))
-        return error
-    except Exception:  # noqa: BLE001 - any pickling problem
-        return RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
+    if isinstance(error, UserError):
+        return True, str(error)
+    return False, f"rank 0 failed: {type(error).__name__}: {error}"
+
+
+def _rebuild(description: tuple[bool, str]) -> BaseException:
+    """The exception another rank raises for rank 0's error: the same UserError message, else a RuntimeError."""
+    user_error, message = description
+    return UserError(message) if user_error else RuntimeError(message)
 
 
 # -- data -----------------------------------------------------------------------------------------------
