@@ -345,12 +345,12 @@ class ComposedMethod:
         """``data.sampler``, or the base's official sampler for ``auto``."""
         return self.base.sampler if cfg.data.sampler == "auto" else cfg.data.sampler
 
+    def _first_answer(self, ask: Callable[[Component], Any], default: Any = None) -> Any:
+        """The first component's answer that is not None ("no opinion"), in component order; else ``default``."""
+        return next((answer for answer in map(ask, self.components) if answer is not None), default)
+
     def companions(self) -> torch.Tensor | None:
-        for c in self.components:
-            found = c.companions()
-            if found is not None:
-                return found
-        return None
+        return self._first_answer(lambda c: c.companions())
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for c in self.components for o in c.optimizers()]
@@ -402,25 +402,13 @@ class ComposedMethod:
         return row
 
     def clustering_model(self, model: nn.Module) -> nn.Module:
-        for c in self.components:
-            chosen = c.clustering_model(model)
-            if chosen is not None:
-                return chosen
-        return model
+        return self._first_answer(lambda c: c.clustering_model(model), model)
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:
-        for c in self.components:
-            chosen = c.evaluation_model(model)
-            if chosen is not None:
-                return chosen
-        return model
+        return self._first_answer(lambda c: c.evaluation_model(model), model)
 
     def clustering_features(self) -> torch.Tensor | None:
-        for c in self.components:
-            features = c.clustering_features()
-            if features is not None:
-                return features
-        return None
+        return self._first_answer(lambda c: c.clustering_features())
 
     def state_dict(self) -> dict[str, Any]:
         return {c.name: c.state_dict() for c in self.components}
