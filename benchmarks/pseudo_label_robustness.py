@@ -10,9 +10,11 @@ configs/cluster_contrast/cpu_mobilenet.yaml: MobileNetV2, 128x64) and the same b
   training identity over 2 cameras with strong colour casts (``camera_colour_strength`` 3), generated
   into OUTPUT/data; ``cuhk03``, ``cuhk03_k4``, ``cuhk03_k2``: ``--cuhk03`` with all / at most 4 / at
   most 2 training images per identity (``hardreid datasets subsample``, hard links in OUTPUT/data);
-* options (``--options``): ``default`` (today's DBSCAN, eps 0.5), ``eps_auto``, ``hdbscan``,
-  ``camera_mean``, ``camera_standardize``, ``camera_penalty`` (``cluster.same_camera_penalty``
-  ``--penalty``), ``combined`` (camera_normalize mean + HDBSCAN); ``--option NAME=KEY=VALUE,...`` adds one.
+* options (``--options``): ``default`` (the config's DBSCAN: eps 0.6, min_samples 4), ``eps_auto``,
+  ``hdbscan``, ``camera_mean``, ``camera_standardize``, ``camera_penalty`` (``cluster.same_camera_penalty``
+  ``--penalty``), ``combined`` (camera_normalize mean + HDBSCAN), ``camera_proxy`` (a camera-aware training
+  loss instead of camera-aware clustering: ICE's inter-camera proxy loss as the ``camera_proxy`` add-on);
+  ``--option NAME=KEY=VALUE,...`` adds one.
 
 Every row trains in its own process (``python -m hardreid train``) into OUTPUT/runs/DATASET/OPTION.
 A finished row is skipped when the script runs again, an unfinished one is resumed (``--resume``),
@@ -59,6 +61,7 @@ def option_overrides(penalty: float) -> dict[str, list[str]]:
         "camera_standardize": ["cluster.camera_normalize=standardize"],
         "camera_penalty": [f"cluster.same_camera_penalty={penalty:g}"],
         "combined": ["cluster.camera_normalize=mean", "cluster.algorithm=hdbscan"],
+        "camera_proxy": ["method.hard_samples=[camera_proxy]"],
     }
 
 

@@ -108,6 +108,19 @@ def test_score_decline_warning_reads_the_history():
     assert score_decline_warning([]) is None
 
 
+def test_score_decline_warning_compares_with_the_start():
+    rows = [{"epoch": 1, "mAP": 2.0}, {"epoch": 2, "mAP": 2.4}, {"epoch": 3, "mAP": 2.2}]
+    assert score_decline_warning(rows) is None  # above the first evaluated epoch ...
+    line = score_decline_warning(rows, start={"epoch": 0, "mAP": 2.7})  # ... but below the model it started from
+    assert line.startswith("training made the model worse: mAP 2.7 before training, 2.2 after epoch 3")
+    assert "no epoch beat the start: best.pth holds epoch 2 (mAP 2.4)" in line
+    line = score_decline_warning(rows, start={"epoch": 0, "mAP": 2.3})  # epoch 2 beat the start, epoch 3 did not
+    assert "mAP 2.3 before training" in line and "best.pth holds epoch 2 (mAP 2.4)" in line and "no epoch" not in line
+    assert score_decline_warning(rows, start={"epoch": 0, "mAP": 2.2}) is None  # ends level with the start
+    assert score_decline_warning(rows[:1], start={"epoch": 0, "mAP": 3.0}) is not None  # one epoch: start counts
+    assert score_decline_warning(rows, start={"epoch": 0}) is None  # a start without the metric: first epoch stands in
+
+
 # --------------------------------------------------------------------------- eps auto
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
 from hardreid.training import train
+from hardreid.training.checkpoint import load_checkpoint
 from hardreid.training.bases import spcl
 from hardreid.training.methods import EpochData, build_method
 
@@ -107,8 +108,37 @@ def test_a_run_that_ends_worse_than_its_first_score_says_so(tiny_root, tmp_path,
     from test_reliability import fake_scores
 
     fake_scores(monkeypatch, scores)
-    train(tiny_config(train={"epochs": 3, "iters": 1, "eval_every": 1}), load_dataset("market", tiny_root),
-          tmp_path / "run", log_to_stderr=False)
+    train(tiny_config(train={"epochs": 3, "iters": 1, "eval_every": 1, "eval_at_start": False}),
+          load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)
     log = (tmp_path / "run" / "train.log").read_text()
     line = "training made the model worse: mAP 5.0 after epoch 1, 2.0 after epoch 3"
     assert (line in log) is worse and ("best.pth holds epoch 2 (mAP 7.0)" in log) is worse
+    assert not (tmp_path / "run" / "start_scores.json").exists()
+
+
+def test_a_run_is_compared_with_the_model_it_started_from(tiny_root, tmp_path, monkeypatch):
+    """train.eval_at_start (default): the weights before epoch 1 are scored, kept in the checkpoint and
+    start_scores.json, drawn as epoch 0, and the end of the run compares with them; a resume does not rescore."""
+    from test_reliability import fake_scores
+
+    fake_scores(monkeypatch, [3.0, 2.0, 2.5])  # start, epoch 1, epoch 2: better than epoch 1, worse than the start
+    data, run = load_dataset("market", tiny_root), tmp_path / "run"
+    train(tiny_config(train={"epochs": 2, "iters": 1, "eval_every": 1}), data, run, log_to_stderr=False)
+    log = (run / "train.log").read_text()
+    assert "before training: mAP 3, top1 3, top5 3" in log
+    assert "training made the model worse: mAP 3.0 before training, 2.5 after epoch 2" in log
+    assert "no epoch beat the start: best.pth holds epoch 2 (mAP 2.5)" in log
+    assert json.loads((run / "start_scores.json").read_text()) == {"epoch": 0, "mAP": 3.0, "top1": 3.0, "top5": 3.0,
+                                                                  "top10": 3.0}
+    assert load_checkpoint(run / "checkpoints" / "last.pth")["start_scores"]["mAP"] == 3.0
+    from hardreid.viz import curves
+
+    figures = []
+    monkeypatch.setattr(curves.plt, "close", figures.append)
+    curves.plot_training_curves(run)
+    assert [list(line.get_xdata()) for line in figures[0].axes[0].lines] == [[0, 1, 2]] * 2  # top-1, mAP from epoch 0
+    fake_scores(monkeypatch, [2.9])  # only epoch 3 is scored after the resume; the start comes from the checkpoint
+    train(tiny_config(train={"epochs": 3, "iters": 1, "eval_every": 1}), data, run, resume=True, log_to_stderr=False)
+    log = (run / "train.log").read_text()
+    assert log.count("before training:") == 1
+    assert "mAP 3.0 before training, 2.9 after epoch 3" in log

@@ -203,7 +203,7 @@ def test_a_stale_best_checkpoint_is_rewritten_on_resume(tiny_root, tmp_path, mon
 
     fake_scores(monkeypatch, [0.1, 0.5, 0.2])  # epoch 2 is the best; epoch 3 (after the resume) is not better
     data = load_dataset("market", tiny_root)
-    cfg = tiny_config(train={"epochs": 3, "iters": 1})
+    cfg = tiny_config(train={"epochs": 3, "iters": 1, "eval_at_start": False})
     real_save, best_writes = trainer_module.save_checkpoint, []
 
     def save(state, path):
@@ -233,7 +233,7 @@ def test_last_is_written_before_best_and_whenever_best_is(tiny_root, tmp_path, m
     writes, real_save = [], trainer_module.save_checkpoint
     monkeypatch.setattr(trainer_module, "save_checkpoint",
                         lambda state, path: (writes.append((path.name, state["epoch"])), real_save(state, path)))
-    train(tiny_config(train={"epochs": 2, "iters": 1, "save_every": 5}), load_dataset("market", tiny_root),
+    train(tiny_config(train={"epochs": 2, "iters": 1, "save_every": 5, "eval_at_start": False}), load_dataset("market", tiny_root),
           tmp_path / "run", log_to_stderr=False)
     assert writes == [("last.pth", 1), ("best.pth", 1), ("last.pth", 2), ("best.pth", 2)]
 

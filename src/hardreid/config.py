@@ -131,6 +131,9 @@ class TrainConfig:
     epochs: int = 50
     iters: int = 400  # optimiser steps per epoch; 0 = one pass over the clustered images
     eval_every: int = 10  # evaluate every N epochs (and after the last one); 0 = only at the end
+    # also score the model before epoch 1 (the weights training starts from), so the end of the run can say whether
+    # training made it better or worse (RUN_DIR/start_scores.json, the curves' epoch 0); needs query and gallery
+    eval_at_start: bool = True
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision (autocast) of the training steps on CUDA; on CPU only with amp_cpu

@@ -161,21 +161,27 @@ def collapse_warning(reasons: dict[str, str], eps: float | None = None) -> str:
             "worse; try " + ", ".join(tries) + " (README: pseudo labels on small or camera-biased data)")
 
 
-def score_decline_warning(history: list[dict], metric: str = "mAP") -> str | None:
-    """The end-of-training line when the last evaluated score is below the first one, else None.
+def score_decline_warning(history: list[dict], metric: str = "mAP", start: dict | None = None) -> str | None:
+    """The end-of-training line when the last evaluated score is below where training started, else None.
 
-    Names both scores, the best epoch (which best.pth holds) and the epochs whose pseudo labels looked collapsed,
-    so that a user sees that training made the model worse and where to look.  Rows without ``metric`` (epochs
-    that were not evaluated) are skipped; fewer than two evaluations say nothing.
+    ``start``: the scores of the model before epoch 1 (``train.eval_at_start``); without it the first evaluated
+    epoch stands in for the start.  Names both scores, the best epoch (which best.pth holds) and the epochs whose
+    pseudo labels looked collapsed, so that a user sees that training made the model worse and where to look; when
+    no trained epoch beat the start, it says so (the weights training started from are then the better model).
+    Rows without ``metric`` (epochs that were not evaluated) are skipped; fewer than two scores say nothing.
     """
     scored = [row for row in history if row.get(metric) is not None]
-    if len(scored) < 2 or scored[-1][metric] >= scored[0][metric]:
+    first = start if start is not None and start.get(metric) is not None else (scored[0] if scored else None)
+    if first is None or not scored or first is scored[-1] or scored[-1][metric] >= first[metric]:
         return None
-    first, last = scored[0], scored[-1]
+    last = scored[-1]
     best = max(scored, key=lambda row: row[metric])
     collapsed = [str(row["epoch"]) for row in history if row.get("collapse_warning")]
     why = (f"; the pseudo labels looked collapsed at epoch(s) {','.join(collapsed)}" if collapsed else
            "; the collapse diagnostics stayed below their thresholds (see the pseudo-label lines of the log)")
-    return (f"training made the model worse: {metric} {first[metric]:.1f} after epoch {first['epoch']}, "
-            f"{last[metric]:.1f} after epoch {last['epoch']}{why}. best.pth holds epoch {best['epoch']} "
-            f"({metric} {best[metric]:.1f}) (README: pseudo labels on small or camera-biased data)")
+    when = "before training" if first.get("epoch") == 0 else f"after epoch {first['epoch']}"
+    kept = (f"best.pth holds epoch {best['epoch']} ({metric} {best[metric]:.1f})" if best[metric] > first[metric] else
+            f"no epoch beat the start: best.pth holds epoch {best['epoch']} ({metric} {best[metric]:.1f}), the "
+            "weights training started from score higher")
+    return (f"training made the model worse: {metric} {first[metric]:.1f} {when}, {last[metric]:.1f} after epoch "
+            f"{last['epoch']}{why}. {kept} (README: pseudo labels on small or camera-biased data)")

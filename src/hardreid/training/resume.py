@@ -9,8 +9,9 @@ command-line overrides) with the checkpoint's before anything is written, and re
 evaluated and saved, where and with how many resources:
 
 * ``train.epochs``: train longer (or stop earlier, but not before the epochs already done);
-* ``train.eval_every``, ``train.save_every``: when evaluation runs and last.pth is written (evaluation
-  forks the random streams, so it never changes training);
+* ``train.eval_every``, ``train.eval_at_start``, ``train.save_every``: when evaluation runs and last.pth is
+  written (evaluation forks the random streams, so it never changes training; the start is scored only
+  before epoch 1, never on resume);
 * ``train.device``, ``data.workers``, ``eval.batch_size``: another machine or other resources (the numbers
   are the same up to the device's rounding; every image's augmentation has a seed of its own, so the number
   of loader workers changes nothing);
@@ -39,9 +40,9 @@ from ..errors import UserError
 from .checkpoint import load_checkpoint, save_checkpoint
 from .run_files import LOG, write_metrics
 
-RESUMABLE_KEYS = frozenset({"train.epochs", "train.eval_every", "train.save_every", "train.device", "data.workers",
-                            "eval.batch_size", "model.weights", "model.pretrained", "train.dist_timeout",
-                            "train.check_ranks"})
+RESUMABLE_KEYS = frozenset({"train.epochs", "train.eval_every", "train.eval_at_start", "train.save_every",
+                            "train.device", "data.workers", "eval.batch_size", "model.weights", "model.pretrained",
+                            "train.dist_timeout", "train.check_ranks"})
 SHOWN_CHANGES = 6
 
 

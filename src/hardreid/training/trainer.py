@@ -10,6 +10,7 @@ share of the global batch (gradients averaged), rank 0 scores and writes. One pr
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -29,6 +30,7 @@ from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
+from ..files import atomic_write_text
 from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
 from ..evaluation.pipeline import evaluate_model
 from ..export.info import write_model_info
@@ -175,6 +177,7 @@ class Trainer:
         self.previous_labels: np.ndarray | None = None  # last epoch's pseudo labels (diagnostics: partition change)
         self.start_epoch = 0
         self.best_map = -1.0
+        self.start_scores: dict[str, float] | None = None  # train.eval_at_start: the model before epoch 1
         self.tensorboard = TensorBoardLog(run_dir / "tensorboard") if cfg.train.tensorboard else None
 
     @property
@@ -191,6 +194,7 @@ class Trainer:
                 "method": self.method.state_dict(), "history": self.history, "best_map": self.best_map,
                 "rng": rng_state(), "backbone": self.cfg.model.backbone, "feat_dim": self.model.feat_dim,
                 "trained_on": trained_on(self.cfg, self.dataset), "world_size": distributed.world_size(),
+                "start_scores": self.start_scores,
                 "pseudo_labels": None if self.previous_labels is None else torch.as_tensor(self.previous_labels)}
 
     def resume(self, path: Path, state: dict[str, Any] | None = None) -> None:
@@ -204,6 +208,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state.get("method", {}))
         self.history, self.best_map = state["history"], state["best_map"]
+        self.start_scores = state.get("start_scores")
         self.start_epoch = state["epoch"]
         labels = state.get("pseudo_labels")
         self.previous_labels = None if labels is None else np.asarray(labels)
@@ -237,12 +242,14 @@ class Trainer:
                 self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
                 self.device))
             distributed.broadcast_buffers(self.model)
+        if self.start_epoch == 0 and cfg.train.eval_at_start and self.can_evaluate():
+            self.score_start()
         for epoch in range(self.start_epoch, cfg.train.epochs):
             row = self.run_epoch(epoch)
             self.history.append(row)
             self.write(epoch, row)
         if self.history and distributed.is_main():
-            decline = score_decline_warning(self.history)
+            decline = score_decline_warning(self.history, start=self.start_scores)
             if decline:
                 LOG.warning(decline)
             plot_training_curves(self.run_dir)
@@ -300,12 +307,7 @@ class Trainer:
         if cfg.train.check_ranks:
             self.check_ranks(epoch)
         if self.should_evaluate(epoch):
-            # evaluation must not move the random streams: a run that evaluates at other epochs (eval_every)
-            # or is resumed trains exactly as one that does not (the loaders draw their seeds from torch's RNG)
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, cfg.data, cfg.eval,
-                                        self.device)
-            row.update({"mAP": result.mAP, "top1": result.rank(1), "top5": result.rank(5), "top10": result.rank(10)})
+            row.update(self.scores())
         row["seconds"] = time.time() - start
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
@@ -329,8 +331,29 @@ class Trainer:
         random_init = not (self.cfg.model.weights or self.cfg.model.pretrained)
         return mode == "always" or (mode == "auto" and random_init)
 
+    def scores(self) -> dict[str, float]:
+        """mAP and top-1/5/10 of the evaluation model on the query and gallery split.
+
+        Evaluation must not move the random streams: a run that evaluates at other epochs (eval_every, eval_at_start)
+        or is resumed trains exactly as one that does not (the loaders draw their seeds from torch's RNG).
+        """
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            result = evaluate_model(self.method.evaluation_model(self.model), self.dataset, self.cfg.data,
+                                    self.cfg.eval, self.device)
+        return {"mAP": result.mAP, "top1": result.rank(1), "top5": result.rank(5), "top10": result.rank(10)}
+
+    def score_start(self) -> None:
+        """``train.eval_at_start``: score the weights training starts from (RUN_DIR/start_scores.json)."""
+        self.start_scores = {"epoch": 0, **self.scores()}
+        LOG.info("before training: %s", ", ".join(f"{k} {self.start_scores[k]:.4g}" for k in ("mAP", "top1", "top5")))
+        if distributed.is_main():
+            atomic_write_text(self.run_dir / "start_scores.json", json.dumps(self.start_scores, indent=1))
+
+    def can_evaluate(self) -> bool:
+        return bool(self.dataset.query and self.dataset.gallery)
+
     def should_evaluate(self, epoch: int) -> bool:
-        if not (self.dataset.query and self.dataset.gallery):
+        if not self.can_evaluate():
             return False
         every = self.cfg.train.eval_every
         return epoch + 1 == self.cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0)

@@ -3,7 +3,8 @@
 A third panel shows the label-free pseudo-label diagnostics when the run has them
 (``pseudo_labels.diagnostics``): share of images in large clusters, share of
 one-camera clusters, ARI with the previous epoch's partition, and a red mark at
-every epoch whose collapse warning fired.
+every epoch whose collapse warning fired.  When the run scored the model it started from
+(``train.eval_at_start``: RUN_DIR/start_scores.json), the accuracy curves begin at epoch 0 with it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "metrics.json").read_text())
     epochs = [row["epoch"] for row in history]
+    start_file = run_dir / "start_scores.json"
+    start = [json.loads(start_file.read_text())] if start_file.exists() else []
     with_diagnostics = diagnostics and any(_points(history, key) for key, _, _ in DIAGNOSTICS)
     panels = 3 if with_diagnostics else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
     acc, lab = axes[0], axes[1]
     for key, colour in (("top1", "green"), ("mAP", "red")):
-        points = _points(history, key)
+        points = _points(start + history, key)
         if points:
             acc.plot(*zip(*points), marker="o", color=colour, label="top-1" if key == "top1" else key)
     acc.set_xlabel("epoch"), acc.set_ylabel("%"), acc.set_title("accuracy"), acc.grid(alpha=0.3)
