@@ -4,7 +4,7 @@
         --weights ../shared/weights/mobilenet_v2_imagenet.pth --output benchmarks/results/robustness
 
 Rows = data sets x options, all with the Cluster Contrast CPU config (``--config``, default
-configs/cluster_contrast/cpu_mobilenet.yaml: MobileNetV2, 128x64) and the same budget:
+configs/cluster_contrast/cpu_official.yaml: the official settings, MobileNetV2, 128x64) and the same budget:
 
 * data sets (``--datasets``): ``synth2`` / ``synth4``: synthetic few-shot sets, 2 / 4 images per
   training identity over 2 cameras with strong colour casts (``camera_colour_strength`` 3), generated
@@ -46,7 +46,7 @@ from hardreid.config import Config, load_config  # noqa: E402
 from hardreid.errors import UserError, clean_message  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "cluster_contrast" / "cpu_mobilenet.yaml"
+DEFAULT_CONFIG = REPO / "configs" / "cluster_contrast" / "cpu_official.yaml"
 DATASETS = ("synth2", "synth4", "cuhk03", "cuhk03_k4", "cuhk03_k2")
 SUBSAMPLE = {"cuhk03": None, "cuhk03_k4": 4, "cuhk03_k2": 2}
 
