@@ -13,8 +13,9 @@ configs/cluster_contrast/cpu_official.yaml: the official settings, MobileNetV2, 
 * options (``--options``): ``default`` (the config's DBSCAN: eps 0.6, min_samples 4), ``eps_auto``,
   ``hdbscan``, ``camera_mean``, ``camera_standardize``, ``camera_penalty`` (``cluster.same_camera_penalty``
   ``--penalty``), ``combined`` (camera_normalize mean + HDBSCAN), ``camera_proxy`` (a camera-aware training
-  loss instead of camera-aware clustering: ICE's inter-camera proxy loss as the ``camera_proxy`` add-on);
-  ``--option NAME=KEY=VALUE,...`` adds one.
+  loss instead of camera-aware clustering: ICE's inter-camera proxy loss as the ``camera_proxy`` add-on),
+  ``min_samples2`` (``cluster.min_samples`` 2), ``cpu_mobilenet`` (both: the settings of
+  configs/cluster_contrast/cpu_mobilenet.yaml); ``--option NAME=KEY=VALUE,...`` adds one.
 
 Every row trains in its own process (``python -m hardreid train``) into OUTPUT/runs/DATASET/OPTION.
 A finished row is skipped when the script runs again, an unfinished one is resumed (``--resume``),
@@ -62,6 +63,9 @@ def option_overrides(penalty: float) -> dict[str, list[str]]:
         "camera_penalty": [f"cluster.same_camera_penalty={penalty:g}"],
         "combined": ["cluster.camera_normalize=mean", "cluster.algorithm=hdbscan"],
         "camera_proxy": ["method.hard_samples=[camera_proxy]"],
+        "min_samples2": ["cluster.min_samples=2"],
+        # = configs/cluster_contrast/cpu_mobilenet.yaml, the CPU config for a user's own data
+        "cpu_mobilenet": ["cluster.min_samples=2", "method.hard_samples=[camera_proxy]"],
     }
 
 
