@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="Market-layout data set")
     p.add_argument("--weights", default="", help="ImageNet backbone weights (torchvision layout)")
-    p.add_argument("--config", default="cluster_contrast/cpu_mobilenet", help="packaged config name or YAML file")
+    p.add_argument("--config", default="cluster_contrast/cpu_official", help="packaged config name or YAML file")
     p.add_argument("--epochs", type=int, default=3, help="epochs (the last one also evaluates)")
     p.add_argument("--iters", type=int, default=20, help="steps per epoch")
     p.add_argument("--batch-size", type=int, default=64, help="global batch (data.batch_size)")

@@ -10,7 +10,7 @@ The study file (YAML) names the budget and the rows::
     set: [data.workers=1]                     # overrides for every row
     rows:
       - name: cc_base                         # unique; its runs go to OUTPUT/runs/<name>/seed<N>
-        config: configs/cluster_contrast/cpu_mobilenet.yaml
+        config: configs/cluster_contrast/cpu_official.yaml
         memory: momentum                      # a label for the table (which memory the row sits on)
         seeds: [1, 2, 3]                      # default: [1]
         set: ["method.hard_samples=[hpf, align]"]   # the row's own overrides

@@ -4,7 +4,7 @@
         --weights ../shared/weights/mobilenet_v2_imagenet.pth --output benchmarks/results/robustness
 
 Rows = data sets x options, all with the Cluster Contrast CPU config (``--config``, default
-configs/cluster_contrast/cpu_mobilenet.yaml: MobileNetV2, 128x64) and the same budget:
+configs/cluster_contrast/cpu_official.yaml: the official settings, MobileNetV2, 128x64) and the same budget:
 
 * data sets (``--datasets``): ``synth2`` / ``synth4``: synthetic few-shot sets, 2 / 4 images per
   training identity over 2 cameras with strong colour casts (``camera_colour_strength`` 3), generated
@@ -13,8 +13,9 @@ configs/cluster_contrast/cpu_mobilenet.yaml: MobileNetV2, 128x64) and the same b
 * options (``--options``): ``default`` (the config's DBSCAN: eps 0.6, min_samples 4), ``eps_auto``,
   ``hdbscan``, ``camera_mean``, ``camera_standardize``, ``camera_penalty`` (``cluster.same_camera_penalty``
   ``--penalty``), ``combined`` (camera_normalize mean + HDBSCAN), ``camera_proxy`` (a camera-aware training
-  loss instead of camera-aware clustering: ICE's inter-camera proxy loss as the ``camera_proxy`` add-on);
-  ``--option NAME=KEY=VALUE,...`` adds one.
+  loss instead of camera-aware clustering: ICE's inter-camera proxy loss as the ``camera_proxy`` add-on),
+  ``min_samples2`` (``cluster.min_samples`` 2), ``cpu_mobilenet`` (both: the settings of
+  configs/cluster_contrast/cpu_mobilenet.yaml); ``--option NAME=KEY=VALUE,...`` adds one.
 
 Every row trains in its own process (``python -m hardreid train``) into OUTPUT/runs/DATASET/OPTION.
 A finished row is skipped when the script runs again, an unfinished one is resumed (``--resume``),
@@ -46,7 +47,7 @@ from hardreid.config import Config, load_config  # noqa: E402
 from hardreid.errors import UserError, clean_message  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "cluster_contrast" / "cpu_mobilenet.yaml"
+DEFAULT_CONFIG = REPO / "configs" / "cluster_contrast" / "cpu_official.yaml"
 DATASETS = ("synth2", "synth4", "cuhk03", "cuhk03_k4", "cuhk03_k2")
 SUBSAMPLE = {"cuhk03": None, "cuhk03_k4": 4, "cuhk03_k2": 2}
 
@@ -62,6 +63,9 @@ def option_overrides(penalty: float) -> dict[str, list[str]]:
         "camera_penalty": [f"cluster.same_camera_penalty={penalty:g}"],
         "combined": ["cluster.camera_normalize=mean", "cluster.algorithm=hdbscan"],
         "camera_proxy": ["method.hard_samples=[camera_proxy]"],
+        "min_samples2": ["cluster.min_samples=2"],
+        # = configs/cluster_contrast/cpu_mobilenet.yaml, the CPU config for a user's own data
+        "cpu_mobilenet": ["cluster.min_samples=2", "method.hard_samples=[camera_proxy]"],
     }
 
 

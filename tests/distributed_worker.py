@@ -20,7 +20,7 @@ from hardreid.training.trainer import Trainer, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = {  # the methods' own CPU configs (ResNet-50 ones moved to MobileNetV2), shrunk to the tiny set below
-    "cluster_contrast": "cluster_contrast/cpu_mobilenet.yaml",
+    "cluster_contrast": "cluster_contrast/cpu_official.yaml",
     "acfl": "acfl/cpu_mobilenet.yaml",  # full ACFL: [hpf, hpi] on the instance memory
     "spcl": "spcl/cpu_mobilenet.yaml",
     "ice": "ice/cpu_mobilenet.yaml",

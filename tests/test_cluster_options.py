@@ -85,11 +85,14 @@ def test_collapse_reasons_and_warning():
     reasons = collapse_reasons(diag, warn_large_share=0.3, warn_single_camera_share=0.4)
     assert set(reasons) == {"large_clusters", "one_camera"}
     assert "38% of the images are in clusters of more than 4 images" in reasons["large_clusters"]
-    line = collapse_warning(reasons, eps=0.55)
+    line = collapse_warning(reasons, eps=0.55, min_samples=4)
     assert "\n" not in line and "cluster.eps (now 0.55)" in line and "cluster.algorithm=hdbscan" in line
-    assert "cluster.camera_normalize=mean" in line and "cluster.same_camera_penalty (e.g. 0.1)" in line
-    camera_only = collapse_warning({"one_camera": "x"})
+    assert "cluster.camera_normalize=mean" in line and "method.hard_samples=[camera_proxy]" in line
+    assert "try a lower cluster.eps (now 0.55), cluster.algorithm=hdbscan, a camera-aware loss" in line
+    assert "cluster.min_samples=2 if each person has few images" in line
+    camera_only = collapse_warning({"one_camera": "x"}, min_samples=2)  # already 2: not suggested again
     assert "camera_normalize" in camera_only and "cluster.eps" not in camera_only
+    assert "try a camera-aware loss (method.hard_samples=[camera_proxy]), cluster.camera_normalize=mean (" in camera_only
     # one camera in the data: never a one-camera warning
     single = cluster_diagnostics(LABELS, np.zeros_like(CAMS), size_limit=100)
     assert collapse_reasons(single, 0.2, 0.0) == {}

@@ -137,3 +137,21 @@ def test_config_files_that_are_not_configs(tmp_path):
     (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
     with pytest.raises(UserError, match="loop.yaml"):
         load_config(tmp_path / "loop.yaml")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    return {k: v for key, value in tree.items()
+            for k, v in (_flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else [(prefix + key, value)])}
+
+
+def test_the_cpu_config_for_own_data_is_the_official_one_with_two_changes():
+    """cluster_contrast/cpu_mobilenet.yaml (what a new user starts from) = cpu_official.yaml (Cluster Contrast as
+    published, at CPU size) + min_samples 2 + the camera_proxy loss; SHNG's CPU configs keep the official base."""
+    official = _flat(load_config(CONFIGS / "cluster_contrast" / "cpu_official.yaml").to_dict())
+    own = _flat(load_config(CONFIGS / "cluster_contrast" / "cpu_mobilenet.yaml").to_dict())
+    assert {k for k in own if own[k] != official[k]} == {"cluster.min_samples", "method.hard_samples"}
+    assert (official["cluster.min_samples"], official["cluster.eps"], official["method.hard_samples"]) == (4, 0.6, [])
+    assert (own["cluster.min_samples"], own["method.hard_samples"]) == (2, ["camera_proxy"])
+    for name in ("cpu_mobilenet.yaml", "cpu_20_epochs.yaml"):
+        hng = load_config(CONFIGS / "hng" / name)
+        assert (hng.cluster.min_samples, hng.method.hard_samples) == (4, ["hng"])

@@ -30,8 +30,9 @@ def toy(tmp_path):
 def test_dry_run_and_argument_errors(bench, toy, capsys):
     assert bench.main([*toy, "--dry-run", "--option", "ms3=cluster.min_samples=3,cluster.eps=0.55"]) == 0
     text = capsys.readouterr().out
-    assert "9 rows (0 done)" in text and "synth4     camera_penalty       todo     cluster.same_camera_penalty=0.1" in text
+    assert "11 rows (0 done)" in text and "synth4     camera_penalty       todo     cluster.same_camera_penalty=0.1" in text
     assert "synth4     camera_proxy         todo     method.hard_samples=[camera_proxy]" in text
+    assert "synth4     cpu_mobilenet        todo     cluster.min_samples=2 method.hard_samples=[camera_proxy]" in text
     assert "ms3" in text and "cluster.min_samples=3 cluster.eps=0.55" in text
     assert bench.main([*toy, "--options", "nothing", "--dry-run"]) == 2
     assert "unknown option(s) nothing" in capsys.readouterr().err

@@ -149,16 +149,21 @@ def collapse_reasons(diag: ClusterDiagnostics, warn_large_share: float = 0.2,
     return reasons
 
 
-def collapse_warning(reasons: dict[str, str], eps: float | None = None) -> str:
-    """One log line: what the diagnostics show and which config keys to try (``eps``: the DBSCAN radius used)."""
+def collapse_warning(reasons: dict[str, str], eps: float | None = None, min_samples: int | None = None) -> str:
+    """One log line: what the diagnostics show and which config keys to try (``eps``: the DBSCAN radius used,
+    ``min_samples``: cluster.min_samples).  The advice follows the robustness table of benchmarks/README.md: on
+    data with few images per person, min_samples 2 and a camera-aware loss lost least (or gained)."""
     tries = []
     if "large_clusters" in reasons:
         tries += [f"a lower cluster.eps (now {eps:.3g})" if eps is not None else "a lower cluster.eps",
-                  "cluster.algorithm=hdbscan", "a larger cluster.min_samples"]
+                  "cluster.algorithm=hdbscan"]
     if "one_camera" in reasons:
-        tries += ["cluster.camera_normalize=mean (or standardize)", "a small cluster.same_camera_penalty (e.g. 0.1)"]
+        tries += ["a camera-aware loss (method.hard_samples=[camera_proxy])", "cluster.camera_normalize=mean"]
+    if min_samples is None or min_samples > 2:
+        tries += ["cluster.min_samples=2 if each person has few images"]
     return ("pseudo labels look collapsed: " + "; ".join(reasons.values()) + ". Training on them can make the model "
-            "worse; try " + ", ".join(tries) + " (README: pseudo labels on small or camera-biased data)")
+            "worse; try " + ", ".join(tries) + " (configs/cluster_contrast/cpu_mobilenet.yaml has min_samples 2 and "
+            "camera_proxy; README: pseudo labels on small or camera-biased data)")
 
 
 def score_decline_warning(history: list[dict], metric: str = "mAP", start: dict | None = None) -> str | None:

@@ -42,11 +42,12 @@ class EpochClusters:
     eps: float | None  # the DBSCAN radius used (cluster.eps, or its value this epoch with eps auto); None: HDBSCAN
     diagnostics: ClusterDiagnostics
     reasons: dict[str, str] = field(default_factory=dict)  # why the partition looks collapsed (empty: it does not)
+    min_samples: int | None = None  # cluster.min_samples (the warning's advice depends on it)
 
     @property
     def warning(self) -> str | None:
         """The collapse warning's log line, or None."""
-        return collapse_warning(self.reasons, self.eps) if self.reasons else None
+        return collapse_warning(self.reasons, self.eps, self.min_samples) if self.reasons else None
 
     def text(self) -> str:
         """Statistics and diagnostics for the epoch's log line."""
@@ -104,4 +105,4 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
                         "(--weights FILE).")
     diagnostics = cluster_diagnostics(labels, camids, previous_labels, cfg.large_cluster_factor * cfg.min_samples)
     reasons = collapse_reasons(diagnostics, cfg.warn_large_share, cfg.warn_single_camera_share)
-    return EpochClusters(labels, stats, distance, eps, diagnostics, reasons)
+    return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples)
