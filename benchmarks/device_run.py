@@ -16,7 +16,7 @@ little time left is skipped, one that runs out of time is stopped, and the repor
 5. ``evaluation``     CMC / mAP at the Market-1501 test size (GPU and CPU) and at 100,000 x 100,000 on the GPU
                       (``benchmarks/evaluation.py``'s split generator).
 6. ``real_data``      if ``--data`` is given and time is left: Cluster Contrast against full ACFL on that data set
-                      (``configs/{cluster_contrast,acfl}/cpu_mobilenet.yaml`` at 256x128, MobileNetV2 from
+                      (``configs/cluster_contrast/cpu_official.yaml``, ``configs/acfl/cpu_mobilenet.yaml`` at 256x128, MobileNetV2 from
                       ``--weights``), one epoch of each in turn until the time runs out.
 
 It writes ``device_run.json``, ``device_run.md`` and ``device_run.log`` (every stage's output) into ``--out``,
@@ -553,9 +553,9 @@ def stage_real_data(ctx: StageContext) -> None:
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
     if smoke:
-        overrides += ["data.batch_size=8", "cluster.k1=6", "cluster.k2=2", "cluster.eps=0.6", "cluster.min_samples=2",
+        overrides += ["data.batch_size=8", "data.num_instances=4", "cluster.k1=6", "cluster.k2=2", "cluster.eps=0.6", "cluster.min_samples=2",
                       "train.amp_cpu=true"]
-    configs = {"cluster_contrast": REPO / "configs" / "cluster_contrast" / "cpu_mobilenet.yaml",
+    configs = {"cluster_contrast": REPO / "configs" / "cluster_contrast" / "cpu_official.yaml",
                "full ACFL": REPO / "configs" / "acfl" / "cpu_mobilenet.yaml"}
     data = load_dataset("market", root)
     trainers = {}
