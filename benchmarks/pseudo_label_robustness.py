@@ -45,6 +45,7 @@ repo_src_on_path()
 
 from hardreid.config import Config, load_config  # noqa: E402
 from hardreid.errors import UserError, clean_message  # noqa: E402
+from hardreid.training.resume import RESUMABLE_KEYS, config_changes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "cluster_contrast" / "cpu_official.yaml"
@@ -117,7 +118,7 @@ def all_options(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def common_overrides(args: argparse.Namespace) -> list[str]:
-    out = ["data.format=market"]
+    out = ["data.format=market", "train.eval_at_start=false"]  # the start is scored once per data set (start_map.json)
     if args.epochs is not None:
         out.append(f"train.epochs={args.epochs}")
     if args.iters is not None:
@@ -148,8 +149,11 @@ def row_state(row: dict[str, Any]) -> str:
     if not (run / "config.yaml").is_file():
         return "todo"
     saved, cfg = load_config(run / "config.yaml"), row["cfg"]
+    # the keys a resume may change (evaluation, resources) do not make another row; the number of epochs does
+    ignored = RESUMABLE_KEYS - {"train.epochs"}
+    changed = [key for key in config_changes(saved, cfg) if key not in ignored]
     for section in ("cluster", "train", "optim", "data", "memory"):
-        if getattr(saved, section) != getattr(cfg, section):
+        if any(key.startswith(section + ".") for key in changed):
             raise UserError(f"{run} was trained with other {section} settings; delete it or choose another --output")
     history = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else []
     if len(history) >= cfg.train.epochs:

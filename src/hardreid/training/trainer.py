@@ -353,10 +353,8 @@ class Trainer:
         return bool(self.dataset.query and self.dataset.gallery)
 
     def should_evaluate(self, epoch: int) -> bool:
-        if not self.can_evaluate():
-            return False
         every = self.cfg.train.eval_every
-        return epoch + 1 == self.cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0)
+        return self.can_evaluate() and (epoch + 1 == self.cfg.train.epochs or (every > 0 and (epoch + 1) % every == 0))
 
     def train_steps(self, epoch: int, labels: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
