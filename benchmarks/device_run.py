@@ -99,7 +99,8 @@ class StageContext:
         self.path = Path(args.stage_out)
         self.start = time.perf_counter()
         self.limit = float(args.stage_seconds)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"hardreid_{args.stage}_"))
+        # next to the result file, in the driver's temporary folder: removed with it, even after a stopped stage
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"hardreid_{args.stage}_", dir=self.path.parent))
         self.result: dict[str, Any] = {}
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -12,6 +12,9 @@ Example (the numbers of benchmarks/README.md)::
 
     python benchmarks/distributed.py --data ../shared/data/cuhk03 \\
         --weights ../shared/weights/mobilenet_v2_imagenet.pth --epochs 3 --iters 20 --out bench_distributed
+
+``--dry-run`` loads the config with every row's settings (so a wrong key fails here, not after the first row),
+prints the command of every row and trains nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -31,13 +35,18 @@ import common  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def overrides(processes: int, args: argparse.Namespace) -> list[str]:
+    """The config overrides of a row (the same work in every row)."""
+    share = args.batch_size // max(processes, args.nproc)  # the BatchNorm group of the largest world, in every row
+    return [f"train.epochs={args.epochs}", f"train.iters={args.iters}", "train.eval_every=0",
+            f"data.batch_size={args.batch_size}", f"train.bn_chunk={share}", f"data.workers={args.workers}",
+            f"train.device={args.device}"]
+
+
 def command(processes: int, args: argparse.Namespace, run_dir: Path) -> list[str]:
     """``hardreid train`` (one process) or the same under torchrun."""
-    share = args.batch_size // max(processes, args.nproc)  # the BatchNorm group of the largest world, in every row
     train = ["-m", "hardreid", "train", "--config", args.config, "--data-root", args.data, "--output", str(run_dir),
-             f"train.epochs={args.epochs}", f"train.iters={args.iters}", "train.eval_every=0",
-             f"data.batch_size={args.batch_size}", f"train.bn_chunk={share}", f"data.workers={args.workers}",
-             f"train.device={args.device}"]
+             *overrides(processes, args)]
     if args.weights:
         train += ["--weights", args.weights]
     if processes == 1:
@@ -92,13 +101,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="data.workers (loader processes of each training process)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="bench_distributed")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config with every row's settings, print the rows' commands, train nothing")
     args = p.parse_args(argv)
+    worlds = list(dict.fromkeys((1, args.nproc)))  # --nproc 1: one row per thread count, not the same run twice
+    if args.dry_run:
+        common.repo_src_on_path()
+        from hardreid.config import load_config
+        from hardreid.errors import UserError, clean_message
+
+        try:
+            for processes in worlds:
+                load_config(args.config, overrides(processes, args))
+        except UserError as exc:
+            raise SystemExit(f"distributed: error: {clean_message(exc)}") from None
+        for threads in args.threads:
+            for processes in worlds:
+                run_dir = Path(args.out) / f"p{processes}_t{threads}"
+                print(f"OMP_NUM_THREADS={threads} {shlex.join(command(processes, args, run_dir))}")
+        print(f"and write {Path(args.out) / 'distributed.json'}")
+        return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     payload = common.result_header("distributed", argv)
-    payload["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    payload["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "dry_run")}
     rows = []
     for threads in args.threads:
-        for processes in (1, args.nproc):
+        for processes in worlds:
             rows.append(run_row(processes, threads, args))
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
             payload["rows"] = rows

@@ -63,11 +63,15 @@ def _encode_to(job: tuple[Path, Path, tuple[int, int], int]) -> int:
 
 
 def candidates(height: int, width: int, quality: int, min_quality: int, min_height: int):
-    """(size, quality) in the order they are tried: qualities down at each size, then a smaller size."""
+    """(size, quality) in the order they are tried: qualities down at each size, then a smaller size.
+
+    The requested size is always tried; ``min_height`` only bounds the shrinking (a training size below it, e.g.
+    64x32, is not refused).
+    """
     scale = 1.0
     while True:
         size = (max(4, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2))
-        if size[0] < min_height:
+        if size[0] < min_height and scale < 1.0:
             return
         for q in range(quality, min_quality - 1, -QUALITY_STEP):
             yield size, q
@@ -86,7 +90,7 @@ def choose(root: Path, files: list[Path], cap_bytes: int, height: int, width: in
         if estimate <= MARGIN * cap_bytes:
             return size, q, estimate
     raise SystemExit(f"pack_data: {len(files)} images do not fit in {cap_bytes / 2**20:.1f} MiB even at "
-                     f"quality {min_quality} and height {min_height}: raise --cap-mb or lower --min-quality / "
+                     f"quality {min_quality} and height {min(min_height, height)}: raise --cap-mb or lower --min-quality / "
                      "--min-height")
 
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--size", default="256x128", help="training size HxW to resize to (default 256x128)")
     ap.add_argument("--quality", type=int, default=85, help="first JPEG quality tried (default 85)")
     ap.add_argument("--min-quality", type=int, default=60, help="lowest quality before the size shrinks (default 60)")
-    ap.add_argument("--min-height", type=int, default=96, help="smallest height tried (default 96)")
+    ap.add_argument("--min-height", type=int, default=96, help="smallest height the size may shrink to (default 96; the --size itself is always tried)")
     ap.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
     ap.add_argument("--force", action="store_true", help="replace an existing DEST")
     ap.add_argument("--check", metavar="WEIGHTS", help="then compare both copies with MobileNetV2 from WEIGHTS at "

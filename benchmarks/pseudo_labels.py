@@ -315,13 +315,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{data['cos_same_id']}/{data['cos_diff_id']} (generated in {t_gen:.1f}s)", flush=True)
 
     runs: dict[str, dict[str, Any]] = {}
-    plan: list[tuple[str, Any, tuple]] = []
+    # (name, function, positional arguments, keyword arguments); the optional ones by keyword, so that a change
+    # of run_hardreid's signature cannot shift them into the wrong parameter (clusterers once landed in `device`)
+    plan: list[tuple[str, Any, tuple, dict[str, Any]]] = []
     for mode in args.modes:
-        plan.append((mode, run_hardreid, (path, mode, args.k1, args.k2, args.eps, args.min_samples, args.threads,
-                                          tuple(args.clusterers))))
+        plan.append((mode, run_hardreid, (path, mode, args.k1, args.k2, args.eps, args.min_samples, args.threads),
+                     {"device": "cpu", "clusterers": tuple(args.clusterers)}))
     for camera in args.camera:
-        plan.append((f"camera-{camera}", run_hardreid, (path, "exact", args.k1, args.k2, args.eps, args.min_samples,
-                                                        args.threads, (), camera, args.penalty)))
+        plan.append((f"camera-{camera}", run_hardreid,
+                     (path, "exact", args.k1, args.k2, args.eps, args.min_samples, args.threads),
+                     {"device": "cpu", "camera": camera, "penalty": args.penalty}))
     if args.reference:
         need_mb = 3 * 4 * args.n**2 / 2**20
         if need_mb > 0.9 * _available_mb():
@@ -330,12 +333,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs["reference"] = {"skipped": f"needs ~{need_mb / 1024:.1f} GB"}
         else:
             plan.append(("reference", run_reference,
-                         (path, args.reference, args.k1, args.k2, args.eps, args.min_samples, args.threads)))
-    for name, fn, fargs in plan:
+                         (path, args.reference, args.k1, args.k2, args.eps, args.min_samples, args.threads), {}))
+    for name, fn, fargs, fkwargs in plan:
         outs = []
         for rep in range(args.repeat):
             load_before = common.load_average()
-            r = common.run_isolated(fn, *fargs)
+            r = common.run_isolated(fn, *fargs, **fkwargs)
             out = r["result"]
             out["peak_rss_mb"] = r["peak_rss_mb"]
             out["cpu_s"] = r["cpu_s"]  # whole subprocess call: loading the features, Jaccard, every DBSCAN

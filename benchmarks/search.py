@@ -204,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     payload["faiss_threads"] = faiss.omp_get_max_threads()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="hardreid_search_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    payload["search"] = [bench_size(n, args.dim, args.kinds, args, workdir) for n in args.sizes]
+    try:
+        payload["search"] = [bench_size(n, args.dim, args.kinds, args, workdir) for n in args.sizes]
+    finally:
+        if args.workdir is None:  # the temporary folder (each gallery file is removed after its size)
+            shutil.rmtree(workdir, ignore_errors=True)
     if args.extract_images:
         payload["extract"] = bench_extract(args.extract_images, args.extract_count, args.extract_batch, args.extract_workers)
     payload["load_average_after"] = common.load_average()

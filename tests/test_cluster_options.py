@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_rand_score
 
@@ -35,7 +37,15 @@ from hardreid.pseudo_labels.diagnostics import (
     score_decline_warning,
     single_camera_share,
 )
-from test_pseudo_labels import clustered_features, dense_reference_jaccard, same_partition
+from test_pseudo_labels import (
+    REF_ATOL,
+    clustered_features,
+    dense_reference_jaccard,
+    exact_product_features,
+    same_partition,
+)
+
+pytestmark = pytest.mark.exactness  # run again under other kernels and thread counts (dev.py kernels)
 
 # --------------------------------------------------------------------------- diagnostics (hand-made partitions)
 
@@ -144,6 +154,7 @@ def blobs():
 
 @pytest.mark.parametrize("rho", [1.6e-3, 0.01, 0.5, 0.95])  # 0.5 and 0.95 reach the absent pairs (distance 1)
 def test_auto_eps_matches_the_dense_rule(blobs, rho):
+    # one matrix, two float64 sums of the same float32 values in different orders: ~1e-13 apart on any CPU
     _, dist, dense = blobs
     assert (dense[np.triu_indices_from(dense, 1)] == 0).any()
     assert auto_eps(dist, rho) == pytest.approx(naive_auto_eps(dense, rho), abs=1e-6)
@@ -158,6 +169,8 @@ def test_auto_eps_errors():
 
 
 def test_cluster_epoch_eps_auto_is_dbscan_at_the_rule(blobs):
+    # cluster_epoch makes the same compute_jaccard_distance call (k1 30, k2 6, block 4096) on the same features:
+    # the same float operations, so the same matrix bit for bit, and exact equalities hold on any CPU
     feats, dist, _ = blobs
     cfg = ClusterConfig(eps="auto", eps_rho=0.01)
     out = cluster_epoch(feats, np.zeros(len(feats), dtype=int), cfg)
@@ -175,11 +188,12 @@ def sklearn_dense_hdbscan(dense: np.ndarray, min_samples: int, min_cluster_size:
     return model.fit(dense.astype(np.float64))
 
 
-HDBSCAN_CASES = [(0, 12, 16, 20), (1, 20, 64, 30), (3, 25, 32, 30)]  # seed 1: three components of 33+ images
+TIED_CASES = [(0, 12, 16, 20), (1, 20, 64, 30), (3, 25, 32, 30)]  # seed 1: three components of 33+ images
 
 
-@pytest.fixture(scope="module", params=HDBSCAN_CASES, ids=[f"seed{c[0]}" for c in HDBSCAN_CASES])
+@pytest.fixture(scope="module", params=TIED_CASES, ids=[f"seed{c[0]}" for c in TIED_CASES])
 def hdb_case(request):
+    """Matrices as the trainer makes them (k2 = 6, outliers): their hierarchies have ties (test_margin_check_...)."""
     seed, clusters, dim, k1 = request.param
     feats = clustered_features(seed, clusters, dim, n_dup=0)
     dist = compute_jaccard_distance(feats, k1=k1, k2=6)
@@ -188,18 +202,171 @@ def hdb_case(request):
     return dist, jaccard_to_dense(dist), n_comp
 
 
-@pytest.mark.parametrize("min_samples,min_cluster_size", [(1, 2), (2, 2), (2, 4)])
+# Exact equality of the two HDBSCAN paths needs a hierarchy without ties, on every CPU (see the test's docstring).
+MARGIN = 1e-5  # relative; a float32 ulp is <= 1.2e-7 of a value
+MARGIN_CASES = [(22, 12, 16, 20, 2), (13, 16, 32, 30, 4), (10, 20, 64, 40, 8)]  # seed, blobs, dim, k1, smallest blob
+HDBSCAN_SETTINGS = [(1, 2), (2, 2), (2, 4)]  # (min_samples, min_cluster_size)
+
+
+def margin_blobs(seed: int, n_clusters: int, dim: int, min_size: int) -> torch.Tensor:
+    """Blobs on the sphere as clustered_features (sizes min_size-40, varying spread), without outliers or duplicates,
+    drawn with numpy's generator (torch.randn's CPU kernels give other numbers under ATEN_CPU_CAPABILITY=default than
+    with AVX2) and made exact_product_features: the same rows and the same exact cosines on every machine."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(n_clusters):
+        center = rng.standard_normal(dim)
+        center /= math.sqrt(math.fsum((center * center).tolist()))
+        size, spread = int(rng.integers(min_size, 41)), 0.2 + 0.8 * rng.random()
+        parts.append(center + spread * rng.standard_normal((size, dim)) / math.sqrt(dim))
+    x = np.concatenate(parts)
+    return exact_product_features(x[rng.permutation(len(x))])
+
+
+def mutual_reachability(dense: np.ndarray, min_samples: int) -> np.ndarray:
+    """scikit-learn's: ``max(d_ij, core_i, core_j)``, core = distance to the min_samples-th nearest, itself included."""
+    core = np.partition(dense, min_samples - 1, axis=1)[:, min_samples - 1]
+    return np.maximum(dense, np.maximum(core[:, None], core[None, :]))
+
+
+def hierarchy_margins(dense: np.ndarray, min_samples: int, min_cluster_size: int) -> tuple[float, float, float]:
+    """How far HDBSCAN's decisions on ``dense`` are from a tie: (lowest merge height, smallest relative gap between
+    two merge heights, smallest relative margin of an eom comparison).
+
+    The merge heights are the weights of a minimum spanning tree of the mutual reachability graph (the same for
+    every such tree).  Distinct heights make the single-linkage tree unique: whatever order a sort leaves equal
+    weights in, nothing is equal.  The condensed tree and the eom selection (a cluster is kept unless its
+    children's stabilities sum to more) follow scikit-learn's ``_condense_tree`` / ``_get_clusters``; a
+    comparison's margin is |children - cluster| over the sum of (lambda + birth) * size of all terms in it, so a
+    relative change r of the heights moves it by at most r.
+    """
+    n = dense.shape[0]
+    mr = mutual_reachability(dense.astype(np.float64), min_samples)
+    iu = np.triu_indices(n, 1)
+    low = float(mr[iu].min())
+    if low <= 0:  # scipy's spanning tree would read zero weights as missing edges
+        return low, 0.0, 0.0
+    tree = minimum_spanning_tree(sp.csr_matrix((mr[iu], iu), shape=(n, n))).tocoo()
+    order = np.argsort(tree.data, kind="stable")
+    heights = tree.data[order]
+    gap = float((np.diff(heights) / heights[1:]).min())
+    up, size, joined = np.arange(2 * n - 1), np.ones(2 * n - 1, dtype=np.int64), []
+
+    def root(i: int) -> int:
+        while up[i] != i:
+            up[i] = up[up[i]]
+            i = up[i]
+        return i
+
+    for t, (i, j) in enumerate(zip(tree.row[order], tree.col[order])):  # node n + t joins the t-th lowest edge
+        a, b = root(i), root(j)
+        up[a] = up[b] = n + t
+        size[n + t] = size[a] + size[b]
+        joined.append((a, b))
+    birth, leave, kids = [0.0], [[]], [[]]  # per condensed cluster (0: the root): (lambda, images) leaving it
+    todo = [(2 * n - 2, 0)]
+    while todo:
+        node, c = todo.pop()
+        lam = 1.0 / heights[node - n]
+        split = all(size[p] >= min_cluster_size for p in joined[node - n])
+        for p in joined[node - n]:
+            if split:  # two new clusters, born at lam
+                birth.append(lam)
+                leave.append([])
+                kids.append([])
+                kids[c].append(len(birth) - 1)
+                leave[c].append((lam, size[p]))
+                todo.append((p, len(birth) - 1))
+            elif size[p] >= min_cluster_size:  # cluster c goes on
+                todo.append((p, c))
+            else:  # p's images fall out of c
+                leave[c].append((lam, size[p]))
+    stability = [sum((lam - birth[c]) * k for lam, k in leave[c]) for c in range(len(birth))]
+    scale = [sum((lam + birth[c]) * k for lam, k in leave[c]) for c in range(len(birth))]
+    best, margin = list(stability), math.inf
+    for c in range(len(birth) - 1, 0, -1):  # children were created after their parent; the root is never selected
+        below = sum(best[k] for k in kids[c])
+        scale[c] += sum(scale[k] for k in kids[c])
+        margin = min(margin, abs(below - stability[c]) / scale[c])
+        best[c] = max(below, stability[c])
+    return low, gap, margin
+
+
+@pytest.fixture(scope="module", params=MARGIN_CASES, ids=[f"seed{c[0]}-dim{c[2]}" for c in MARGIN_CASES])
+def margin_case(request):
+    seed, clusters, dim, k1, min_size = request.param
+    dist = compute_jaccard_distance(margin_blobs(seed, clusters, dim, min_size), k1=k1, k2=1)
+    n_comp, comp = connected_components(dist, directed=False)
+    assert n_comp <= 2 and np.bincount(comp).min() >= 4  # at most one join at distance 1, of two real clusters
+    dense = jaccard_to_dense(dist)
+    for min_samples, min_cluster_size in HDBSCAN_SETTINGS:
+        low, gap, eom = hierarchy_margins(dense, min_samples, min_cluster_size)
+        assert low > 1e-6 and gap > MARGIN and eom > MARGIN, (min_samples, min_cluster_size, low, gap, eom)
+    return dist, dense
+
+
+@pytest.mark.parametrize("min_samples,min_cluster_size", HDBSCAN_SETTINGS)
 @pytest.mark.parametrize("selection", ["eom", "leaf"])
-def test_hdbscan_equals_dense_without_ties(hdb_case, min_samples, min_cluster_size, selection):
-    dist, dense, _ = hdb_case
+def test_hdbscan_equals_dense_without_ties(margin_case, min_samples, min_cluster_size, selection):
+    """Exactly scikit-learn's dense HDBSCAN, on data whose hierarchy provably has no ties on any CPU.
+
+    Both paths read the same float32 distances but build the hierarchy differently (dense: Prim; ours: Kruskal on
+    the padded sparse graph), and scikit-learn sorts its edges with numpy's default quicksort: unstable, and on x86
+    an AVX-512 or AVX2 kernel (x86-simd-sort) chosen at run time, which leave *equal* weights in different orders.
+    With ties the labels then depend on the CPU: the former data (seed 1, k2 = 6) failed with AVX2; its spanning
+    tree has equal weights 2/3 and 0.8 (outliers, whose expanded row is made of whole sixths of their neighbours'
+    rows, are at exactly these distances from dozens of images) and 0.0453 (images with the same k2 nearest
+    neighbours have equal rows, hence equal distances to others).  Here:
+
+    * exact_product_features: the float32 cosines are exact, so every CPU finds the same neighbours, and the
+      distances made from them in float64 differ between CPUs by at most one float32 ulp (1.2e-7 relative);
+    * k2 = 1 (query expansion makes both kinds of ties above), no outliers (images sharing no neighbour are at
+      distance 1 from all: ties), at most two components (a single join at distance 1);
+    * ``margin_case`` checks that the merge heights are >= 1e-6, pairwise more than MARGIN = 1e-5 apart (relative,
+      80 ulps) for min_samples 1 and 2, and that no eom comparison is closer than MARGIN.
+
+    So no CPU's rounding can make two heights equal or flip a stability comparison: every sort gives the same
+    single-linkage tree and both paths the same labels.  test_hdbscan_comparison_catches_... shows the comparison
+    catches a real bug, test_margin_check_finds_the_ties_... that the check rejects the tied matrices.
+    """
+    dist, dense = margin_case
     ours = hdbscan_labels(dist, min_samples, min_cluster_size, selection)
     ref = sklearn_dense_hdbscan(dense, min_samples, min_cluster_size, selection).labels_
     assert (ours >= 0).sum() > dist.shape[0] // 3
     assert same_partition(ours, relabel_by_first_occurrence(ref))
 
 
+@pytest.mark.parametrize("selection", ["eom", "leaf"])
+def test_hdbscan_comparison_catches_an_off_by_one_core_distance(margin_case, monkeypatch, selection):
+    """Negative twin: the comparison above fails when hdbscan_labels computes core distances from k instead of k - 1
+    other images (min_samples + 1, as a port that does not count the point itself would).  Planted at min_samples
+    2 (-> 3), where it changes the partition of every case; 1 -> 2 leaves these min_cluster_size 2 partitions as
+    they are."""
+    import sklearn.cluster
+
+    dist, dense = margin_case
+    ref = relabel_by_first_occurrence(sklearn_dense_hdbscan(dense, 2, 2, selection).labels_)
+    assert same_partition(hdbscan_labels(dist, 2, 2, selection), ref)
+    monkeypatch.setattr(sklearn.cluster, "HDBSCAN", lambda **kw: HDBSCAN(**{**kw, "min_samples": kw["min_samples"] + 1}))
+    assert not same_partition(hdbscan_labels(dist, 2, 2, selection), ref)
+
+
+def test_margin_check_finds_the_ties_of_k2_6_matrices(hdb_case):
+    """The check of ``margin_case`` rejects the matrices test_hdbscan_equals_dense_without_ties used before: with
+    query expansion and outliers their hierarchies have exactly equal merge heights (and zero distances)."""
+    _, dense, _ = hdb_case
+    low, gap, _ = hierarchy_margins(dense, 1, 2)
+    assert low <= 1e-6 or gap <= MARGIN
+
+
 def test_hdbscan_input_has_the_dense_hierarchy(hdb_case):
-    """min_samples 4 (ties): the same DBSCAN* partition as the dense matrix at every cut of the hierarchy."""
+    """min_samples 4 (ties): the same DBSCAN* partition as the dense matrix at every cut of the hierarchy.
+
+    A cut's partition (components of the merges below it) does not depend on the order of equal weights, so it is
+    exact on any CPU.  The HDBSCAN labels do (test_hdbscan_equals_dense_without_ties): hence an ARI bound, which
+    holds with margin -- with the edges' ties put in random orders (15 tries, as any sort might) the ARI stayed
+    >= 0.968 on all three cases (0.99 with this machine's sort).
+    """
     dist, dense, n_comp = hdb_case
     ours = HDBSCAN(min_cluster_size=4, min_samples=4, metric="precomputed", copy=True).fit(hdbscan_input(dist, 4))
     ref = sklearn_dense_hdbscan(dense, 4, 4)
@@ -229,6 +396,8 @@ def test_hdbscan_reads_absent_pairs_as_far_not_missing():
     assert np.all(extra.data == 1.0)  # everything added is "far": distance 1
     labels = hdbscan_labels(dist, 4, 4)
     dup = np.flatnonzero((jaccard_to_dense(dist) == 0).sum(axis=1) > 1)  # images with an exact duplicate
+    # ties: the labels depend on the sort's order of equal weights; with random orders (15 tries): 15 clusters
+    # and 83% of the duplicates clustered every time
     assert labels.max() >= 2 and (labels[dup] >= 0).mean() > 0.5
 
 
@@ -262,6 +431,9 @@ def test_camera_normalize_matches_naive(mode):
     cams = np.repeat([2, 0, 5], 20)
     feats[cams == 0] += 4 * torch.randn(24, generator=g)  # a strong per-camera offset
     out = camera_normalize(feats, cams, mode)
+    # float32 vs float64: every output is a few dozen float32 roundings (2^-24 relative) from the float64 value,
+    # amplified by at most 1 / 0.49 (the smallest centred row); measured <= 1.1e-7 with AVX-512, AVX2 and default
+    # kernels, 90x below atol
     np.testing.assert_allclose(out.numpy(), naive_camera_normalize(feats, cams, mode), atol=1e-5)
     assert torch.allclose(out.norm(dim=1), torch.ones(60))
 
@@ -279,7 +451,7 @@ def test_camera_normalize_removes_a_camera_cast():
     plain = F.normalize(feats, dim=1)
     fixed = camera_normalize(feats, cams, "mean")
     same_person = lambda x: (x[:30] * x[30:]).sum(dim=1).mean()  # noqa: E731
-    assert same_person(fixed) > 0.95 and same_person(plain) < 0.5
+    assert same_person(fixed) > 0.95 and same_person(plain) < 0.5  # 0.968 and 0.098: far from rounding
 
 
 def test_camera_normalize_errors_and_none():
@@ -295,7 +467,7 @@ def test_camera_normalize_errors_and_none():
 
 @pytest.fixture(scope="module")
 def camera_case():
-    feats = clustered_features(3, 25, 32)  # duplicates: exact ties in the ranking
+    feats = exact_product_features(clustered_features(3, 25, 32))  # duplicates: exact ties; exact cosines (REF_ATOL)
     g = torch.Generator().manual_seed(3)
     cams = torch.randint(0, 3, (feats.shape[0],), generator=g).numpy()
     return feats, cams
@@ -306,16 +478,16 @@ def test_same_camera_penalty_matches_dense_reference(camera_case, penalty):
     feats, cams = camera_case
     ref = dense_reference_jaccard(feats, 30, 6, cams, penalty)
     dist = compute_jaccard_distance(feats, k1=30, k2=6, camids=cams, same_camera_penalty=penalty)
-    np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=1e-5, rtol=0)
+    # the penalised scores are the same float32 operations on both sides: the same ranking; values: see REF_ATOL
+    np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=REF_ATOL, rtol=0)
     plain = jaccard_to_dense(compute_jaccard_distance(feats, k1=30, k2=6))
     assert np.abs(plain - ref).max() > 0.1
-    # many blocks (blocked top lists): the same result.  Without exact duplicates: their products, made in
-    # different blocks, may differ in the last bit and swap two tied neighbours (as without a penalty)
-    unique = clustered_features(3, 25, 32, n_dup=0)
-    cams = cams[: len(unique)]
-    one = compute_jaccard_distance(unique, k1=30, k2=6, camids=cams, same_camera_penalty=penalty)
-    many = compute_jaccard_distance(unique, k1=30, k2=6, block_size=37, camids=cams, same_camera_penalty=penalty)
-    np.testing.assert_allclose(jaccard_to_dense(many), jaccard_to_dense(one), atol=1e-6, rtol=0)
+    # many blocks (blocked top lists): bit for bit the same result, duplicates included -- the cosines are exact in
+    # every block shape, and the penalty is the same float32 subtraction there (with float products, copies and
+    # close neighbours could swap between block shapes)
+    many = compute_jaccard_distance(feats, k1=30, k2=6, block_size=37, camids=cams, same_camera_penalty=penalty)
+    assert np.array_equal(many.indptr, dist.indptr) and np.array_equal(many.indices, dist.indices)
+    assert np.array_equal(many.data, dist.data)
 
 
 def test_penalty_four_puts_other_cameras_first(camera_case):
@@ -325,7 +497,7 @@ def test_penalty_four_puts_other_cameras_first(camera_case):
     idx, _ = exact_knn(feats, 31, camids=cams, same_camera_penalty=4.0)
     assert (idx[:, 0] == np.arange(len(cams))).all() and (cams[idx[:, 1:]] != cams[:, None]).all()
     plain, _ = exact_knn(feats, 31)
-    assert (cams[plain[:, 1:]] == cams[:, None]).mean() > 0.2
+    assert (cams[plain[:, 1:]] == cams[:, None]).mean() > 0.2  # 0.33 (exact cosines: on any CPU)
 
 
 def test_penalty_in_fast_mode_follows_exact():
@@ -334,6 +506,7 @@ def test_penalty_in_fast_mode_follows_exact():
     exact = compute_jaccard_distance(feats, 30, 6, camids=cams, same_camera_penalty=1.0)
     fast = compute_jaccard_distance(feats, 30, 6, mode="fast", camids=cams, same_camera_penalty=1.0)
     a, b = dbscan_labels(exact, 0.6, 4), dbscan_labels(fast, 0.6, 4)
+    # reduced precision by design, so an ARI bound; measured 1.0 (AVX-512, AVX2 and default kernels)
     assert adjusted_rand_score(a, b) > 0.95
     assert not np.array_equal(a, dbscan_labels(compute_jaccard_distance(feats, 30, 6), 0.6, 4))
 
@@ -384,6 +557,8 @@ def test_cluster_epoch_options_and_diagnostics(blobs):
     again = cluster_epoch(feats, cams, ClusterConfig(eps=0.6), first.labels)
     assert again.diagnostics.partition_ari == pytest.approx(1.0) and again.warning is None
     assert again.diagnostics.size_limit == 100 and again.metrics()["collapse_warning"] is False
+    # the HDBSCAN row has ties (k2 = 6): with random orders of equal weights (15 tries) 19 clusters and ARI
+    # 0.975-0.981, inside the bounds below
     for cfg in (ClusterConfig(algorithm="hdbscan"), ClusterConfig(camera_normalize="standardize", same_camera_penalty=2.0),
                 ClusterConfig(eps="auto", eps_rho=0.01, camera_normalize="mean")):
         out = cluster_epoch(feats, cams, cfg, first.labels)

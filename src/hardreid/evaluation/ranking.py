@@ -233,5 +233,13 @@ def _rank_block(
     rank = before + k + 1  # kept rank (1-based) of hit k
     is_real = k < nh[:, None]
     prec = torch.where(is_real, (k + 1).to(torch.float64) / rank.to(torch.float64), 0.0)
-    ap = prec.sum(dim=1) / nh.clamp_min(1).to(torch.float64)
+    ap = _sum_in_rank_order(prec) / nh.clamp_min(1).to(torch.float64)
     return rank[:, 0], ap, ok
+
+
+def _sum_in_rank_order(prec: torch.Tensor) -> torch.Tensor:
+    """Row sums of the hits' precisions (padded with zeros to the widest row of the block), added one by one in rank
+    order: the last column of ``cumsum``, a sequential scan on the CPU, which trailing zeros do not change.
+    ``prec.sum(dim=1)`` groups the terms by the padded *width* (vectorised partial sums), so a query's AP would
+    change in the last bit with the other queries of its block, i.e. with ``block_size``."""
+    return prec.cumsum(dim=1)[:, -1]

@@ -1,0 +1,79 @@
+"""benchmarks/study_verdict.py: the pre-registered verdict rule, merging runs without losing any, the tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import load_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "study_verdict.py"
+
+
+@pytest.fixture(scope="module")
+def sv():
+    return load_benchmark("study_verdict")
+
+
+def test_verdict_rule(sv):
+    base = {1: 10.0, 2: 10.5, 3: 11.0}  # sd 0.5
+    assert sv.verdict({1: 12.0, 2: 12.5, 3: 13.0}, base, 1.0)["verdict"] == "helps"  # +2.0 >= max(1, 2 x 0.5)
+    assert sv.verdict({1: 8.0, 2: 8.5, 3: 9.0}, base, 1.0)["verdict"] == "hurts"
+    assert sv.verdict({1: 10.8, 2: 11.3, 3: 11.8}, base, 1.0)["verdict"] == "no measurable effect"  # +0.8 < 1.0
+    # a large mean difference carried by one seed: beats the base in 1 of 3 pairs only
+    one_seed = sv.verdict({1: 20.0, 2: 10.4, 3: 10.9}, base, 1.0)
+    assert one_seed["verdict"] == "no measurable effect" and one_seed["wins"] == 1
+    # noisy rows: the margin is 2 x the pooled sd, not the floor
+    noisy = sv.verdict({1: 9.0, 2: 13.0, 3: 17.0}, {1: 8.0, 2: 11.0, 3: 14.0}, 1.0)
+    assert noisy["margin"] == pytest.approx(2 * ((16 + 9) / 2) ** 0.5) and noisy["verdict"] == "no measurable effect"
+    assert sv.verdict({1: 12.0, 2: 12.5}, base, 1.0)["verdict"] == "pending (2 of 3 seeds)"
+
+
+def write_run(folder: Path, epochs: int, maps: list[float], start: float = 2.0) -> None:
+    folder.mkdir(parents=True)
+    history = [{"epoch": e, "label_ari": 0.3, "single_camera_share": 0.9, "seconds_per_step": 0.5,
+                **({"mAP": maps[e - 1], "top1": maps[e - 1] / 2, "top5": maps[e - 1]} if e % 2 == 0 else {})}
+               for e in range(1, epochs + 1)]
+    (folder / "metrics.json").write_text(json.dumps(history))
+    (folder / "start_scores.json").write_text(json.dumps({"epoch": 0, "mAP": start, "top1": 1.0}))
+
+
+def test_merge_keeps_runs_refuses_another_commit_and_fills_the_readme_block(sv, tmp_path):
+    study = tmp_path / "toy" / "study.yaml"
+    study.parent.mkdir()
+    study.write_text("budget: {epochs: 4, iters: 10}\nverdict: {base: {A: base}, floors: {mAP: 1.0, top1: 1.0, label_ari: 0.01}}\n"
+                     "rows:\n  - {name: base, set_name: A, seeds: [1, 2, 3]}\n  - {name: gen, set_name: A, seeds: [1, 2, 3]}\n")
+    runs = tmp_path / "runs"
+    for seed in (1, 2, 3):
+        write_run(runs / "runs" / "base" / f"seed{seed}", 4, [0, 5.0, 0, 10.0 + seed / 10])
+    write_run(runs / "runs" / "gen" / "seed1", 4, [0, 6.0, 0, 13.0])
+    write_run(runs / "runs" / "gen" / "seed2", 3, [0, 6.0, 0])  # unfinished
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- study:toy:begin -->\nold\n<!-- study:toy:end -->\noutro\n")
+
+    def call(*extra: str) -> int:
+        return sv.main(["--study", str(study), *extra])
+
+    assert call("--runs", str(runs), "--commit", "a" * 40, "--readme", str(readme)) == 0
+    results = json.loads((study.parent / "results.json").read_text())
+    assert sorted(results["runs"]) == ["base/seed1", "base/seed2", "base/seed3", "gen/seed1"]
+    assert results["in_flight"] == ["gen/seed2 (epoch 3/4)"]
+    assert results["runs"]["gen/seed1"]["curve"] == {"0": 2.0, "2": 6.0, "4": 13.0}
+    assert results["rows"]["gen"]["verdict"]["mAP"]["verdict"] == "pending (1 of 3 seeds)"
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text and "| gen | A | 1 |" in text
+    assert (study.parent / "curves.png").stat().st_size > 0
+    # the runs folder of another session is gone: the committed results keep what was merged
+    write_run(tmp_path / "later" / "runs" / "gen" / "seed3", 4, [0, 6.0, 0, 14.0])
+    assert call("--runs", str(tmp_path / "later"), "--commit", "a" * 40) == 0
+    assert len(json.loads((study.parent / "results.json").read_text())["runs"]) == 5
+    # the same run from other code is refused, not mixed in
+    clash = subprocess.run([sys.executable, str(SCRIPT), "--study", str(study), "--runs", str(runs), "--commit", "b" * 40],
+                           capture_output=True, text=True)  # through the command line: one clean line
+    assert clash.returncode == 2 and "from one commit" in clash.stderr and "Traceback" not in clash.stderr
+    assert call("--render-only") == 0
