@@ -22,10 +22,11 @@ from .viz.curves import plot_training_curves
 from .viz.ranked import save_ranked_results
 
 # The demo's settings: the Cluster Contrast baseline from random init (a fresh clone has no ImageNet weights), small
-# enough for 2 CPU cores in about 3 minutes (15 epochs x 40 steps of 32 images). Chosen so that training beats the
-# untrained network beyond doubt on every seed and thread count: measured on train.seed 1, 2, 3 with 1 and 2 threads,
-# mAP went from 10-17 to 60-72 and top-1 from 5-19% to 65-80% (tests/test_demo.py asserts at least 1.5x and +15
-# points on each seed):
+# enough for 2 CPU cores (15 epochs x 40 steps of 32 images; measured 2.3-2.6 minutes with 2 threads on 2 idle AMD
+# EPYC cores, 3.3-3.5 minutes with 1 thread). Chosen so that training beats the untrained network beyond doubt on
+# every seed and thread count: measured on train.seed 1, 2, 3 with 1 and with 2 threads, mAP went from 10.0-16.6 to
+# 60.9-76.0 (3.7x-7.2x) and top-1 from 5-19% to 65-80% (+46 to +75 points); tests/test_demo.py asserts at least
+# 1.5x and +15 points on each seed:
 # - ResNet-18 at 64x32: learns from random init much faster than MobileNetV2 (whose features collapsed after the
 #   first epoch on the demo's earlier data), and 64x32 steps are ~4x cheaper than 128x64, so 15 epochs fit; the
 #   demo's people differ in the colours of large areas, which 64x32 keeps (48x24 was no cheaper per step on CPU);
