@@ -244,7 +244,8 @@ def stage_methods_amp(ctx: StageContext) -> None:
     from hardreid.data.transforms import eval_transform
     from hardreid.evaluation.features import calibrate_batchnorm
     from hardreid.precision import training_precision
-    from hardreid.training.trainer import Trainer, model_from_config
+    from hardreid.models import model_from_config
+    from hardreid.training.trainer import Trainer
 
     smoke = ctx.smoke
     syn = SyntheticConfig(num_train_ids=10 if smoke else 32, num_test_ids=6 if smoke else 16,
@@ -305,7 +306,8 @@ def stage_throughput(ctx: StageContext) -> None:
 
     from hardreid.data.types import ReidDataset, Sample
     from hardreid.training.methods import Batch, EpochData
-    from hardreid.training.trainer import Trainer, model_from_config
+    from hardreid.models import model_from_config
+    from hardreid.training.trainer import Trainer
 
     smoke = ctx.smoke
     n, clusters, batch, k = (400, 20, 8, 4) if smoke else (12936, 751, 64, 4)  # Market-1501: 12,936 images, 751 ids

@@ -21,7 +21,7 @@ from hardreid.losses import relative_entropy_loss
 from hardreid.memory import InstanceMemory, QueueMemory
 from hardreid.models import build_model
 from hardreid.training import methods as M
-from hardreid.training import train
+from hardreid.runs import train
 
 from conftest import tiny_config
 

@@ -75,7 +75,7 @@ def test_user_mistakes_get_one_clear_message(tiny_root, tmp_path, capsys):
 
 
 def test_checkpoint_of_another_architecture(tiny_root, tmp_path, capsys):
-    from hardreid.training import model_from_config
+    from hardreid.models import model_from_config
     from hardreid.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
     save_checkpoint({"model": model_from_config(tiny_config()).state_dict(), "backbone": "mobilenet_v2", "feat_dim": 1280},

@@ -13,7 +13,7 @@ from PIL import Image
 
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.training.checkpoint import load_checkpoint
 from hardreid.training.bases import spcl
 from hardreid.training.methods import EpochData, build_method

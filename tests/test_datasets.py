@@ -201,7 +201,7 @@ def test_test_only_folder_loads_without_a_training_split(tmp_path: Path, train_s
     ds = load_dataset("auto", root)
     assert ds.train == [] and len(ds.query) == 2 and len(ds.gallery) == 5
     assert any(f"is {train_split}" in w and "test-only" in w for w in ds.warnings)
-    from hardreid.training import train
+    from hardreid.runs import train
 
     from conftest import tiny_config
 

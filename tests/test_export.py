@@ -152,7 +152,7 @@ def test_tensorboard_gets_the_metrics_row_of_every_epoch(tiny_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from hardreid.data.datasets import load_dataset
-    from hardreid.training import train
+    from hardreid.runs import train
 
     result = train(tiny_config(train={"iters": 1, "tensorboard": True}), load_dataset("market", tiny_root), tmp_path / "run",
                    log_to_stderr=False)
@@ -176,7 +176,7 @@ def test_tensorboard_missing_is_a_clear_error(tiny_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     from hardreid.data.datasets import load_dataset
-    from hardreid.training import train
+    from hardreid.runs import train
 
     with pytest.raises(UserError, match=r"train.tensorboard=true needs the tensorboard package: pip install 'hardreid\[tensorboard\]'"):
         train(tiny_config(train={"tensorboard": True}), load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)

@@ -13,7 +13,7 @@ from PIL import Image
 from hardreid.cli import main
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.viz import figures
 from hardreid.viz.figures import fig4_size, hard_positive_figure, load_run_model, run_state, tsne_figure, tsne_of_run
 

@@ -17,9 +17,10 @@ from hardreid.hard_samples.hng import HardNegativeGeneration
 from hardreid.hard_samples.hng import fusion as FU
 from hardreid.hard_samples.hng import losses as L
 from hardreid.hard_samples.hng.networks import Decoder, Encoder, Generator, PatchDiscriminator, to_gan_space, to_reid_space
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.training.methods import Batch, EpochData, build_method
-from hardreid.training.trainer import build_optimizer, model_from_config, piecewise_lr_factor
+from hardreid.models import model_from_config
+from hardreid.training.trainer import build_optimizer, piecewise_lr_factor
 
 from conftest import tiny_config
 

@@ -15,7 +15,7 @@ from hardreid.memory import CameraProxies
 from hardreid.models.ema import ModelEMA
 from hardreid.training import methods as M
 from hardreid.training.bases.ice import hard_instance_loss, soft_instance_consistency
-from hardreid.training.trainer import train
+from hardreid.runs import train
 
 from conftest import tiny_config
 

@@ -186,7 +186,8 @@ def test_blur_is_applied_with_its_probability_and_checked(tiny_root):
 
 
 def test_evaluation_model_is_the_teacher_when_asked_and_checkpoint_keeps_it(tiny_root, tmp_path):
-    from hardreid.training import model_from_config, train
+    from hardreid.models import model_from_config
+    from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint, load_model_state
 
     data = load_dataset("market", tiny_root)

@@ -362,7 +362,7 @@ def step(x):
 
 def test_float16_autocast_with_loss_scaling_resumes_exactly(train_only, tmp_path):
     """float16 needs the gradient scaler; its scale is part of the checkpoint, so a resumed run matches."""
-    from hardreid.training import train
+    from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint
 
     def cfg(epochs: int):

@@ -15,7 +15,7 @@ from hardreid.data.sampler import IdentitySampler
 from hardreid.memory import HybridMemory
 from hardreid.training import methods as M
 from hardreid.training.bases.spcl import SpCL, reliability_scores, self_paced_labels
-from hardreid.training.trainer import train
+from hardreid.runs import train
 
 from conftest import tiny_config
 

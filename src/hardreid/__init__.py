@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from . import config, data, models
 from .errors import UserError
+from .training import methods as _methods  # noqa: F401 - its registry gives config the valid method names
 
 __version__ = "0.1.0"
 
 
 def train(cfg, dataset, output, model=None, resume: bool = False):
-    """Train ``cfg``'s method on ``dataset`` into the run directory ``output`` (see ``hardreid.training.train``)."""
-    from .training import train as _train
+    """Train ``cfg``'s method on ``dataset`` into the run directory ``output`` (see ``hardreid.runs.train``)."""
+    from .runs import train as _train
 
     return _train(cfg, dataset, output, model=model, resume=resume)
 
@@ -31,7 +32,7 @@ def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto
     """
     from .config import Config
     from .evaluation.pipeline import evaluate_model
-    from .training import resolve_device
+    from .runtime import resolve_device
 
     cfg = cfg or Config()
     dev = resolve_device(device)

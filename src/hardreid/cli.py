@@ -114,7 +114,7 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .training import train
+    from .runs import train
 
     run_dir = Path(args.output)
     overrides = list(args.overrides)
@@ -162,7 +162,7 @@ def _feature_model(args: argparse.Namespace, command: str = "evaluate"):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.pipeline import check_evaluable, query_gallery_distances, score_distances
     from .files import atomic_write_text
-    from .training import resolve_device
+    from .runtime import resolve_device
 
     _check_output_files(args, "json", "ranked_image", "html")  # before the evaluation, not after it
     fm = _feature_model(args)
@@ -207,7 +207,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # -- extract / index / search --------------------------------------------------------------------
 def cmd_extract(args: argparse.Namespace) -> int:
     from .retrieval.features import extract_folder
-    from .training import resolve_device
+    from .runtime import resolve_device
 
     fm = _feature_model(args, "extract")
     start = time.time()
@@ -236,7 +236,7 @@ def _search_queries(args: argparse.Namespace, index):
     from .retrieval.features import MANIFEST
     from .retrieval.model import load_feature_model
     from .retrieval.search import queries_from_features, queries_from_images
-    from .training import resolve_device
+    from .runtime import resolve_device
 
     query = Path(args.query)
     if (query / MANIFEST).is_file():
@@ -340,7 +340,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if args.all_backbones:
             rows = backbone_table(cfg)
         else:
-            from .training import model_from_config
+            from .models import model_from_config
 
             cfg.model.weights, cfg.model.pretrained = "", False  # counting needs no weights
             rows = [model_info(model_from_config(cfg), cfg.data.height, cfg.data.width)]
@@ -384,7 +384,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         print(f"wrote {plot_training_curves(run_dir, out_dir / 'fig5a_curves.png', diagnostics=False)}")
     needs_model = [w for w in which if w != "fig5a"]
     if needs_model:
-        from .training import resolve_device
+        from .runtime import resolve_device
         from .viz.figures import hard_positive_figure, load_run_model, run_state, tsne_of_run
 
         if not args.data_root:

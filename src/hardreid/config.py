@@ -398,20 +398,24 @@ class AnyOf:
         return " or ".join(rule.describe(k) for rule, k in zip(self.rules, kinds))
 
 
-def _registry(name: str) -> Callable[[], list[str]]:
-    """Names in a registry of training.methods (filled lazily by the modules that add to it)."""
-    def names() -> list[str]:
-        from .training import methods
+#: key -> function returning the valid names of a choice that a registry above this module holds (the methods'
+#: registry: method.base, method.hard_samples; the backbones: model.backbone). Each registry adds its own when it is
+#: imported (``register_choices``), so that this module imports nothing above it (docs/architecture.md, "Layers").
+CHOICES: dict[str, Callable[[], Any]] = {}
 
-        methods._register_builtin()
-        return sorted(getattr(methods, name))
+
+def register_choices(key: str, names: Callable[[], Any]) -> None:
+    """Let ``names()`` (asked when a value is checked) give the valid values of ``key`` (``"section.key"``)."""
+    CHOICES[key] = names
+
+
+def registered(key: str) -> Callable[[], list[Any]]:
+    """The names the registry of ``key`` holds when asked (``OneOf(registered("method.base"))``)."""
+    def names() -> list[Any]:
+        if key not in CHOICES:
+            raise RuntimeError(f"no registry gave the choices of {key}: import hardreid (the package) first")
+        return list(CHOICES[key]())
     return names
-
-
-def _backbones() -> list[str]:
-    from .models import BACKBONES
-
-    return list(BACKBONES)
 
 
 POSITIVE = Range(1)  # integers >= 1
@@ -438,7 +442,7 @@ RULES: dict[str, Any] = {
     "data.blur_p": PROBABILITY,
     "data.blur_sigma": Each(ABOVE_ZERO),
     "data.std": Each(ABOVE_ZERO),
-    "model.backbone": OneOf(_backbones),
+    "model.backbone": OneOf(registered("model.backbone")),
     "model.last_stride": OneOf(1, 2),
     "model.pooling": OneOf("avg", "gem"),
     "model.gem_p": ABOVE_ZERO,
@@ -482,8 +486,8 @@ RULES: dict[str, Any] = {
     "train.save_every": POSITIVE,
     "eval.batch_size": POSITIVE,
     "eval.max_rank": POSITIVE,
-    "method.base": OneOf(_registry("BASES")),
-    "method.hard_samples": Each(OneOf(_registry("HARD_SAMPLES"))),
+    "method.base": OneOf(registered("method.base")),
+    "method.hard_samples": Each(OneOf(registered("method.hard_samples"))),
     "spcl.temperature": ABOVE_ZERO,
     "spcl.momentum": PROBABILITY,
     "spcl.eps_gap": Range(0, 1, low_open=True, high_open=True),

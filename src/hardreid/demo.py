@@ -15,7 +15,9 @@ from .data.synthetic import SyntheticConfig, generate_synthetic
 from .errors import UserError
 from .serialization import load_pth
 from .evaluation.pipeline import query_gallery_distances, score_distances
-from .training import model_from_config, resolve_device, train
+from .models import model_from_config
+from .runs import train
+from .runtime import resolve_device
 from .training.run_files import LOG, setup_logging
 from .viz.curves import plot_training_curves
 from .viz.ranked import save_ranked_results

@@ -18,7 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config
-from ..models import BACKBONES, ReidModel
+from ..errors import UserError
+from ..models import BACKBONES, ReidModel, model_from_config
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -71,9 +72,6 @@ def backbone_table(cfg: Config) -> list[dict[str, Any]]:
 
     A backbone that cannot be built here (vit_small without timm) gets ``{"backbone", "error"}``.
     """
-    from ..errors import UserError
-    from ..training import model_from_config
-
     rows = []
     for name in BACKBONES:
         trial = copy.deepcopy(cfg)

@@ -72,7 +72,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
     backbone: the config defaults, 256x128, no flip).
     """
     from ..config import config_from_dict
-    from ..training import model_from_config
+    from ..models import model_from_config
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     if checkpoint:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from ..config import Config
+from ..config import Config, register_choices
 from ..errors import UserError
 from ..memory import ClusterMemory, InstanceMemory, QueueMemory
 from ..precision import float32
@@ -454,6 +454,17 @@ def _register_builtin() -> None:
         except ModuleNotFoundError as err:
             if err.name != module:
                 raise
+
+
+def _names(registry: dict[str, Any]) -> Callable[[], list[str]]:
+    def names() -> list[str]:
+        _register_builtin()
+        return sorted(registry)
+    return names
+
+
+register_choices("method.base", _names(BASES))  # config validation asks the registry for the valid names
+register_choices("method.hard_samples", _names(HARD_SAMPLES))
 
 
 def build_method(cfg: Config, device: torch.device) -> ComposedMethod:

@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..config import Config, config_from_dict
 from ..data.types import ReidDataset
 from ..errors import UserError
+from ..runtime import batchnorm_group
 from .checkpoint import load_checkpoint, save_checkpoint
 from .run_files import LOG, write_metrics
 
@@ -145,9 +147,6 @@ def check_resume(state: dict[str, Any], cfg: Config, dataset: ReidDataset, path:
 
 def same_batchnorm_groups(saved: Config, cfg: Config, state: dict[str, Any]) -> bool:
     """With this run's number of processes, ``cfg`` normalises BatchNorm over the groups the checkpoint's run did."""
-    from .. import distributed
-    from .trainer import batchnorm_group  # (the trainer imports this module)
-
     return batchnorm_group(saved, int(state.get("world_size", 1))) == batchnorm_group(cfg, distributed.world_size())
 
 

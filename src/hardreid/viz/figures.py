@@ -67,7 +67,7 @@ class RunState:
 
 def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, ReidModel]:
     """The run's config (``config.yaml``) and the checkpoint's model (default ``checkpoints/last.pth``)."""
-    from ..training import model_from_config
+    from ..models import model_from_config
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     run_dir = Path(run_dir)

@@ -258,7 +258,9 @@ class HardNegativeGeneration(Component):
             from .pictures import plot_hard_negative_statistics, save_picture_grid
 
             if self.uses_generator and self.picture_batch is not None:
-                save_picture_grid(self, *self.picture_batch, Path(run_dir) / "hng" / f"epoch_{epoch + 1:03d}.png", epoch)
+                assert self.generator is not None
+                save_picture_grid(self.generator, self.h, self.mean, self.std, *self.picture_batch,
+                                  Path(run_dir) / "hng" / f"epoch_{epoch + 1:03d}.png", epoch)
             plot_hard_negative_statistics(self.history, Path(run_dir) / "hng_similarity.png")
         return row
 

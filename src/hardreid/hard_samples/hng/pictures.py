@@ -1,9 +1,12 @@
-"""Per-epoch pictures of hard negative generation: image grids and the paper's Fig. 2 curves."""
+"""Per-epoch pictures of hard negative generation: image grids and the paper's Fig. 2 curves.
+
+The component (``component.py``) calls these with what they draw (its generator and settings), so this module does
+not know the component: the import runs one way."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import matplotlib
 
@@ -12,25 +15,22 @@ import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import save_image
 
+from ...config import HngConfig
 from .fusion import fuse
-from .networks import to_gan_space
-
-if TYPE_CHECKING:
-    from .component import HardNegativeGeneration
+from .networks import Generator, to_gan_space
 
 
 @torch.no_grad()
-def save_picture_grid(hng: "HardNegativeGeneration", anchors: torch.Tensor, negatives: torch.Tensor, path: Path,
-                      seed: int = 0) -> Path:
-    """Rows: anchor / negative / generated hard negative / reconstruction (columns: samples), from G as it is now."""
-    assert hng.generator is not None
-    device = next(hng.generator.parameters()).device
-    a = to_gan_space(anchors.float().to(device), hng.mean, hng.std)
-    n = to_gan_space(negatives.float().to(device), hng.mean, hng.std)
-    f_a, f_n = hng.generator.encode(a), hng.generator.encode(n)
-    fused = fuse(hng.h.fusion, f_a, f_n, hng.h.fusion_lambda, hng.h.part_stride, hng.h.noise_std,
-                 torch.Generator().manual_seed(seed))
-    rows = torch.cat([a, n, hng.generator.decode(fused.features), hng.generator.reconstruct(f_a)])
+def save_picture_grid(generator: Generator, h: HngConfig, mean: Sequence[float], std: Sequence[float],
+                      anchors: torch.Tensor, negatives: torch.Tensor, path: Path, seed: int = 0) -> Path:
+    """Rows: anchor / negative / generated hard negative / reconstruction (columns: samples), from ``generator`` as
+    it is now; ``h``: the fusion settings (``cfg.hng``); ``mean``, ``std``: the re-ID input normalisation."""
+    device = next(generator.parameters()).device
+    a = to_gan_space(anchors.float().to(device), mean, std)
+    n = to_gan_space(negatives.float().to(device), mean, std)
+    f_a, f_n = generator.encode(a), generator.encode(n)
+    fused = fuse(h.fusion, f_a, f_n, h.fusion_lambda, h.part_stride, h.noise_std, torch.Generator().manual_seed(seed))
+    rows = torch.cat([a, n, generator.decode(fused.features), generator.reconstruct(f_a)])
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(((rows + 1) / 2).clamp(0, 1).cpu(), path, nrow=len(anchors), padding=2)
     return path
