@@ -305,7 +305,7 @@ def stage_throughput(ctx: StageContext) -> None:
     import torch.nn.functional as F
 
     from hardreid.data.types import ReidDataset, Sample
-    from hardreid.training.methods import Batch, EpochData
+    from hardreid.methods import Batch, EpochData
     from hardreid.models import model_from_config
     from hardreid.training.trainer import Trainer
 

@@ -15,12 +15,13 @@ from torch import nn
 from hardreid.config import Config, apply_dict, load_config
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.hard_samples.hpf import hard_person_features
-from hardreid.hard_samples.hpi import hard_positive_instances, select_positives
+from hardreid.methods.generators.hpf import hard_person_features
+from hardreid.methods.generators.hpi import hard_positive_instances, select_positives
 from hardreid.losses import relative_entropy_loss
-from hardreid.memory import InstanceMemory, QueueMemory
+from hardreid.memory import ClusterMemory, InstanceMemory, QueueMemory
 from hardreid.models import build_model
-from hardreid.training import methods as M
+import hardreid.methods as M
+from hardreid.methods.bases.cluster_contrast import ClusterContrast
 from hardreid.runs import train
 
 from conftest import tiny_config
@@ -127,7 +128,7 @@ def test_base_memory_kinds():
     features, labels = _clustered(24, 3, 8, seed=5, outliers=0)
     data = M.EpochData(0, features, labels, torch.zeros(24, dtype=torch.long), 3)
     model = nn.Sequential(nn.Linear(3, 8), nn.Identity())
-    for kind, cls in (("momentum", M.ClusterMemory), ("instance", InstanceMemory), ("queue", QueueMemory)):
+    for kind, cls in (("momentum", ClusterMemory), ("instance", InstanceMemory), ("queue", QueueMemory)):
         cfg = apply_dict(Config(), {"memory": {"kind": kind, "queue_ratio": 0.5}}, "test")
         method = M.build_method(cfg, CPU)
         method.start_epoch(data, model)
@@ -169,7 +170,7 @@ def test_hard_person_features_match_autograd_algorithm_2(mode, seed):
     prototypes = 0.8 * F.normalize(torch.randn(nc, d, generator=g), dim=1)  # person features: plain means, norm < 1
     labels = torch.randint(nc, (b,), generator=g)
     cfg = apply_dict(Config(), {"acfl": {"hpf_steps": steps, "hpf_mode": mode}}, "test")
-    base = M.ClusterContrast(cfg, CPU)
+    base = ClusterContrast(cfg, CPU)
     base.prototypes = lambda: prototypes  # type: ignore[method-assign]
     hpf = M.HARD_SAMPLES["hpf"](cfg, CPU)
     hpf.attach(base)
@@ -556,7 +557,7 @@ def test_every_bn_mode_leaves_the_model_untouched(bn):
 
 def test_hpi_step_moves_each_pixel_as_far_at_any_input_size():
     """acfl.hpi_lr_reference [256, 128]: the per-pixel RMS of the step is eta3 / sqrt(3 * 256 * 128) at any size."""
-    from hardreid.hard_samples.hpi import HardPositiveInstances, hpi_step_scale
+    from hardreid.methods.generators.hpi import HardPositiveInstances, hpi_step_scale
 
     torch.manual_seed(3)
     model = TinyNet().eval()  # adaptive pooling: any input size
@@ -582,7 +583,7 @@ def test_hpi_step_moves_each_pixel_as_far_at_any_input_size():
 
 def test_mining_takes_the_hardest_positive_of_the_whole_identity():
     """Table 4 "Mining": argmin similarity over all images of the pseudo identity (not the batch's K)."""
-    from hardreid.hard_samples.hpi import hardest_positives
+    from hardreid.methods.generators.hpi import hardest_positives
 
     features, labels = _clustered(40, 4, 6, seed=9)
     labels[7] = 9  # a label of one image: its own positive

@@ -15,8 +15,8 @@ from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
 from hardreid.runs import train
 from hardreid.training.checkpoint import load_checkpoint
-from hardreid.training.bases import spcl
-from hardreid.training.methods import EpochData, build_method
+from hardreid.methods import EpochData, build_method
+from hardreid.methods.bases import spcl
 
 from conftest import tiny_config
 

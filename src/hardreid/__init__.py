@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from . import config, data, models
 from .errors import UserError
-from .training import methods as _methods  # noqa: F401 - its registry gives config the valid method names
-
-__version__ = "0.1.0"
+from .methods import registry as _registry  # noqa: F401 - gives config the valid method.base / hard_samples names
+from .version import __version__
 
 
 def train(cfg, dataset, output, model=None, resume: bool = False):

@@ -24,6 +24,11 @@ def moved(module: str, name: str, new_module: str) -> Any:
     return getattr(importlib.import_module(new_module), name)
 
 
+def warn_module(old: str, new: str) -> None:
+    """Warn that the module being imported as ``old`` moved to ``new`` (call at the top level of the old module)."""
+    _warn(old, new, stacklevel=3)
+
+
 def alias_module(old: str, new: str) -> None:
     """Replace the module being imported as ``old`` by ``new`` (call at the top level of the old module's file)."""
     _warn(old, new, stacklevel=3)

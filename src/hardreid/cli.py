@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
+from .version import __version__
 from .errors import UserError, clean_message
 from .signals import SIGINT_EXIT, SIGTERM_EXIT, Terminated, sigterm_received, terminate_as_interrupt
 
@@ -291,7 +291,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 # -- export / info / configs ---------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import __version__
+    from .version import __version__
     from .export.formats import ONNX_OPSET, check_parity, export_model, exported_runner, parity_images
 
     fm = _feature_model(args, "export")

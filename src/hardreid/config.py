@@ -2,7 +2,7 @@
 inherit (``_base_``), and dotted ``key=value`` overrides from the command line.
 
 Every hyperparameter is a key here; the defaults are the Cluster Contrast
-baseline of DESIGN.md section 3 (ResNet-50, 256x128, Jaccard k1 30 / k2 6,
+baseline of docs/architecture.md, "The Cluster Contrast baseline" (ResNet-50, 256x128, Jaccard k1 30 / k2 6,
 DBSCAN eps 0.5 / min_samples 4, memory momentum 0.1, temperature 0.05,
 Adam 3.5e-4, weight decay 5e-4).
 
@@ -234,7 +234,7 @@ class HngConfig:
     """Self-guided hard negative generation (SHNG, IJCAI 2022); paper values where it gives them."""
 
     fusion: str = "part"  # h(f_anc, f_neg), Table 2: part | global | concat | noise | mixup
-    fusion_lambda: float = 0.75  # lambda, Eq. 2-3 (also global fusion and mixup); DESIGN.md 5: the paper gives none
+    fusion_lambda: float = 0.75  # lambda, Eq. 2-3 (also global fusion and mixup); the paper gives none (docs/architecture.md, "Hard negative generation")
     part_stride: int = 2  # d, the sliding window's stride in latent rows (window: H/2 x W), Sec. 3.2
     noise_std: float = 1.0  # Table 2 "random noise": std of the Gaussian added to f_anc (paper gives none)
     ngf: int = 64  # generator width (CycleGAN's default)

@@ -1,4 +1,4 @@
-"""Loss functions shared by the methods (DESIGN.md section 2), each a pure function of tensors.
+"""Loss functions shared by the methods (docs/architecture.md, "What a method is"), each a pure function of tensors.
 
 ACFL: the class-level contrastive loss (Eq. 6), the relative-entropy instance loss (Eq. 7), the
 distance loss of Table 2 and their sum, the full objective (Eq. 5).

@@ -1,6 +1,6 @@
 """Backbone -> pooling (average or GeM) -> BatchNorm neck -> L2 normalisation.
 
-The L2-normalised BatchNorm output is the re-ID feature (DESIGN.md section 3,
+The L2-normalised BatchNorm output is the re-ID feature (docs/architecture.md, "The Cluster Contrast baseline",
 as in Cluster Contrast: no embedding layer, the neck's bias is frozen).
 ViT backbones (``vit_small``, timm) give their CLS token instead of a pooled
 map (``models/vit.py``); the neck and normalisation are the same.

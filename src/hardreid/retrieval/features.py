@@ -241,7 +241,7 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
     extraction (or returns at once when it is complete); other images or
     another model in ``output`` are an error unless ``overwrite``.
     """
-    from .. import __version__
+    from ..version import __version__
 
     if shard_size < 1 or batch_size < 1:
         raise UserError(f"shard size and batch size must be positive, got {shard_size} and {batch_size}")

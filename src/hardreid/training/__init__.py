@@ -1,16 +1,20 @@
-"""Training: the epoch loop (trainer.py) and methods composed of a base and hard-sample generators (methods.py)."""
+"""Training: the epoch loop (trainer.py), its checkpoints, resuming, preflight checks and run files. What a step
+computes is the method's (``hardreid.methods``)."""
 
 from typing import Any
 
-from .methods import (BASES, HARD_SAMPLES, BaseMethod, Batch, ComposedMethod, Component, EpochData, Method,
-                      StepContext, StepOutput, build_method)
 from .trainer import RunHooks, Trainer, TrainResult, train
 
-_MOVED = {"model_from_config": "hardreid.models", "resolve_device": "hardreid.runtime"}
+# old names of this package -> where they live now (they work for one release, with a DeprecationWarning)
+_MOVED = {"model_from_config": "hardreid.models", "resolve_device": "hardreid.runtime",
+          **{name: "hardreid.methods" for name in ("BASES", "HARD_SAMPLES", "BaseMethod", "Batch", "ComposedMethod",
+                                                   "Component", "EpochData", "Method", "StepContext", "StepOutput",
+                                                   "build_method")}}
 
 
 def __getattr__(name: str) -> Any:
-    """Old import paths (``hardreid.training.model_from_config``): they work for one release, with a warning."""
+    """Old import paths (``hardreid.training.model_from_config``, ``hardreid.training.Batch``): they work for one
+    release, with a warning."""
     if name in _MOVED:
         from .._deprecated import moved
 
@@ -18,5 +22,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BASES", "HARD_SAMPLES", "BaseMethod", "Batch", "ComposedMethod", "Component", "EpochData", "Method",
-           "StepContext", "StepOutput", "build_method", "RunHooks", "Trainer", "TrainResult", "train"]
+__all__ = ["RunHooks", "Trainer", "TrainResult", "train"]

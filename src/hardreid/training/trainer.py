@@ -1,4 +1,4 @@
-"""The epoch loop (DESIGN.md section 1, ACFL Algorithm 1), readable top to bottom:
+"""The epoch loop (docs/architecture.md, "One epoch"; ACFL Algorithm 1), readable top to bottom:
 
 extract features -> pseudo labels (k-reciprocal Jaccard -> DBSCAN, pseudo_labels.cluster_epoch) -> method memory
 -> P x K steps (loss, optimiser step, memory update) -> evaluate -> log -> checkpoint.
@@ -33,13 +33,13 @@ from ..errors import UserError
 from ..files import atomic_write_text
 from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
 from ..evaluation.pipeline import evaluate_model
+from ..methods import Batch, EpochData, Method, StepOutput, build_method
 from ..models import ReidModel, model_from_config
 from ..precision import training_precision
 from ..pseudo_labels import check_cluster_config, cluster_epoch
 from ..pseudo_labels.diagnostics import score_decline_warning
 from ..runtime import batchnorm_group
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .methods import Batch, EpochData, Method, StepOutput, build_method
 from .preflight import check_before_training, require_training_images
 from .resume import Continuation, checkpoint_to_continue, trained_on
 from .rng import rng_state, set_rng_state

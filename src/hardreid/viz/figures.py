@@ -97,9 +97,9 @@ def run_state(cfg: Config, model: ReidModel, dataset: ReidDataset, device: torch
 # -- Fig. 4 --------------------------------------------------------------------------------------
 def _default_generator() -> HardPositiveFn:
     try:
-        from ..hard_samples.hpi import hard_positive_instances
+        from ..methods.generators.hpi import hard_positive_instances
     except ImportError as exc:
-        raise UserError(f"fig4 needs ACFL's hard positive generator (hardreid.hard_samples.hpi), which is not "
+        raise UserError(f"fig4 needs ACFL's hard positive generator (hardreid.methods.generators.hpi), which is not "
                         f"available here ({exc}); make only fig5a / fig5b with --which fig5a fig5b") from None
     return hard_positive_instances
 
