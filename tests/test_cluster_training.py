@@ -51,6 +51,7 @@ def test_default_thresholds_stay_quiet_and_resume_keeps_last_labels(tiny_root, t
     resumed = train(tiny_config(), data, tmp_path / "run", resume=True, log_to_stderr=False)
     straight = train(tiny_config(), data, tmp_path / "straight", log_to_stderr=False)
     assert resumed.history[1]["partition_ari"] is not None
+    # the resumed run clusters the same features as the straight one (same computations): the same partitions
     assert resumed.history[1]["partition_ari"] == pytest.approx(straight.history[1]["partition_ari"])
 
 

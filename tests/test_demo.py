@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def test_demo_pipeline_writes_pictures_run_and_scores(tmp_path: Path, capsys: py
     assert saved["epochs"] == 1 and saved["iters"] == 2 and saved["seconds"] > 0
     printed = capsys.readouterr().out
     assert "untrained" in printed and "trained" in printed and "ranked_results.png" in printed
+    last = printed.strip().splitlines()[-3:]  # the last words: what changed, in words, and where the pictures are
+    assert "right person comes first" in last[0] or "right person first" in last[0], last
+    assert f"mAP {saved['untrained']['mAP']:.1f} -> {saved['trained']['mAP']:.1f}" in last[0], last
+    assert "ranked_results.png" in last[1] and "training_curves.png" in last[2], last
+    start = json.loads((out / "run" / "start_scores.json").read_text())  # the curves' epoch 0: the untrained model
+    assert start["epoch"] == 0 and start["mAP"] == pytest.approx(saved["untrained"]["mAP"], abs=1e-6)
     with pytest.raises(UserError, match="earlier demo run"):
         run_demo(out, epochs=1, settings=TINY_SETTINGS, synthetic=TINY_DATA)
 
@@ -49,6 +56,7 @@ def test_demo_pipeline_writes_pictures_run_and_scores(tmp_path: Path, capsys: py
 def test_demo_config_and_weights_backbone(tmp_path: Path) -> None:
     cfg = demo_config()
     assert cfg.model.backbone == "resnet18" and not cfg.model.weights and cfg.train.device == "cpu"
+    assert cfg.train.eval_at_start and 0 < cfg.train.eval_every < cfg.train.epochs  # curves from epoch 0, several points
     assert demo_config(epochs=3).train.epochs == 3
     assert demo_config(settings={"cluster": {"eps": 0.5}}).cluster.eps == 0.5
     # --weights picks the architecture of the file (the CLI documents MobileNetV2 weights)
@@ -62,18 +70,17 @@ def test_demo_config_and_weights_backbone(tmp_path: Path) -> None:
         assert cfg.model.backbone == backbone and cfg.model.weights == str(path)
 
 
-@pytest.mark.slow  # three demos, about 8 minutes on 2 cores
-def test_real_demo_training_beats_the_untrained_model_over_three_seeds(tmp_path: Path) -> None:
-    """15 short epochs from random init vary by about +-5 mAP with the seed (measured at seeds 1 / 2 / 3: 23.0 /
-    31.8 / 27.5 from 21.6 at seed 1), so one seed cannot carry a margin: every seed must end above its untrained
-    score and the mean gain must be clear."""
-    gains = []
+@pytest.mark.slow  # three demos, about 2.5 minutes each on 2 idle cores
+def test_real_demo_learns_beyond_doubt_on_every_seed(tmp_path: Path) -> None:
+    """The demo's promise on each of train.seed 1, 2, 3 (not on average): the trained model's mAP is at least 1.5x the
+    untrained one's and its top-1 at least 15 points higher. Measured (mAP / top-1, untrained -> trained) with 2
+    threads: 11.7/10.0 -> 68.7/80.0, 16.6/18.8 -> 76.0/80.0, 10.0/5.0 -> 71.4/78.8; with 1 thread: -> 62.4/65.0,
+    60.9/65.0, 72.0/80.0. The smallest margins (3.7x, +46 points) leave room for other CPUs' float rounding."""
     for seed in (1, 2, 3):
         summary = run_demo(tmp_path / f"demo{seed}", settings={"train": {"seed": seed}})
-        before, after = _scores(summary["untrained"]), _scores(summary["trained"])
-        assert after[0] > before[0], (seed, before, after)
-        gains.append(after[0] - before[0])
-    assert sum(gains) / len(gains) > 3.0, gains
+        (map0, top0), (map1, top1) = _scores(summary["untrained"]), _scores(summary["trained"])
+        assert map1 >= 1.5 * map0 and top1 >= top0 + 15, (seed, (map0, top0), (map1, top1))
+        assert (tmp_path / f"demo{seed}" / "run" / "start_scores.json").is_file()  # the curves start at epoch 0
 
 
 def _edge_stats(root: Path) -> tuple[float, float]:
@@ -94,8 +101,6 @@ def _edge_stats(root: Path) -> tuple[float, float]:
 
 
 def test_demo_data_options_calm_backgrounds_and_broaden_people(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     from hardreid.data.synthetic import generate_synthetic
 
     small = SyntheticConfig(num_train_ids=6, num_test_ids=2, num_distractors=0, images_per_camera=2, seed=5)
@@ -108,3 +113,27 @@ def test_demo_data_options_calm_backgrounds_and_broaden_people(tmp_path: Path) -
     for bad in ({"background_strength": 1.5}, {"background_strength": -0.1}, {"person_width": 0.2}, {"person_width": 3.0}):
         with pytest.raises(UserError):
             replace(small, **bad).validate()
+
+
+def test_distinct_outfits_give_every_identity_its_own_colour_pair() -> None:
+    import numpy as np
+
+    from hardreid.data.synthetic import MAX_OUTFITS, OUTFIT_COLOURS, _population
+
+    palette = np.array(OUTFIT_COLOURS, float)
+
+    def nearest(colour: tuple[int, int, int]) -> int:
+        return int(np.argmin(np.abs(palette - np.array(colour, float)).sum(axis=1)))
+
+    cfg = SyntheticConfig(**DEMO_DATA)
+    assert cfg.distinct_outfits
+    for stream, count in ((2, cfg.num_train_ids), (7, cfg.num_test_ids)):  # the training and the test population
+        people, groups = _population(cfg, stream, count)
+        pairs = {(nearest(p.upper), nearest(p.lower)) for p in people}
+        assert len(pairs) == count and all(upper != lower for upper, lower in pairs)
+        assert set(groups) == {-1}
+        plain, _ = _population(replace(cfg, distinct_outfits=False), stream, count)
+        assert [p.height for p in plain] == [p.height for p in people]  # only the clothes' colours change
+    for bad in ({"lookalike_fraction": 0.5}, {"num_train_ids": MAX_OUTFITS + 1}, {"num_test_ids": MAX_OUTFITS + 1}):
+        with pytest.raises(UserError, match="distinct_outfits"):
+            replace(cfg, **bad).validate()

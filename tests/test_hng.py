@@ -23,6 +23,7 @@ from hardreid.models import model_from_config
 from hardreid.training.trainer import build_optimizer, piecewise_lr_factor
 
 from conftest import tiny_config
+from rounding import U32
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hng"
 CPU = torch.device("cpu")
@@ -70,24 +71,37 @@ def test_image_space_round_trip():
 
 # --------------------------------------------------------------------------- fusion
 
+def _mean_relative_error(x: torch.Tensor) -> float:
+    """Relative rounding bound of the channel vector of means of x (C x rows x W, float32): each of the C means sums
+    n = rows * W values within n u sum|x| (tests/rounding.py), and is divided once."""
+    n = x[0].numel()
+    return float((n * U32 * x.abs().sum(dim=(1, 2)) / n + U32 * x.mean(dim=(1, 2)).abs()).norm() / x.mean(dim=(1, 2)).norm())
+
+
 def naive_part_fusion(f_anc, f_neg, lam, stride):
-    """A plain loop over windows and rows (Eq. 2-3)."""
+    """A plain loop over windows and rows (Eq. 2-3); also the smallest margin, over the images, between the chosen
+    window's cosine similarity and the runner-up's, in units of the rounding bound of a similarity."""
     b, c, h, w = f_neg.shape
     size = h // 2
-    out, chosen = torch.empty_like(f_anc), []
+    out, chosen, margin = torch.empty_like(f_anc), [], math.inf
     for i in range(b):
         g_anc = f_anc[i].mean(dim=(1, 2))
-        best, best_sim = None, -math.inf
+        sims, bounds = [], []
         for start in range(0, h - size + 1, stride):
             g = f_neg[i, :, start:start + size, :].mean(dim=(1, 2))
-            sim = float(torch.dot(g_anc, g) / (g_anc.norm() * g.norm()))
-            if sim > best_sim:
-                best, best_sim = start, sim
+            sims.append((float(torch.dot(g_anc, g) / (g_anc.norm() * g.norm())), start))
+            # a cosine moves by at most twice the relative errors of its two vectors, plus its own C-term dot and norms
+            bounds.append(2 * (_mean_relative_error(f_anc[i]) + _mean_relative_error(f_neg[i, :, start:start + size, :]))
+                          + (2 * c + 4) * U32)
+        best_sim, best = max(sims, key=lambda t: t[0])  # first of equals: as the implementation's argmax
+        if len(sims) > 1:  # two computations (the implementation's, this loop's) agree when the gap exceeds both bounds
+            runner_up = sorted(sim for sim, _ in sims)[-2]
+            margin = min(margin, (best_sim - runner_up) / (2 * max(bounds)))
         chosen.append((best, best + size))
         for r in range(h):
             a = lam if best <= r < best + size else 1 - lam
             out[i, :, r, :] = a * f_anc[i, :, r, :] + (1 - a) * f_neg[i, :, r, :]
-    return out, torch.tensor(chosen)
+    return out, torch.tensor(chosen), margin
 
 
 def test_part_fusion_selects_the_most_similar_window_and_mixes_lambda_inside():
@@ -107,8 +121,10 @@ def test_part_fusion_selects_the_most_similar_window_and_mixes_lambda_inside():
     for h, stride in ((16, 2), (7, 2), (8, 1), (32, 3)):
         a, n = torch.randn(4, 5, h, 3), torch.randn(4, 5, h, 3)
         fused = FU.part_fusion(a, n, 0.75, stride)
-        expected, rows = naive_part_fusion(a, n, 0.75, stride)
+        expected, rows, margin = naive_part_fusion(a, n, 0.75, stride)
+        assert margin > 10  # no near-tie between windows: both computations choose the same one on every CPU
         assert torch.equal(fused.part_rows, rows)
+        # the same elementwise w a + (1 - w) n with w in {0.75, 0.25} (exact in binary): equal on every CPU
         torch.testing.assert_close(fused.features, expected)
 
 
@@ -380,6 +396,7 @@ def test_hng_on_cluster_contrast_resumes_exactly_and_draws(tiny_root, tmp_path):
     first.train.epochs = 1
     train(first, data, tmp_path / "split", log_to_stderr=False)
     resumed = train(tiny_config(**settings), data, tmp_path / "split", resume=True, log_to_stderr=False)
+    # a resumed run repeats the straight run's computations (same shapes, order, thread count; saved state exact): equal by construction
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
     from hardreid.training.checkpoint import load_checkpoint

@@ -18,6 +18,7 @@ from hardreid.methods.bases.ice import hard_instance_loss, soft_instance_consist
 from hardreid.runs import train
 
 from conftest import tiny_config
+from rounding import U64, forward_error
 
 
 def _proxies() -> CameraProxies:
@@ -42,6 +43,10 @@ def test_hardest_negative_selection():
     assert CameraProxies.hardest_negatives(sims, positive, k=50).sum() == 4
 
 
+# The naive loops below add in float64 what the losses compute in float32, the CPU only changing the order of the
+# sums: each logit is a dot product of <= 4 terms of unit vectors over tau >= 0.07, within 4 u / 0.07 = 3.4e-6 (plus
+# the column scaling of "official", a few u more); a log-sum-exp or cross-entropy moves by at most twice that, and a
+# mean over cameras or queries adds a few u. The losses here are >= 1, so rel=1e-5 (>= 1e-5 absolute) holds that bound.
 @pytest.mark.parametrize("scoring", ["official", "cosine"])
 def test_cross_camera_loss_matches_a_naive_loop(scoring):
     proxies = _proxies()
@@ -171,6 +176,7 @@ def test_trains_and_resumes_exactly(tiny_root, tmp_path, setting):
     assert any(k.startswith(("loss_ice_camera", "loss_camera_proxy")) for k in straight.history[0])
     train(tiny_config(method=setting, train={"epochs": 1}), data, tmp_path / "split", log_to_stderr=False)
     resumed = train(tiny_config(method=setting), data, tmp_path / "split", resume=True, log_to_stderr=False)
+    # a resumed run repeats the straight run's computations (same shapes, order, thread count; saved state exact): equal by construction
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
     assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"])
@@ -194,18 +200,18 @@ def test_official_proxy_scoring_on_a_toy_case_by_hand():
         M.build_method(tiny_config(method={"base": "ice"}, ice={"proxy_scoring": "l2"}), torch.device("cpu"))
 
 
-def _ice_step_setup(**ice):
+def _ice_step_setup(dtype: torch.dtype = torch.float32, **ice):
     from hardreid.models import build_model
 
     torch.manual_seed(0)
     cfg = tiny_config(method={"base": "ice"}, ice=ice)
-    model = build_model("mobilenet_v2", last_stride=2).train()
+    model = build_model("mobilenet_v2", last_stride=2).train().to(dtype)
     method = M.build_method(cfg, torch.device("cpu"))
     n = 12
     labels = torch.arange(n) % 3
     data = M.EpochData(0, F.normalize(torch.randn(n, model.feat_dim), dim=1), labels, torch.arange(n) % 2, 3)
     method.start_epoch(data, model)
-    images = lambda: torch.randn(6, 3, 32, 16)  # noqa: E731
+    images = lambda: torch.randn(6, 3, 32, 16).to(dtype)  # noqa: E731
     batch = M.Batch(images(), torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 0, 1]), torch.arange(6),
                     [images()], images())
     return method, model, batch
@@ -228,10 +234,17 @@ def test_teacher_runs_on_view_1_view_2_and_the_weak_images(on_view1):
 
 
 def test_shuffle_bn_puts_the_teacher_features_back_in_order():
-    method, model, batch = _ice_step_setup(shuffle_bn=True)
-    plain, plain_model, _ = _ice_step_setup(shuffle_bn=False)  # the same seed: the same networks
+    # float64: the teacher runs in train mode, so the shuffled batch gives BatchNorm statistics summed in another
+    # order (and other rows to the kernels): in float32 the two differ by the CPU's rounding, up to ~2 u * the sum of
+    # the reduction lengths (about 1e-3 here, no useful tolerance); in float64 by at most 4 * forward_error
+    # (tests/rounding.py: two unit features), ~1e-11, while a wrong order moves a row by > 1
+    method, model, batch = _ice_step_setup(torch.float64, shuffle_bn=True)
+    plain, plain_model, _ = _ice_step_setup(torch.float64, shuffle_bn=False)  # the same seed: the same networks
     shuffled = method.base.teacher_features(model, batch.images)
-    torch.testing.assert_close(shuffled, plain.base.teacher_features(plain_model, batch.images), atol=1e-5, rtol=1e-4)
+    expected = plain.base.teacher_features(plain_model, batch.images)
+    assert shuffled.dtype == torch.float64
+    torch.testing.assert_close(shuffled, expected, atol=4 * forward_error(plain_model, batch.images, U64), rtol=0)
+    assert float(torch.cdist(expected, expected).masked_fill(torch.eye(6, dtype=torch.bool), 9).min()) > 0.1  # rows apart
     method.base.teacher.get(model).module.bn_chunk = 2  # per-GPU chunks: shuffled chunks mix images, features change
     plain.base.teacher.get(plain_model).module.bn_chunk = 2
     assert not torch.allclose(method.base.teacher_features(model, batch.images),

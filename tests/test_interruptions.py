@@ -29,10 +29,12 @@ from hardreid.training.resume import best_epoch
 from conftest import tiny_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-# 3 epochs of 2 steps, evaluated every epoch; with this seed the mAP improves at epoch 2 with 1 and 2 threads
-# (measured 18.6 -> 22.9 and 12.3 -> 22.3; checked by `reference`),
-# so best.pth is written at epochs 1 and 2.
+# 3 epochs of 2 steps, evaluated every epoch; the tests need the mAP to improve at epoch 2, so that best.pth is
+# written at epochs 1 and 2. With seed 7 it does here with 1 and 2 threads (measured 18.6 -> 22.9 and 12.3 -> 22.3),
+# but the trajectory is float arithmetic over many steps: another CPU's kernels (or thread count) round differently
+# and can end elsewhere, so `reference` moves on to the next seed when epoch 2 does not improve.
 SETTINGS = {"train": {"epochs": 3, "iters": 2, "eval_every": 1, "seed": 7}}
+SEEDS = (7, 8, 9, 10, 11)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +46,18 @@ def config_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(config_file, tiny_root, tmp_path_factory) -> Path:
-    """The uninterrupted run."""
-    run = tmp_path_factory.mktemp("kill") / "straight"
-    assert main(["train", "--config", str(config_file), "--data-root", str(tiny_root), "--output", str(run)]) == 0
-    history = load_checkpoint(run / "checkpoints" / "last.pth")["history"]
-    assert best_epoch(history) >= 2, f"the tiny run must improve after epoch 1 for these tests: {history}"
-    return run
+    """The uninterrupted run, with the first seed of SEEDS whose mAP improves at epoch 2 (written to config_file)."""
+    histories = {}
+    for seed in SEEDS:
+        dump_config(tiny_config(**{**SETTINGS, "train": {**SETTINGS["train"], "seed": seed}}), config_file)
+        run = tmp_path_factory.mktemp("kill") / f"straight_seed{seed}"
+        assert main(["train", "--config", str(config_file), "--data-root", str(tiny_root), "--output", str(run)]) == 0
+        history = load_checkpoint(run / "checkpoints" / "last.pth")["history"]
+        if history[1]["mAP"] > history[0]["mAP"]:
+            assert best_epoch(history) >= 2
+            return run
+        histories[seed] = [row["mAP"] for row in history]
+    raise AssertionError(f"no seed of {SEEDS} gives a tiny run whose mAP improves at epoch 2: {histories}")
 
 
 def launch(config_file: Path, tiny_root: Path, run: Path, pause: str | None = None) -> subprocess.Popen:

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from hardreid.data.sampler import IdentitySampler
 from hardreid.memory import ClusterMemory, cluster_centroids
 
+from rounding import U32, normalize_error
+
 
 def test_centroids_are_normalised_means_ignoring_outliers():
     feats = F.normalize(torch.randn(7, 5), dim=1)
@@ -41,7 +43,7 @@ def test_momentum_update_sequential_and_unit_norm():
         row = 0.1 * expected[y] + 0.9 * f
         expected[y] = row / row.norm()
     mem.update(feats, labels)
-    torch.testing.assert_close(mem.prototypes, expected)
+    torch.testing.assert_close(mem.prototypes, expected)  # 3 updates of one row: within MOMENTUM_TOL < atol 1e-5
     torch.testing.assert_close(mem.prototypes.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(mem.prototypes[2], protos[2])  # untouched cluster
 
@@ -76,12 +78,18 @@ def test_sampler_chains_passes_when_few_identities_and_is_seeded():
     assert list(IdentitySampler(labels, 4, seed=5)) == list(IdentitySampler(labels, 4, seed=5))
 
 
-def test_momentum_update_in_rounds_equals_the_sequential_loop():
-    from hardreid.memory.cluster_memory import momentum_update_rows_, occurrence_rank
+# Rows updated as normalize(0.3 a + 0.7 f), a and f unit vectors of dimension 16, in float32, the rounds (a batch of
+# rows, norm over dim 1) against one row at a time (norm of a vector): the norms may sum in another order on another
+# CPU. |0.3 a + 0.7 f| >= 0.4, so a step rounds within r = 3 u / 0.4 + normalize_error(16) (relative) and shrinks an
+# earlier error by 0.3 / 0.4 = 0.75: each side stays within r / (1 - 0.75) = 4 r of the exact rows, two sides 8 r.
+MOMENTUM_TOL = 8 * (3 * U32 / 0.4 + normalize_error(16))
+
+
+def _rounds_vs_loop() -> tuple[torch.Tensor, torch.Tensor]:
+    from hardreid.memory.cluster_memory import momentum_update_rows_
 
     g = torch.Generator().manual_seed(4)
     rows = torch.randint(0, 6, (40,), generator=g)  # rows repeat up to ~12 times, in any order
-    assert occurrence_rank(torch.tensor([3, 1, 3, 3, 1, 0])).tolist() == [0, 0, 1, 2, 1, 0]
     table = F.normalize(torch.randn(8, 16, generator=g), dim=1)
     feats = F.normalize(torch.randn(40, 16, generator=g), dim=1)
     expected = table.clone()
@@ -89,9 +97,32 @@ def test_momentum_update_in_rounds_equals_the_sequential_loop():
         row = 0.3 * expected[r] + 0.7 * f
         expected[r] = row / row.norm()
     momentum_update_rows_(table, rows, feats, 0.3)
-    torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)
-    momentum_update_rows_(table, rows[:0], feats[:0], 0.3)  # an empty batch changes nothing
-    torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)
+    return table, expected
+
+
+def test_momentum_update_in_rounds_equals_the_sequential_loop():
+    from hardreid.memory.cluster_memory import momentum_update_rows_, occurrence_rank
+
+    assert occurrence_rank(torch.tensor([3, 1, 3, 3, 1, 0])).tolist() == [0, 0, 1, 2, 1, 0]
+    table, expected = _rounds_vs_loop()
+    torch.testing.assert_close(table, expected, rtol=0, atol=MOMENTUM_TOL)
+    before = table.clone()
+    momentum_update_rows_(table, torch.zeros(0, dtype=torch.long), torch.zeros(0, 16), 0.3)  # an empty batch
+    assert torch.equal(table, before)  # changes nothing
+
+
+def test_momentum_rounds_check_catches_a_row_updated_out_of_order(monkeypatch):
+    """Negative twin: the rounds take each row's repeated features last first (occurrence counted from the end)."""
+    from hardreid.memory import cluster_memory
+
+    rank = cluster_memory.occurrence_rank
+
+    def from_the_end(rows: torch.Tensor) -> torch.Tensor:
+        return rank(rows.flip(0)).flip(0)
+
+    monkeypatch.setattr(cluster_memory, "occurrence_rank", from_the_end)
+    table, expected = _rounds_vs_loop()
+    assert (table - expected).abs().max() > 100 * MOMENTUM_TOL
 
 
 def _groups(order: list[int], labels: list[int]) -> list[list[int]]:

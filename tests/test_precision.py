@@ -264,6 +264,8 @@ def test_guarded_function_under_autocast_equals_float32(name):
         guarded = _flat(case(fn))
     for a, b in zip(plain, guarded):
         assert b.dtype == torch.float32, name
+        # the guard turns autocast off and upcasts: both calls run the same float32 kernels on the same shapes with one
+        # thread (the module fixture), so they agree bit for bit on every CPU; the tolerance is only a courtesy
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6, msg=name)
     if sensitive:  # without the guard, autocast (or bfloat16 inputs) would change the numbers or the dtype
         with bf16_autocast():
@@ -376,5 +378,6 @@ def test_float16_autocast_with_loss_scaling_resumes_exactly(train_only, tmp_path
     scale = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pth")["scaler"]["scale"]
     assert scale == 2.0**16 / 2**skipped[0]
     resumed = train(cfg(2), train_only, tmp_path / "split", resume=True, log_to_stderr=False)
+    # a resumed run repeats the straight run's computations (same shapes, order, thread count; saved state exact): equal by construction
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from hardreid.data.images import read_image
 from hardreid.data.transforms import eval_transform
 from hardreid.data.types import Sample
 from hardreid.errors import UserError
@@ -21,6 +23,8 @@ from hardreid.retrieval.index import GalleryIndex, build_index, choose_kind, def
 from hardreid.retrieval.model import identity_differences, load_feature_model
 from hardreid.retrieval.search import (is_match, queries_from_features, queries_from_images, search_gallery, write_csv,
                                        write_json)
+
+from rounding import forward_error, normalize_error, sum_error
 
 faiss = pytest.importorskip("faiss", reason="index and search need faiss (pip install 'hardreid[search]')")
 
@@ -62,10 +66,13 @@ def test_extract_writes_the_documented_format(fm, tiny_root, tmp_path):
     stored = np.load(tmp_path / "feats" / "features.npy")
     assert stored.dtype == np.float32 and stored.shape == (len(paths), fm.model.feat_dim)
     np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)
-    # the same numbers as the evaluation's extraction of these images
+    # the same numbers as the evaluation's extraction of these images, run on the same shards of 7 (one batch each):
+    # the same kernels on the same shapes in the same order, so equal on every CPU (another batching would differ by
+    # the CPU's rounding, up to ~4 * tests/rounding.forward_error = 2e-3 here)
     samples = [Sample(str(folder / p), -1, 0) for p in paths]
-    expected = extract_features(fm.model, samples, eval_transform(fm.cfg.data), 32, 0)
-    np.testing.assert_allclose(stored, expected.numpy(), atol=1e-5)
+    expected = torch.cat([extract_features(fm.model, samples[i:i + 7], eval_transform(fm.cfg.data), 128, 0)
+                          for i in range(0, len(samples), 7)])
+    np.testing.assert_array_equal(stored, expected.numpy())
     manifest = json.loads((tmp_path / "feats" / "manifest.json").read_text())
     assert manifest["format"] == "hardreid-features-v1" and manifest["num_images"] == len(paths)
     assert manifest["model"]["sha256"] and manifest["model"]["height"] == 64 and manifest["model"]["flip"] is False
@@ -98,6 +105,7 @@ def test_interrupted_extraction_resumes_with_the_finished_shards(fm, tiny_root, 
     resumed = extract_folder(fm, folder, tmp_path / "part", workers=0, shard_size=5, progress=False)
     num = len(whole.records)
     assert sum(calls) == num - 10  # only the shards that were not finished
+    # exact by construction: both runs extract the same shards of 5 as single batches (same kernels and shapes)
     np.testing.assert_array_equal(np.asarray(resumed.features), np.asarray(whole.features))
     calls.clear()
     extract_folder(fm, folder, tmp_path / "part", workers=0, shard_size=5, progress=False)
@@ -126,7 +134,7 @@ def test_identity_tells_models_apart(fm, tiny_checkpoint, tmp_path):
     assert identity_differences(a.identity(), b.identity()) == []  # random init is seeded: the same features
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
-        torch.testing.assert_close(a.model(x), b.model(x))
+        torch.testing.assert_close(a.model(x), b.model(x))  # the same weights, kernels and shapes: exact by construction
 
 
 def _feature_dir(tmp_path: Path, feats: np.ndarray, names: list[str], model: dict | None = None) -> Path:
@@ -148,6 +156,18 @@ def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _rank_margin(queries: np.ndarray, feats: np.ndarray, ranks: slice) -> float:
+    """Smallest gap between consecutive exact (float64) similarities at the given positions of each query's ranking."""
+    sims = np.sort(queries.astype(np.float64) @ feats.T.astype(np.float64), axis=1)[:, ::-1]
+    return float(np.diff(-sims, axis=1)[:, ranks].min())
+
+
+def _order_bound(dim: int) -> float:
+    """faiss's kernels and numpy's BLAS round a d-term dot product of unit vectors differently by CPU, each within
+    d u of the exact value: two items whose exact similarities differ by more than 2 d u keep their order in both."""
+    return 2 * sum_error(dim, 1.0)
+
+
 def test_flat_index_is_exact_search(tmp_path):
     feats = _clustered(300, 16)
     folder = _feature_dir(tmp_path, feats, [f"{i // 3:04d}_c{1 + i % 3}s1_{i:06d}_00.jpg" for i in range(300)])
@@ -156,8 +176,9 @@ def test_flat_index_is_exact_search(tmp_path):
     queries = _clustered(5, 16, seed=1)
     scores, rows = GalleryIndex.load(tmp_path / "index").search(queries, 7)
     sims = queries @ feats.T
+    assert _rank_margin(queries, feats, slice(0, 7)) > 10 * _order_bound(16)  # no near-tie in the top 8: one order
     np.testing.assert_array_equal(rows, np.argsort(-sims, axis=1, kind="stable")[:, :7])
-    np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :7], atol=1e-5)
+    np.testing.assert_allclose(scores, np.sort(sims, axis=1)[:, ::-1][:, :7], atol=1e-5)  # each within 16 u = 1e-6
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -165,6 +186,10 @@ def test_approximate_index_reports_its_recall_against_exact(tmp_path, kind):
     feats = _clustered(4000, 32)
     folder = _feature_dir(tmp_path, feats, [f"img{i}.jpg" for i in range(4000)])
     index = build_index(folder, tmp_path / "index", kind=kind, nprobe=4 if kind == "ivf" else None)
+    # recall compares sets of the top 10 others (top 11 with the query itself): no near-tie at that boundary, so faiss
+    # and numpy (in blocks or at once) agree on the exact lists on every CPU, and the wide IVF's recall is exactly 1
+    queries = feats[np.sort(np.random.default_rng(0).choice(4000, size=200, replace=False))]
+    assert _rank_margin(queries, feats, slice(10, 11)) > 10 * _order_bound(32)
     if kind == "ivf":
         assert build_index(folder, tmp_path / "default", kind="ivf").meta["params"]["nprobe"] == 16  # a quarter of 63
     assert index.meta["kind"] == kind and 0.5 < index.meta["recall_at_10"] <= 1.0
@@ -194,6 +219,8 @@ def test_recall_helpers_and_auto_kind(monkeypatch):
     exact = faiss.IndexFlatIP(8)
     feats = _clustered(100, 8)
     exact.add(feats)
+    queries = feats[np.sort(np.random.default_rng(0).choice(100, size=50, replace=False))]  # measure_recall's draw
+    assert _rank_margin(queries, feats, slice(10, 11)) > 10 * _order_bound(8)  # faiss and numpy find the same top 11
     assert measure_recall(exact, feats, k=10, queries=50) == pytest.approx(1.0)
 
 
@@ -229,12 +256,36 @@ def test_search_refuses_query_features_of_another_model(tmp_path):
         search_gallery(index, queries)
 
 
-def test_query_images_use_the_gallerys_model(fm, tiny_root, tmp_path):
+def _self_match_tolerance(fm, image: torch.Tensor) -> float:
+    """How far below 1 an image's score with itself may be when the query (a batch of 1) and the gallery (one batch of
+    all) are extracted with different kernels: the two unit features differ by d <= 2 * 2 * forward_error, which
+    lowers q.g by d^2 / 2; each is unit within normalize_error of D values, and faiss rounds the D-term dot within D u."""
+    dim = fm.model.feat_dim
+    d = 4 * forward_error(copy.deepcopy(fm.model).eval(), image)
+    return d * d / 2 + 2 * normalize_error(dim) + sum_error(dim, 1.0)
+
+
+def _self_match(fm, tiny_root, tmp_path):
     gallery = extract_folder(fm, tiny_root / "bounding_box_test", tmp_path / "g", workers=0, progress=False)
     index = build_index(gallery, tmp_path / "index")
     one = sorted((tiny_root / "bounding_box_test").iterdir())[3]
-    queries = queries_from_images(fm, one, workers=0)
-    hit = search_gallery(index, queries, k=1)[0].hits[0]
-    assert hit.path == one.name and hit.score == pytest.approx(1.0, abs=1e-5)  # the image finds itself
+    hit = search_gallery(index, queries_from_images(fm, one, workers=0), k=1)[0].hits[0]
+    image = eval_transform(fm.cfg.data)(read_image(one)).unsqueeze(0)
+    return one, hit, index, _self_match_tolerance(fm, image)
+
+
+def test_query_images_use_the_gallerys_model(fm, tiny_root, tmp_path):
+    one, hit, index, tol = _self_match(fm, tiny_root, tmp_path)
+    assert hit.path == one.name and hit.score == pytest.approx(1.0, abs=tol)  # the image finds itself
     shutil.rmtree(tmp_path / "g")  # the index is usable without the features folder
     assert GalleryIndex.load(tmp_path / "index").records[3].path == one.name
+
+
+def test_self_match_check_catches_queries_preprocessed_unlike_the_gallery(fm, tiny_root, tmp_path, monkeypatch):
+    """Negative twin: query features extracted with flip while the gallery's were not."""
+    from hardreid.retrieval import search as search_module
+
+    real = search_module.extract_features
+    monkeypatch.setattr(search_module, "extract_features", lambda *a, **k: real(*a, **{**k, "flip": True}))
+    _, hit, _, tol = _self_match(fm, tiny_root, tmp_path)
+    assert 1.0 - hit.score > 100 * tol, (hit.score, tol)

@@ -60,6 +60,7 @@ def test_resume_continues_exactly(tiny_root, tmp_path):
         train(tiny_config(), data, tmp_path / "split", log_to_stderr=False)
     resumed = train(tiny_config(), data, tmp_path / "split", resume=True, log_to_stderr=False)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
+    # a resumed run repeats the straight run's computations (same shapes, order, thread count; saved state exact): equal by construction
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
     assert resumed.history[1]["mAP"] == pytest.approx(straight.history[1]["mAP"])
@@ -71,6 +72,7 @@ def test_evaluation_does_not_change_training(tiny_root, tmp_path):
     every = train(tiny_config(train={"eval_every": 1}), data, tmp_path / "every", log_to_stderr=False)
     end = train(tiny_config(train={"eval_every": 0}), data, tmp_path / "end", log_to_stderr=False)
     assert "mAP" in every.history[0] and "mAP" not in end.history[0]
+    # the same training computations in both runs (evaluation forks the RNG and changes no state): equal by construction
     for key, value in every.model.state_dict().items():
         torch.testing.assert_close(end.model.state_dict()[key], value, msg=key)
 

@@ -449,7 +449,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .files import check_writable_dir
 
     check_writable_dir(args.output, "--output")
-    run_demo(Path(args.output), epochs=args.epochs, weights=args.weights)
+    settings = None if args.seed is None else {"train": {"seed": args.seed}}
+    run_demo(Path(args.output), epochs=args.epochs, weights=args.weights, settings=settings)
     return 0
 
 
@@ -652,10 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_formatter,
                        description="Generates a synthetic multi-camera data set, scores the untrained model, trains "
                                    "the Cluster Contrast baseline on CPU and scores it again (a few minutes).",
-                       epilog="examples:\n  hardreid demo\n  hardreid demo --output /tmp/demo --epochs 4")
+                       epilog="examples:\n  hardreid demo\n  hardreid demo --output /tmp/demo --epochs 4\n"
+                              "  OMP_NUM_THREADS=1 hardreid demo --output /tmp/demo2 --seed 2   # one thread, another seed\n\n"
+                              "PyTorch uses as many threads as OMP_NUM_THREADS says (default: one per core).")
     p.add_argument("--output", default="hardreid_demo", metavar="DIR", type=_path, help="where data, run and pictures go")
     p.add_argument("--epochs", type=_count(1), default=None, help="training epochs (default: the demo's 15)")
     p.add_argument("--weights", default=None, metavar="FILE", type=_path, help="start from these MobileNetV2 weights")
+    p.add_argument("--seed", type=_count(0), default=None,
+                   help="train.seed: random init, sampling and augmentation (default: the demo's 1; the data set stays the same)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("datasets", help="inspect data sets, generate the synthetic one, subsample identities",

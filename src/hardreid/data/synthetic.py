@@ -43,6 +43,15 @@ SKINS: tuple[Colour, ...] = (
 HAIRS: tuple[Colour, ...] = (
     (20, 18, 18), (50, 35, 25), (95, 65, 40), (200, 170, 105), (150, 150, 150), (140, 60, 30),
 )
+# ``distinct_outfits``: clothing colours that differ in hue (or are black or white), so that no camera's gain, cast
+# or saturation turns one into another: red, yellow, green, cyan, blue, purple, pink, white, black. No orange: under
+# strong casts a trained network confused it with yellow and red more than all other colours together; no grey:
+# white in a dark camera is as light as grey in a bright one.
+OUTFIT_COLOURS: tuple[Colour, ...] = (
+    (200, 35, 35), (230, 215, 50), (45, 150, 55), (40, 185, 205), (35, 65, 190),
+    (125, 45, 165), (240, 130, 185), (235, 235, 230), (28, 28, 32),
+)
+MAX_OUTFITS = len(OUTFIT_COLOURS) * (len(OUTFIT_COLOURS) - 1)  # ordered pairs of two different colours
 
 
 @dataclass
@@ -62,7 +71,14 @@ class SyntheticConfig:
     how far each camera's background (walls, floor, props) departs from a
     plain mid-grey scene (0 = flat grey everywhere, 1 = default colourful
     scenes); ``person_width`` stretches the people horizontally (1 = default
-    build, larger = broader people covering more of the crop).
+    build, larger = broader people covering more of the crop);
+    ``distinct_outfits`` dresses every identity in its own pair of upper-body
+    and lower-body colours from ``OUTFIT_COLOURS`` (well apart in hue or
+    lightness; no two identities of the training split, nor of the test
+    split, share the pair; stripes and checks in a shade of the upper colour), so
+    that identities differ in large, plainly visible areas while the cameras
+    still differ as set above (it needs ``lookalike_fraction`` 0: look-alikes
+    share their outfit; distractors keep free colours).
     """
 
     num_train_ids: int = 60
@@ -79,6 +95,7 @@ class SyntheticConfig:
     camera_colour_strength: float = 1.0
     background_strength: float = 1.0
     person_width: float = 1.0
+    distinct_outfits: bool = False
     seed: int = 0
     jpeg_quality: int = 90
 
@@ -99,6 +116,10 @@ class SyntheticConfig:
             (0.0 <= self.camera_colour_strength <= 4.0, "camera_colour_strength must be between 0 and 4"),
             (0.0 <= self.background_strength <= 1.0, "background_strength must be between 0 and 1"),
             (0.5 <= self.person_width <= 2.0, "person_width must be between 0.5 and 2"),
+            (not self.distinct_outfits or max(self.num_train_ids, self.num_test_ids) <= MAX_OUTFITS,
+             f"distinct_outfits allows at most {MAX_OUTFITS} identities per split (different colour pairs)"),
+            (not self.distinct_outfits or self.lookalike_fraction == 0 or self.lookalike_group_size == 1,
+             "distinct_outfits needs lookalike_fraction 0 (every identity has its own outfit, look-alikes share one)"),
             (self.seed >= 0, "seed must be >= 0"),
             (1 <= self.jpeg_quality <= 100, "jpeg_quality must be between 1 and 100"),
         ]
@@ -210,7 +231,7 @@ def _different(rng: np.random.Generator, colour: Colour, draw: Callable[[], Colo
 
 
 def _random_person(rng: np.random.Generator) -> Person:
-    """Draw one independent identity."""
+    """Draw one independent identity (``_population`` applies ``distinct_outfits``)."""
     upper = _cloth(rng, 0.55)
     return Person(
         height=rng.uniform(0.9, 1.0),
@@ -253,6 +274,28 @@ def _mutate(rng: np.random.Generator, base: Person, item: str) -> Person:
     raise ValueError(item)
 
 
+def _outfits(cfg: SyntheticConfig, stream: int, count: int) -> list[tuple[int, int]]:
+    """``distinct_outfits``: ``count`` different (upper, lower) pairs of ``OUTFIT_COLOURS`` indices."""
+    n = len(OUTFIT_COLOURS)
+    pairs = [(u, low) for u in range(n) for low in range(n) if u != low]
+    rng = _rng(cfg.seed, stream, 1)
+    return [pairs[i] for i in rng.permutation(len(pairs))[:count]]
+
+
+def _shade(colour: Colour) -> Colour:
+    """A darker (or, for dark colours, lighter) shade of ``colour``: stripes and checks that keep its hue."""
+    if sum(colour) > 240:
+        return _darker(colour, 0.6)
+    return tuple(int(c + (255 - c) * 0.3) for c in colour)  # type: ignore[return-value]
+
+
+def _dress(rng: np.random.Generator, person: Person, outfit: tuple[int, int]) -> Person:
+    """``person`` in the outfit's colours (slightly jittered); a pattern in a shade of the upper colour, so that
+    the pattern adds texture without mixing in the colour of another identity's outfit."""
+    upper = _jitter(rng, OUTFIT_COLOURS[outfit[0]], 6.0)
+    return replace(person, upper=upper, lower=_jitter(rng, OUTFIT_COLOURS[outfit[1]], 6.0), pattern_colour=_shade(upper))
+
+
 def _population(cfg: SyntheticConfig, stream: int, count: int) -> tuple[list[Person], list[int]]:
     """``count`` people and their look-alike group index (-1 = no group)."""
     rng = _rng(cfg.seed, stream)
@@ -271,6 +314,9 @@ def _population(cfg: SyntheticConfig, stream: int, count: int) -> tuple[list[Per
     while len(people) < count:
         people.append(_random_person(rng))
         groups.append(-1)
+    if cfg.distinct_outfits:  # own stream: the other draws (and the default data sets) stay as they were
+        outfit_rng = _rng(cfg.seed, stream, 2)
+        people = [_dress(outfit_rng, p, o) for p, o in zip(people, _outfits(cfg, stream, count))]
     order_ids = rng.permutation(count)
     return [people[i] for i in order_ids], [groups[i] for i in order_ids]
 

@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 DIAGNOSTICS = (("large_cluster_share", "images in large clusters", "purple"),
                ("single_camera_share", "one-camera clusters", "orange"),
@@ -62,6 +63,11 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
             diag.scatter(warned, [1.02] * len(warned), marker="v", color="red", label="collapse warning", zorder=3)
         diag.set_ylim(lowest - 0.05, 1.08), diag.set_xlabel("epoch"), diag.set_title("pseudo-label diagnostics")
         diag.grid(alpha=0.3), diag.legend(fontsize=7)
+    if epochs:  # one epoch axis for all panels, from the start (epoch 0) when it was scored
+        first = min(epochs + [row["epoch"] for row in start])
+        for ax in axes:
+            ax.set_xlim(first - 0.5, max(epochs) + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     out = Path(out_path) if out_path else run_dir / "curves.png"
     fig.savefig(out, dpi=110)
