@@ -10,7 +10,6 @@ counted.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..config import Config
 from ..errors import UserError
 from ..models import BACKBONES, ReidModel, model_from_config
+from ..files import atomic_write_json
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -63,7 +63,7 @@ def info_text(info: dict[str, Any]) -> str:
 def write_model_info(model: ReidModel, cfg: Config, path: str | Path) -> dict[str, Any]:
     """``model_info(...)`` at the config's input size, written as JSON to ``path``."""
     info = model_info(model, cfg.data.height, cfg.data.width)
-    Path(path).write_text(json.dumps(info, indent=1))
+    atomic_write_json(path, info)
     return info
 
 

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
+from ..files import atomic_save_figure
 
 DIAGNOSTICS = (("large_cluster_share", "images in large clusters", "purple"),
                ("single_camera_share", "one-camera clusters", "orange"),
@@ -70,6 +71,6 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     out = Path(out_path) if out_path else run_dir / "curves.png"
-    fig.savefig(out, dpi=110)
+    atomic_save_figure(out, fig, dpi=110)
     plt.close(fig)
     return out

@@ -37,6 +37,7 @@ from ..models import ReidModel
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from ..files import atomic_save_figure, atomic_save_image
 
 # hard_positive_instances(model, anchor_features, positives, prototypes, steps, lr, temperature, loss) -> images
 HardPositiveFn = Callable[..., torch.Tensor]
@@ -181,7 +182,7 @@ def hard_positive_figure(state: RunState, dataset: ReidDataset, out_path: str | 
             draw.text((x, y + CELL[1] + 1), caption, fill="black")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
+    atomic_save_image(out_path, canvas)
     return out_path
 
 
@@ -230,7 +231,7 @@ def tsne_figure(features: torch.Tensor, identities: np.ndarray, out_path: str | 
     fig.subplots_adjust(left=0.03, right=0.97, bottom=0.03, top=0.94)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=TSNE_DPI)
+    atomic_save_figure(out_path, fig, dpi=TSNE_DPI)
     plt.close(fig)
     return TsneResult(out_path, chosen, identities[rows], colours, labelled_by)
 

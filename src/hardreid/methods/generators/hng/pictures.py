@@ -18,6 +18,7 @@ from torchvision.utils import save_image
 from ....config import HngConfig
 from .fusion import fuse
 from .networks import Generator, to_gan_space
+from ....files import atomic_save_figure
 
 
 @torch.no_grad()
@@ -54,6 +55,6 @@ def plot_hard_negative_statistics(history: list[dict[str, float]], path: Path) -
     loss.set_xlabel("epoch (dashed: joint fine-tuning starts)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(path, fig, dpi=100)
     plt.close(fig)
     return path
