@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..serialization import load_pth
 from .weights import load_fitting_state
 
@@ -96,7 +96,7 @@ def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
         try:
             backbone.vit.load_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001 - missing arrays / shape errors come as many types
-            raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {exc}). {hint}") from None
+            raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {one_line(exc)}). {hint}") from None
         return
     from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -104,7 +104,7 @@ def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
     try:
         state = checkpoint_filter_fn(state, backbone.vit)
     except Exception as exc:  # noqa: BLE001 - timm raises on layouts it cannot resample
-        raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {exc}). {hint}") from None
+        raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {one_line(exc)}). {hint}") from None
     load_fitting_state(backbone.vit, state, path, backbone.name, hint)
 
 

@@ -105,4 +105,7 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
                         "(--weights FILE).")
     diagnostics = cluster_diagnostics(labels, camids, previous_labels, cfg.large_cluster_factor * cfg.min_samples)
     reasons = collapse_reasons(diagnostics, cfg.warn_large_share, cfg.warn_single_camera_share)
+    if stats.num_clusters == 1:  # one identity: a contrastive loss over one class is 0, nothing is learned
+        reasons = {"one_cluster": f"all {int((np.asarray(labels) >= 0).sum())} clustered images form one cluster, so "
+                                  "the contrastive loss is 0 and nothing is learned", **reasons}
     return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples)

@@ -34,9 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -81,14 +82,22 @@ def list_images(path: str | Path) -> tuple[Path, list[str]]:
         if not is_image_name(path.name):
             raise UserError(f"{path} is not an image (expected .jpg, .jpeg, .png or .bmp)")
         return path.parent.resolve(), [path.name]
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is neither a folder nor a regular image file")
     if not path.is_dir():
         raise UserError(f"image folder {path} does not exist")
     root = path.resolve()
-    found = []
+    found, special = [], []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         rel = Path(folder).relative_to(root)
-        found += [(rel / name).as_posix() for name in files if is_image_name(name)]
+        for name in files:
+            if is_image_name(name):
+                (found if os.path.isfile(os.path.join(folder, name)) else special).append((rel / name).as_posix())
+    if special:  # a FIFO named like an image would block the reader forever
+        print(f"warning: skipped {len(special)} entr{'y' if len(special) == 1 else 'ies'} under {root} named like images "
+              f"that are not regular files (e.g. {sorted(special)[0]}: a pipe, socket, device or broken link)",
+              file=sys.stderr)
     if not found:
         raise UserError(f"no images in {root} or its subfolders (expected .jpg, .jpeg, .png or .bmp files)")
     return root, sorted(found)
@@ -134,11 +143,19 @@ def write_records(records: Sequence[ImageRecord], path: Path) -> None:
 
 
 def read_records(path: Path) -> list[ImageRecord]:
+    """The records of ``images.jsonl``; every path must be relative and stay inside the image root."""
     try:
         with open(path) as handle:
-            return [ImageRecord(**json.loads(line)) for line in handle if line.strip()]
+            records = [ImageRecord(**json.loads(line)) for line in handle if line.strip()]
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read {path}: {exc} (expected one JSON object per line with path, camera, pid)") from None
+    for number, record in enumerate(records, 1):
+        parts = PurePosixPath(str(record.path)).parts
+        if not isinstance(record.path, str) or not parts or PurePosixPath(record.path).is_absolute() or ".." in parts \
+                or "\\" in record.path:
+            raise UserError(f"{path} record {number}: path {str(record.path)[:120]!r} leaves the image root (it must be "
+                            "relative, without '..'): extract again, or fix the file")
+    return records
 
 
 def load_features(folder: str | Path) -> FeatureSet:

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..evaluation.pipeline import check_evaluable
 from ..files import check_writable_dir
 from ..runtime import resolve_device
+from ..outputs import refuse_input_overlap
 
 
 def require_training_images(dataset: ReidDataset) -> None:
@@ -24,6 +25,7 @@ def check_before_training(cfg: Config, dataset: ReidDataset, run_dir: Path) -> N
     neighbourhood; when the data set has query and gallery images, at least one query can be scored."""
     resolve_device(cfg.train.device)
     check_writable_dir(run_dir, "output folder")
+    refuse_input_overlap(run_dir, "--output", {"--data-root": dataset.root})
     require_training_images(dataset)
     n, d, c = len(dataset.train), cfg.data, cfg.cluster
     if n < d.batch_size:

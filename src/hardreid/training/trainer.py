@@ -298,6 +298,10 @@ class Trainer:
         if self.should_evaluate(epoch):
             row.update(self.scores())
         row["seconds"] = time.time() - start
+        if row.get("loss") == 0:
+            LOG.warning("epoch %d/%d: the loss was 0 in every step: nothing was learned this epoch (one pseudo identity, "
+                        "or every sample an outlier of the memory); see the pseudo-label line above", epoch + 1,
+                        cfg.train.epochs)
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
         return row
