@@ -78,13 +78,15 @@ def test_checkpoint_of_another_architecture(tiny_root, tmp_path, capsys):
     from hardreid.models import model_from_config
     from hardreid.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
-    save_checkpoint({"model": model_from_config(tiny_config()).state_dict(), "backbone": "mobilenet_v2", "feat_dim": 1280},
-                    tmp_path / "m.pth")
+    save_checkpoint({"model": model_from_config(tiny_config()).state_dict(), "backbone": "mobilenet_v2", "feat_dim": 1280,
+                     "config": tiny_config().to_dict()}, tmp_path / "m.pth")
     from hardreid.errors import UserError
 
     other = model_from_config(tiny_config(model={"backbone": "resnet18"}))
-    with pytest.raises(UserError, match=r"m.pth holds a 'mobilenet_v2' model.*'resnet18'"):
+    with pytest.raises(UserError, match=r"m.pth holds a 'mobilenet_v2' model.*'resnet18' model being built \(\d+ missing "
+                                        r"keys: [^;]+ and \d+ more; \d+ unexpected keys") as err:
         load_model_state(other, load_checkpoint(tmp_path / "m.pth"), tmp_path / "m.pth")
+    assert len(str(err.value)) < 700  # issue 24: it was one 3-8 KB line
 
 
 def test_unreadable_image_during_training_names_the_file(tiny_root, tmp_path, capsys):

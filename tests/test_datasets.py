@@ -18,9 +18,9 @@ REAL_CUHK03 = Path("/work/shared/data/cuhk03")
 
 
 def make_image(path: Path, color: tuple[int, int, int] = (10, 20, 30), fmt: str | None = None) -> Path:
-    """An 8x4 image; the colour makes its bytes distinct (or identical on purpose)."""
+    """A 16x8 image (above the 8-pixel minimum side); the colour makes its bytes distinct (or identical on purpose)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 8), color).save(path, format=fmt)
+    Image.new("RGB", (8, 16), color).save(path, format=fmt)
     return path
 
 
@@ -49,9 +49,9 @@ def make_market(root: Path, train: list[str] = MARKET_TRAIN) -> Path:
 
 def test_read_image_returns_rgb(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.png")
-    Image.new("L", (4, 8), 5).save(path)
+    Image.new("L", (8, 16), 5).save(path)
     img = read_image(path)
-    assert img.mode == "RGB" and img.size == (4, 8)
+    assert img.mode == "RGB" and img.size == (8, 16)
     assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp")
 
 

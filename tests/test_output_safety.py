@@ -224,3 +224,17 @@ def test_resume_refuses_other_pixels_under_the_same_names(tiny_root, tmp_path):
     longer = tiny_config(train={"epochs": 2, "iters": 1, "eval_every": 0, "eval_at_start": False})
     with pytest.raises(UserError, match=r"was trained on other pixels: .* same names but other contents"):
         train(longer, load_dataset("market", data), run, resume=True, log_to_stderr=False)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 64)])
+def test_images_too_small_to_show_a_person_are_refused(tmp_path, size):
+    from PIL import Image
+
+    from hardreid.data.images import read_image
+
+    path = tmp_path / "0001_c1_0.png"
+    Image.new("RGB", size, "red").save(path)
+    with pytest.raises(UserError, match=rf"is {size[0]}x{size[1]} pixels, below the 8-pixel minimum side"):
+        read_image(path)
+    Image.new("RGB", (8, 8), "red").save(path)
+    assert read_image(path).size == (8, 8)
