@@ -81,12 +81,12 @@ def test_read_image_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     """A 16-bit greyscale PNG (0..65535) used to decode all white; it maps to 0..255 by value / 257."""
     import numpy as np
 
-    values = np.linspace(0, 65535, 8 * 4).reshape(8, 4).astype(np.uint16)
+    values = np.linspace(0, 65535, 16 * 8).reshape(16, 8).astype(np.uint16)
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode.startswith("I;16")
     pixels = np.asarray(read_image(path))
-    assert pixels.shape == (8, 4, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    assert pixels.shape == (16, 8, 3) and (pixels[..., 0] == pixels[..., 2]).all()
     np.testing.assert_array_equal(pixels[..., 0], np.rint(values / 257.0).astype(np.uint8))
 
 
