@@ -238,3 +238,12 @@ def test_images_too_small_to_show_a_person_are_refused(tmp_path, size):
         read_image(path)
     Image.new("RGB", (8, 8), "red").save(path)
     assert read_image(path).size == (8, 8)
+
+
+@pytest.mark.parametrize("text", ["{not json", "{\"epoch\": 1}", "[{\"mAP\": 3}]"])
+def test_damaged_metrics_are_one_line_for_the_curves(tmp_path, text):
+    from hardreid.viz.curves import plot_training_curves
+
+    (tmp_path / "metrics.json").write_text(text)
+    with pytest.raises(UserError, match=r"metrics.json"):
+        plot_training_curves(tmp_path)

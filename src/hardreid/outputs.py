@@ -43,11 +43,11 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def refuse_input_overlap(output: str | os.PathLike[str], option: str, inputs: Mapping[str, str | os.PathLike[str] | None]) -> None:
-    """Refuse ``output`` when it is one of ``inputs`` (option name -> path) or lies inside an input folder.
-
-    With a folder output, an input inside it is refused too when the command may delete there (see
-    :func:`claim_folder`), which it checks itself with the names it writes.
+def refuse_input_overlap(output: str | os.PathLike[str], option: str, inputs: Mapping[str, str | os.PathLike[str] | None],
+                         containing: bool = False) -> None:
+    """Refuse ``output`` when it is one of ``inputs`` (option name -> path) or lies inside an input folder, and with
+    ``containing`` (an output folder, where the command writes and may delete its own entries) also when an input
+    lies inside it.
     """
     out = _real(output)
     for name, path in inputs.items():
@@ -60,6 +60,9 @@ def refuse_input_overlap(output: str | os.PathLike[str], option: str, inputs: Ma
         if source.is_dir() and _is_within(out, source):
             raise UserError(f"{option} {output} lies inside {name} {path}: hardreid never writes into what it reads; "
                             f"choose an {option} outside {path}")
+        if containing and _is_within(source, out):
+            raise UserError(f"{name} {path} lies inside {option} {output}: hardreid never writes into a folder around what "
+                            f"it reads; choose an {option} beside {path}, not above it")
 
 
 def claim_file(path: str | os.PathLike[str], option: str, *, inputs: Mapping[str, str | os.PathLike[str] | None] = {},
@@ -153,7 +156,7 @@ def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--ou
     empty folder is created and marked at once.
     """
     check_writable_dir(path, option)
-    refuse_input_overlap(path, option, inputs)
+    refuse_input_overlap(path, option, inputs, containing=True)
     folder = Path(path).expanduser()
     if not folder.exists():
         folder.mkdir(parents=True)

@@ -261,6 +261,22 @@ def _save_atomic(array: np.ndarray, path: Path) -> None:
     atomic_save_npy(path, array)
 
 
+def _shard_is_complete(path: Path, rows: int, dim: int) -> bool:
+    """A finished shard of ``rows`` x ``dim`` float32 features; a damaged one (a disk error, a foreign file) is
+    deleted so that it is computed again."""
+    if not path.is_file():
+        return False
+    try:
+        shard = np.load(path, mmap_mode="r")
+        if shard.shape == (rows, dim) and shard.dtype == np.float32:
+            return True
+    except (OSError, ValueError):
+        pass
+    print(f"warning: {path} is damaged or incomplete: extracting it again", file=sys.stderr)
+    path.unlink()
+    return False
+
+
 def _join_shards(output: Path, num_shards: int, num_images: int, dim: int) -> None:
     """features.npy from the shards, one shard in memory at a time."""
     def write(tmp: Path) -> None:
@@ -311,10 +327,12 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
     transform = eval_transform(fm.cfg.data)
     model = fm.model.to(device)
     shards = list(_shards(paths, shard_size))
-    done = sum(len(part) for index, part in shards if _shard_path(output, index).is_file())
+    dim = int(fm.model.feat_dim)
+    finished = {index for index, part in shards if _shard_is_complete(_shard_path(output, index), len(part), dim)}
+    done = sum(len(part) for index, part in shards if index in finished)
     bar = tqdm(total=len(paths), initial=done, desc="extract", unit="img", disable=not progress or None, smoothing=0.1)
     for index, part in shards:
-        if _shard_path(output, index).is_file():
+        if index in finished:
             continue
         samples = [Sample(str(root / p), -1, 0) for p in part]
         feats = extract_features(model, samples, transform, batch_size, workers, device, flip=fm.cfg.eval.flip,
