@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _search_queries(args: argparse.Namespace, index):
     """Query features: a features folder as it is, else images through the gallery's model and settings."""
     from ..retrieval.features import MANIFEST
-    from ..retrieval.model import loadfeature_model
+    from ..retrieval.model import load_feature_model
     from ..retrieval.search import queries_from_features, queries_from_images
     from ..runtime import resolve_device
 
@@ -46,11 +46,11 @@ def _search_queries(args: argparse.Namespace, index):
     gallery = index.model
     size = dict(height=gallery["height"], width=gallery["width"], flip=gallery["flip"])
     if args.checkpoint or args.backbone:
-        fm = loadfeature_model(args.checkpoint, args.backbone, args.weights, **size)
+        fm = load_feature_model(args.checkpoint, args.backbone, args.weights, **size)
     elif gallery.get("file") and Path(gallery["file"]).is_file():  # the model the gallery was extracted with
         print(f"query model: {gallery['file']} (the gallery's)", file=sys.stderr)
         ck = gallery["file"] if gallery["source"] == "checkpoint" else None
-        fm = loadfeature_model(ck, None if ck else gallery["backbone"], None if ck else gallery["file"], **size)
+        fm = load_feature_model(ck, None if ck else gallery["backbone"], None if ck else gallery["file"], **size)
     else:
         raise UserError("search with query images needs the gallery's model: pass --checkpoint FILE (or --backbone "
                         "NAME --weights FILE) as used for 'hardreid extract', or --query FEATS_DIR")
