@@ -211,3 +211,16 @@ def test_the_cpu_config_for_own_data_is_the_official_one_with_two_changes():
     for name in ("cpu_mobilenet.yaml", "cpu_20_epochs.yaml"):
         hng = load_config(CONFIGS / "hng" / name)
         assert (hng.cluster.min_samples, hng.method.hard_samples) == (4, ["hng"])
+
+
+def test_code_takes_the_names_of_a_choice_from_the_config():
+    from hardreid.config import choices_of
+    from hardreid.losses import ALIGNMENTS
+    from hardreid.methods.bases.cluster_contrast import MEMORY_KINDS
+
+    assert MEMORY_KINDS == choices_of("memory.kind") == ("momentum", "instance", "queue")
+    assert ALIGNMENTS == ("re", "distance")
+    with pytest.raises(UserError, match=r"strong_baseline.triplet_margin must be in \[0, 1\] with "
+                                        r"method.base=strong_baseline, got 1.5"):
+        load_config(None, ["method.base=strong_baseline", "strong_baseline.triplet_margin=1.5"])
+    assert load_config(None, ["strong_baseline.triplet_margin=1.5"]).strong_baseline.triplet_margin == 1.5

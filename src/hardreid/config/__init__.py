@@ -19,7 +19,7 @@ from .loading import (CONFIG_DIR, config_from_dict, dump_config, load_config, pa
                       read_yaml, resolve_config)
 from .method_sections import AcflConfig, HngConfig, IceConfig, SpclConfig, StrongBaselineConfig
 from .schema import (ClusterConfig, Config, DataConfig, EvalConfig, MemoryConfig, MethodConfig, ModelConfig,
-                     OptimConfig, TrainConfig)
+                     OptimConfig, TrainConfig, choices_of)
 from .validation import apply_dict, check_section, validate_config
 
 load = load_config
@@ -27,7 +27,7 @@ load = load_config
 __all__ = [
     "CHOICES", "CONFIG_DIR", "AcflConfig", "ClusterConfig", "Config", "DataConfig", "EvalConfig", "HngConfig",
     "IceConfig", "MemoryConfig", "MethodConfig", "ModelConfig", "OptimConfig", "SpclConfig", "StrongBaselineConfig",
-    "TrainConfig", "apply_dict", "check_section", "config_from_dict", "dump_config", "load", "load_config",
+    "TrainConfig", "apply_dict", "check_section", "choices_of", "config_from_dict", "dump_config", "load", "load_config",
     "packaged_configs", "parse_overrides", "read_yaml", "register_choices", "registered", "resolve_config",
     "validate_config",
 ]

@@ -12,7 +12,7 @@ keys are :meth:`Config.rules_between_keys`.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -236,6 +236,9 @@ class Config(BaseModel):
         if self.method.base == "spcl" and c.eps != "auto":
             need(self.spcl.eps_gap < c.eps, f"spcl.eps_gap ({self.spcl.eps_gap}) must be smaller than cluster.eps "
                                             f"({c.eps}): SpCL clusters again with eps - eps_gap")
+        if self.method.base == "strong_baseline":  # the margin of its softmax triplet loss (a difference of softmaxes)
+            need(self.strong_baseline.triplet_margin <= 1, "strong_baseline.triplet_margin must be in [0, 1] with "
+                 f"method.base=strong_baseline, got {self.strong_baseline.triplet_margin}")
         if self.model.backbone.startswith("vit"):
             need(d.height % 16 == 0 and d.width % 16 == 0,
                  f"data.height and data.width must be multiples of 16 for {self.model.backbone} (16x16 patches), "
@@ -246,3 +249,10 @@ class Config(BaseModel):
 def need(condition: bool, message: str) -> None:
     if not condition:
         raise PydanticCustomError("hr_config", "{message}", {"message": message})
+
+
+def choices_of(key: str) -> tuple[Any, ...]:
+    """The valid values of a choice key (``"memory.kind"`` -> ``("momentum", "instance", "queue")``): the code that
+    acts on a choice takes its names from here rather than keeping its own list."""
+    section, name = key.split(".")
+    return get_args(Config.model_fields[section].annotation.model_fields[name].annotation)
