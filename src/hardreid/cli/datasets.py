@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description="Writes a Market-1501-layout copy of SRC with at most K training images per "
                                     "identity, spread over its cameras; query and gallery unchanged. Files are hard "
                                     "links where possible, else symbolic links, else copies.",
-                        epilog="examples:\n  hardreid datasets subsample ../shared/data/cuhk03 data/cuhk03_k4 --max-per-id 4\n"
+                        epilog="examples:\n  hardreid datasets subsample ~/data/cuhk03 data/cuhk03_k4 --max-per-id 4\n"
                                "  hardreid datasets subsample ~/data/Market-1501-v15.09.15 data/market_k2 --max-per-id 2 --seed 1")
     q.add_argument("source", metavar="SRC", help="data set in Market-1501 layout (market1501, dukemtmc, market)")
     q.add_argument("output", metavar="DST", help="new or empty folder (or an earlier subsample, replaced)")

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog="examples:\n"
                               "  hardreid evaluate --checkpoint runs/cc/checkpoints/best.pth --data-root ~/data/market --json result.json\n"
                               "  hardreid evaluate --backbone mobilenet_v2 --weights mobilenet_v2_imagenet.pth \\\n"
-                              "      --data-root ../shared/data/cuhk03 --height 128 --width 64\n"
+                              "      --data-root ~/data/cuhk03 --height 128 --width 64\n"
                               "  hardreid evaluate --checkpoint best.pth --data-root ~/data/market --rerank --ranked-image ranked.png\n"
                               "  hardreid evaluate --checkpoint best.pth --data-root ~/test_only --html report.html   # query/ + bounding_box_test/ suffice")
     add_model_args(p)
