@@ -186,7 +186,7 @@ def test_train_refuses_a_run_folder_whose_last_checkpoint_is_gone(tiny_root, tmp
     (run / "checkpoints" / "best.pth").write_bytes(b"the best model of an earlier run")
     (run / "metrics.json").write_text("[]")
     before = _hashes(run)
-    with pytest.raises(UserError, match=r"holds the files of an earlier run \(metrics.json, checkpoints/best.pth\)"):
+    with pytest.raises(UserError, match=r"holds the files of an earlier run \(checkpoints/best.pth, metrics.json\)"):
         train(tiny_config(), load_dataset("market", tiny_root), run, log_to_stderr=False)
     assert _hashes(run) == before
 

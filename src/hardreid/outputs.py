@@ -148,12 +148,13 @@ def _entries(folder: Path) -> list[str]:
 
 def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--output", *,
                  inputs: Mapping[str, str | os.PathLike[str] | None] = {}, overwrite: bool = False,
-                 earlier_version: Callable[[Path], list[str]] | None = None) -> OutputFolder:
+                 earlier_version: Callable[[Path], list[str]] | None = None, work_names: tuple[str, ...] = ()) -> OutputFolder:
     """Check, before any work, that ``command`` may write into the folder ``path``, and take it.
 
     ``earlier_version(folder)`` recognises an output of this command from before markers existed and returns
-    the entries that belong to it (or an empty list). Returns the folder with the entries it owns; a new or
-    empty folder is created and marked at once.
+    the entries that belong to it (or an empty list). ``work_names``: entries the command creates and later deletes
+    as a whole (e.g. extract's ``shards/``); one that exists and is not the command's own is refused before the
+    folder is marked. Returns the folder with the entries it owns; a new or empty folder is created and marked at once.
     """
     check_writable_dir(path, option)
     refuse_input_overlap(path, option, inputs, containing=True)
@@ -169,6 +170,7 @@ def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--ou
             raise UserError(f"{option} {path} holds the output of 'hardreid {marker['command']}', not of "
                             f"'hardreid {command}': choose another {option}, or pass --overwrite to write into it "
                             "(hardreid then replaces only the files it writes)")
+        _refuse_foreign_work_names(folder, command, work_names, [])
         return _marked(folder, command, [], adopted=True)
     entries = [name for name in _entries(folder) if name != MARKER]
     if not entries:
@@ -181,7 +183,15 @@ def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--ou
         raise UserError(f"{option} {path} is a folder hardreid did not write ({len(entries)} entries: {shown}): choose a "
                         f"new or empty folder, or pass --overwrite to write into it (hardreid then replaces only the "
                         "files it writes and deletes nothing)")
+    _refuse_foreign_work_names(folder, command, work_names, [])
     return _marked(folder, command, [], adopted=True)
+
+
+def _refuse_foreign_work_names(folder: Path, command: str, names: tuple[str, ...], owned: list[str]) -> None:
+    for name in names:
+        if (folder / name).exists() and name not in owned:
+            raise UserError(f"{folder / name} exists and was not written by 'hardreid {command}', which needs that name "
+                            "for its work files: move it away or choose another --output")
 
 
 def _marked(folder: Path, command: str, files: list[str], adopted: bool = False) -> OutputFolder:

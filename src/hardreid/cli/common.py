@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -61,14 +62,43 @@ def add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
 
 
-def check_output_files(args: argparse.Namespace, *names: str) -> None:
-    """Each given output file option (``json`` = --json, ...) can be written: checked before any work."""
-    from ..files import check_writable_file
+def finite(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    """argparse type: a finite number within [low, high] (nan, inf and out-of-range values are refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f">= {low:g}" if high is None else f"<= {high:g}" if low is None else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
 
-    for name in names:
-        path = getattr(args, name, None)
-        if path is not None:
-            check_writable_file(path, "--" + name.replace("_", "-"))
+
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str = "output files that exist") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} (without it hardreid refuses to; it never writes over its inputs)")
+
+
+def claim_output_files(args: argparse.Namespace, inputs: dict[str, str | None], *names: str) -> None:
+    """Each given output file option (``json`` = --json, ...) may be written: it is new (or --overwrite), not one of
+    ``inputs`` (option -> path) and not another output of this command. Checked before any work."""
+    from ..errors import UserError
+    from ..outputs import claim_file, refuse_input_overlap
+
+    given = [(name, getattr(args, name)) for name in names if getattr(args, name, None) is not None]
+    for index, (name, path) in enumerate(given):
+        option = "--" + name.replace("_", "-")
+        claim_file(path, option, inputs=inputs, overwrite=getattr(args, "overwrite", False))
+        for other, other_path in given[:index]:
+            try:
+                refuse_input_overlap(path, option, {"--" + other.replace("_", "-"): other_path})
+            except UserError:
+                raise UserError(f"{option} and --{other.replace('_', '-')} name the same file {path}: give each output "
+                                "its own file") from None
 
 
 def load_data(args: argparse.Namespace, cfg=None):

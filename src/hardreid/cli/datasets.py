@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import FORMATS, SUBSETS, count, formatter, path_arg
+from .common import FORMATS, SUBSETS, add_overwrite_arg, claim_output_files, count, finite, formatter, path_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--camera-pattern", default=None, metavar="REGEX")
     q.add_argument("--verify", action="store_true", help="also open every image (slower)")
     q.add_argument("--json", default=None, metavar="OUT.json", type=path_arg)
+    add_overwrite_arg(q, "a --json file that exists")
     q.set_defaults(func=run_inspect)
     q = dsub.add_parser("synth", help="write the synthetic data set (Market-1501 layout)", formatter_class=formatter,
                         epilog="examples:\n  hardreid datasets synth data/synthetic\n"
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="images of an identity in each of its cameras (default 4)")
     q.add_argument("--train-images-per-id", type=count(0), default=0, metavar="N",
                    help="few-shot: exactly N images per training identity, over its cameras in turn (default 0: off)")
-    q.add_argument("--colour-strength", type=float, default=1.0, metavar="S",
+    q.add_argument("--colour-strength", type=finite(0), default=1.0, metavar="S",
                    help="camera illumination / colour cast differences: 0 none, 1 default, 2-4 strong")
     q.add_argument("--seed", type=count(0), default=0)
     q.set_defaults(func=run_synth)
@@ -63,10 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from ..data.inspect import inspect_dataset
-    from ..files import atomic_write_text, check_writable_file
+    from ..files import atomic_write_text
 
-    if args.json:
-        check_writable_file(args.json, "--json")
+    claim_output_files(args, {"DIR": args.root}, "json")
     options = {k: v for k, v in {"subset": args.subset, "camera_pattern": args.camera_pattern}.items() if v}
     report = inspect_dataset(args.root, format=args.format or "auto", verify_images=args.verify, **options)
     print(report.text())

@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from .common import add_data_args, add_model_args, check_output_files, count, feature_model, formatter, load_data, path_arg
+from .common import add_data_args, add_model_args, add_overwrite_arg, claim_output_files, count, feature_model, formatter, load_data, path_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html-queries", type=count(1), default=100, metavar="N",
                    help="queries in the report, spread from the best to the worst AP (default 100)")
     p.add_argument("--top-k", type=count(1), default=10, metavar="K", help="hits per query in the report (default 10)")
+    add_overwrite_arg(p, "--json / --ranked-image / --html files that exist")
     p.set_defaults(func=run)
 
 
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from ..files import atomic_write_text
     from ..runtime import resolve_device
 
-    check_output_files(args, "json", "ranked_image", "html")  # before the evaluation, not after it
+    inputs = {"--checkpoint": args.checkpoint, "--weights": args.weights, "--data-root": args.data_root}
+    claim_output_files(args, inputs, "json", "ranked_image", "html")  # before the evaluation, not after it
     fm = feature_model(args)
     model, cfg = fm.model, fm.cfg
     device = resolve_device(args.device or "auto")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-from .common import add_model_args, count, feature_model, formatter, path_arg
+from .common import add_model_args, add_overwrite_arg, claim_output_files, count, feature_model, finite, formatter, path_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,16 +29,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="FILE", type=path_arg, help="the exported file")
     p.add_argument("--images", default=None, metavar="DIR", type=path_arg, help="real images for the parity check (default: random inputs)")
     p.add_argument("--parity-images", type=count(1), default=32, metavar="N", help="images in the parity check (default 32)")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |feature difference| (default 1e-4)")
+    p.add_argument("--tolerance", type=finite(0), default=1e-4, help="largest allowed |feature difference| (default 1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
     p.add_argument("--json", default=None, metavar="OUT.json", type=path_arg, help="write the parity numbers as JSON")
+    add_overwrite_arg(p, "an --output / --json file that exists")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..files import atomic_write_json
     from ..version import __version__
     from ..export.formats import ONNX_OPSET, check_parity, export_model, exported_runner, parity_images
 
+    claim_output_files(args, {"--checkpoint": args.checkpoint, "--weights": args.weights, "--images": args.images},
+                       "output", "json")  # before the export, not after it
     fm = feature_model(args, "export")
     d = fm.cfg.data
     identity = fm.identity()
@@ -65,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     parity = check_parity(fm.model, exported_runner(args.format, path), images, args.tolerance)
     print(f"{parity.text()}; {where}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"format": args.format, "file": str(path), "opset": ONNX_OPSET if opset else None,
-                                               "inputs": where, **parity.to_dict(), **metadata}, indent=1))
+        atomic_write_json(args.json, {"format": args.format, "file": str(path), "opset": ONNX_OPSET if opset else None,
+                                      "inputs": where, **parity.to_dict(), **metadata})
         print(f"wrote {args.json}")
     if not parity.ok:
         print(f"hardreid export: error: the exported model differs from PyTorch by {parity.max_abs_diff:.2e} "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .common import add_data_args, count, formatter, load_data, path_arg
+from .common import add_data_args, add_overwrite_arg, count, formatter, load_data, path_arg
 
 #: the figures run() makes (--which): fig4 and fig5b with viz.figures, fig5a with viz.curves
 FIGURES = ["fig4", "fig5a", "fig5b"]
@@ -35,15 +35,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=count(0), default=0, help="random choice of queries and identities")
     p.add_argument("--workers", type=count(0), default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
+    add_overwrite_arg(p, "the pictures of a folder hardreid figures did not write")
     p.set_defaults(func=run)
 
 
+def _earlier_figures(folder: Path) -> list[str]:
+    """The pictures of an earlier 'hardreid figures' (before output markers): only fig*.png files."""
+    entries = sorted(p.name for p in folder.iterdir())
+    return entries if entries and all(name.startswith("fig") and name.endswith(".png") for name in entries) else []
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..files import check_writable_dir
+    from ..outputs import claim_folder
 
     run_dir = Path(args.run)
     out_dir = Path(args.output) if args.output else run_dir / "figures"
-    check_writable_dir(out_dir, "output folder")
+    claim_folder(out_dir, "figures", "--output", inputs={"--checkpoint": args.checkpoint, "--data-root": args.data_root},
+                 overwrite=args.overwrite, earlier_version=_earlier_figures)
     which = list(dict.fromkeys(args.which))
     if "fig5a" in which:
         from ..viz.curves import plot_training_curves

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import count, formatter, path_arg
+from .common import add_overwrite_arg, count, formatter, path_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto (default): flat (exact) while N x D <= 2 GiB of float32, ivf above")
     p.add_argument("--nlist", type=count(1), default=None, help="ivf: number of lists (default sqrt(N))")
     p.add_argument("--nprobe", type=count(1), default=None, help="ivf: lists scanned per query (default: a quarter of them)")
+    add_overwrite_arg(p, "the files of a folder that is not an earlier index")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..retrieval.index import build_index
 
-    index = build_index(args.features, args.output, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe)
+    index = build_index(args.features, args.output, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe,
+                        overwrite=args.overwrite)
     meta = index.meta
     recall = f", recall@10 against exact search {meta['recall_at_10']:.3f}" if "recall_at_10" in meta else ""
     params = "".join(f" {k}={v}" for k, v in meta["params"].items())

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ..errors import UserError
-from .common import count, feature_model, formatter, path_arg
+from .common import add_overwrite_arg, claim_output_files, count, feature_model, formatter, path_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=count(1), default=None, help="input height (default: the config's)")
     p.add_argument("--width", type=count(1), default=None, help="input width (default: the config's)")
     p.add_argument("--json", default=None, metavar="OUT.json", type=path_arg)
+    add_overwrite_arg(p, "a --json file that exists")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model.backbone=resnet18")
     p.set_defaults(func=run, weights=None, flip=False, workers=0)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..files import atomic_write_json
+
+    claim_output_files(args, {"--checkpoint": args.checkpoint, "--config": args.config}, "json")
     from ..export.info import backbone_table, info_text, model_info
 
     if args.config and (args.checkpoint or args.backbone):
@@ -53,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         print(info_text(row) if "error" not in row else f"{row['backbone']:<13} not available: {row['error']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows if len(rows) > 1 else rows[0], indent=1))
+        atomic_write_json(args.json, rows if len(rows) > 1 else rows[0])
         print(f"wrote {args.json}")
     return 0

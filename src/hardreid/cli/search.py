@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import add_model_args, check_output_files, count, formatter, path_arg
+from .common import add_model_args, add_overwrite_arg, claim_output_files, count, formatter, path_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", default=None, metavar="OUT.html", type=path_arg, help="write a self-contained HTML report")
     p.add_argument("--show", type=count(0), default=10, metavar="N", help="queries printed (default 10)")
     p.add_argument("--batch-size", type=count(1), default=128, help="query images per forward pass")
+    add_overwrite_arg(p, "--json / --csv / --html files that exist")
     p.set_defaults(func=run)
 
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from ..retrieval import search as retrieval
     from ..retrieval.index import GalleryIndex
 
-    check_output_files(args, "json", "csv", "html")  # before the search, not after it
+    inputs = {"--index": args.index, "--query": args.query, "--checkpoint": args.checkpoint, "--weights": args.weights}
+    claim_output_files(args, inputs, "json", "csv", "html")  # before the search, not after it
     index = GalleryIndex.load(args.index)
     queries = _search_queries(args, index)
     results = retrieval.search_gallery(index, queries, args.top_k)

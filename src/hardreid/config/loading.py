@@ -30,7 +30,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise UserError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
                         f"{exc.start}); save it as UTF-8") from None
@@ -38,6 +38,9 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise UserError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:  # empty, or comments only: most likely a file that was not saved or the wrong one
+        raise UserError(f"config file {path} is empty: give a config with sections (data:, model:, ...); to use every "
+                        "default on purpose, leave out --config or write {} into the file")
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     bases = data.pop("_base_", None) or []

@@ -314,7 +314,7 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
         raise UserError(f"shard size and batch size must be positive, got {shard_size} and {batch_size}")
     root, paths = list_images(images)
     folder = claim_folder(output, "extract", inputs={"--images": root}, overwrite=overwrite,
-                          earlier_version=_earlier_extraction)
+                          earlier_version=_earlier_extraction, work_names=(SHARDS,))
     output = folder.path
     plan = _plan(fm, root, paths, shard_size)
     state = _prepare_output(folder, plan, overwrite)

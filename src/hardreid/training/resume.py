@@ -80,11 +80,13 @@ RUN_FILES = ("config.yaml", "metrics.json", "metrics.csv", "train.log", "model_i
 
 def run_files(run_dir: Path) -> list[str]:
     """The files that make ``run_dir`` a run folder (any one of them does; an empty checkpoints/ does not)."""
-    found = [name for name in RUN_FILES if name != "checkpoints" and (run_dir / name).is_file()]
     checkpoints = run_dir / "checkpoints"
-    if checkpoints.is_dir():
-        found += [f"checkpoints/{p.name}" for p in sorted(checkpoints.iterdir()) if p.is_file()]
-    return found
+    found = [f"checkpoints/{p.name}" for p in sorted(checkpoints.iterdir()) if p.is_file()] if checkpoints.is_dir() else []
+    return found + [name for name in RUN_FILES if name != "checkpoints" and (run_dir / name).is_file()]
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def checkpoint_to_continue(run_dir: Path, cfg: Config, dataset: ReidDataset, resume: bool,
@@ -94,7 +96,7 @@ def checkpoint_to_continue(run_dir: Path, cfg: Config, dataset: ReidDataset, res
     last = run_dir / "checkpoints" / "last.pth"
     if resume and not last.is_file():
         found = run_files(run_dir)
-        held = f" (it holds {', '.join(found[:3])} of a run whose last checkpoint is gone)" if found else ""
+        held = f" (it holds {_some(found)} of a run whose last checkpoint is gone)" if found else ""
         raise UserError(f"nothing to resume in {run_dir}: {last} does not exist{held}; start a new run in another "
                         "--output, or pass the --output of an existing run")
     if not resume:
@@ -102,7 +104,7 @@ def checkpoint_to_continue(run_dir: Path, cfg: Config, dataset: ReidDataset, res
         if last.is_file():
             raise UserError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
         if found:
-            raise UserError(f"{run_dir} holds the files of an earlier run ({', '.join(found[:3])}) but no "
+            raise UserError(f"{run_dir} holds the files of an earlier run ({_some(found)}) but no "
                             "checkpoints/last.pth to continue from: choose another --output (hardreid will not replace "
                             "that run's files)")
     path = last if resume else (Path(start_from) if start_from is not None else None)

@@ -19,6 +19,7 @@ from hardreid.data.synthetic.config import VIEWS, SyntheticConfig
 from hardreid.data.synthetic.drawing import _render
 from hardreid.data.synthetic.people import _camera_sets, _population, _random_person
 from hardreid.errors import UserError
+from ...files import atomic_write_text
 
 
 FORMAT_VERSION = 1
@@ -154,7 +155,7 @@ def generate_synthetic(out_dir: str | Path, config: SyntheticConfig | None = Non
     items, cams_of = _plan(cfg)
     counts = {d: sum(1 for it in items if it.split == d) for d in SPLIT_DIRS}
     cameras = _cameras(cfg)
-    (out / "README.txt").write_text(_readme(cfg, counts, cameras), encoding="utf-8")
+    atomic_write_text(out / "README.txt", _readme(cfg, counts, cameras))
     for d in SPLIT_DIRS:
         (out / d).mkdir()
     train_people, train_groups = _population(cfg, 2, cfg.num_train_ids)
@@ -190,4 +191,4 @@ def _write_meta(out: Path, cfg: SyntheticConfig, counts: dict[str, int],
         "cameras": {str(pid): [c + 1 for c in cams] for pid, cams in cams_of.items()},
         "lookalike_groups": [sorted(v) for _, v in sorted(by_group.items())],
     }
-    (out / "synthetic.json").write_text(json.dumps(meta) + "\n", encoding="utf-8")
+    atomic_write_text(out / "synthetic.json", json.dumps(meta) + "\n")
