@@ -144,7 +144,10 @@ def test_export_command_fails_above_the_tolerance(tiny_checkpoint, tmp_path, cap
     assert "random inputs" in captured.out and "ABOVE 1e-04" in captured.out
     assert code == 1 and "differs from PyTorch by 2.0" in captured.err
     monkeypatch.setattr(formats, "exported_runner", real)
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts")]) == 0
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts")]) == 2
+    assert "m.ts already exists: pass --overwrite" in capsys.readouterr().err  # the failed export's file stays
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts"),
+                 "--overwrite"]) == 0
     assert "within 1e-04" in capsys.readouterr().out
 
 
