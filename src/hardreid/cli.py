@@ -52,9 +52,11 @@ def _add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
     """--checkpoint, or --backbone with --weights; input size, flip, workers, device."""
     p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path,
                    help="a hardreid checkpoint (best.pth / last.pth); read safely, nothing in it is run")
-    p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--backbone", default=None, help="untrained model: resnet18, resnet34, resnet50, mobilenet_v2, vit_small, "
+                   "vit_small_pass, vit_small_pass_mean, vit_small_ics")
     p.add_argument("--weights", default=None, metavar="FILE", type=_path,
-                   help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
+                   help="backbone weights for --backbone (torchvision layout; timm for vit_small; "
+                   "PASS / TransReID-SSL files as published for vit_small_pass / vit_small_ics)")
     p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
     if size:
         p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
@@ -613,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "  hardreid info --checkpoint runs/cc/checkpoints/best.pth --json info.json")
     p.add_argument("--config", default=None, metavar="NAME_OR_FILE", help="packaged config name or YAML file")
     p.add_argument("--checkpoint", default=None, metavar="FILE", type=_path, help="a hardreid checkpoint")
-    p.add_argument("--backbone", default=None, help="a plain backbone: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--backbone", default=None, help="a plain backbone: resnet18, resnet34, resnet50, mobilenet_v2, vit_small, "
+                   "vit_small_pass, vit_small_pass_mean, vit_small_ics")
     p.add_argument("--all-backbones", action="store_true", help="one line per backbone at the config's input size")
     p.add_argument("--height", type=_count(1), default=None, help="input height (default: the config's)")
     p.add_argument("--width", type=_count(1), default=None, help="input width (default: the config's)")
