@@ -382,3 +382,80 @@ def test_no_download_for_person_vits():
         build_model("vit_small_ics", pretrained=True, img_size=(256, 128))
     with pytest.raises(UserError, match="CLS token"):
         build_model("vit_small_pass", pooling="gem", img_size=(256, 128))
+
+
+# -- the person ViTs in every part of hardreid --------------------------------------------------------------------
+def test_hard_positive_instances_ascend_on_pixels_through_the_vit():
+    """ACFL's HPI (Eq. 4) takes gradients with respect to the pixels through the ViT (and the ICS stem's BatchNorm,
+    frozen_batch): L_ins rises at each step, the model is left as it was."""
+    from hardreid.methods.generators.hpi import hard_positive_instances
+
+    torch.manual_seed(0)
+    for name in ("vit_small_pass", "vit_small_ics"):
+        model = build_model(name, img_size=(64, 32)).train()
+        images = torch.randn(4, 3, 64, 32)
+        with torch.no_grad():
+            anchors = model(images.flip(3))
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        history: list[float] = []
+        hard = hard_positive_instances(model, anchors, images, F.normalize(torch.randn(3, model.feat_dim), dim=1), 3,
+                                       1.0, 0.05, history=history)
+        assert hard.shape == images.shape and not torch.equal(hard, images)
+        assert all(b > a for a, b in zip(history, history[1:])), history
+        assert all(p.grad is None for p in model.parameters())
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, before[key]), key
+
+
+def _tiny_run(name: str, sections: dict, tiny_root, tmp_path, export: bool):
+    """A 1-epoch run on the tiny data set from a published-layout checkpoint, its model_info.json (info), evaluation
+    of its checkpoint, and (``export``) its ONNX export with parity on real images."""
+    import json
+
+    from hardreid.cli import main
+    from hardreid.data.datasets import load_dataset
+    from hardreid.runs import train
+
+    weights = tmp_path / "pretrained.pth"
+    source = pass_backbone(1, grid=(4, 2)) if name.startswith("vit_small_pass") else ics_backbone(1, grid=(4, 2))
+    torch.save(source, weights)
+    sections = {k: dict(v) for k, v in sections.items()}
+    sections.setdefault("train", {}).update(epochs=1, eval_every=1)
+    cfg = tiny_config(model={"backbone": name, "weights": str(weights)}, **sections)
+    result = train(cfg, load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)
+    row = result.final
+    assert math.isfinite(row["loss"]) and 0 <= row["mAP"] <= 100
+    info = json.loads((tmp_path / "run" / "model_info.json").read_text())
+    assert info["backbone"] == name and info["feat_dim"] == result.model.feat_dim and info["flops"] > 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pth"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data-root", str(tiny_root), "--json",
+                 str(tmp_path / "eval.json")]) == 0
+    if export:
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
+                     "--images", str(tiny_root / "query"), "--json", str(tmp_path / "parity.json")]) == 0
+        parity = json.loads((tmp_path / "parity.json").read_text())
+        assert parity["ok"] and parity["max_abs_diff"] < 1e-4 and parity["backbone"] == name
+    return row
+
+
+def test_tiny_full_acfl_run_with_the_ics_vit_trains_and_evaluates(tiny_root, tmp_path):
+    """Full ACFL (HPF + HPI on pixels through the conv stem and the blocks; per-chunk BatchNorm in the stem and the
+    neck), then evaluation of its checkpoint (ONNX export: the slow test below)."""
+    row = _tiny_run("vit_small_ics", {"method": {"hard_samples": ["hpf", "hpi"]}, "memory": {"kind": "instance"},
+                                      "train": {"bn_chunk": 4}}, tiny_root, tmp_path, export=False)
+    assert row["loss_ins"] > 0 and row["hpf_pos_shift"] <= 0 <= row["hpf_neg_shift"]
+
+
+def test_tiny_cluster_contrast_run_with_the_pass_vit_under_bfloat16_autocast(tiny_root, tmp_path):
+    _tiny_run("vit_small_pass", {"train": {"amp_cpu": True}}, tiny_root, tmp_path, export=False)
+
+
+@pytest.mark.slow  # about 1 minute on a busy core (ONNX export: about 12 s each)
+@pytest.mark.parametrize("name, sections, export", [
+    ("vit_small_pass", {"method": {"base": "spcl", "hard_samples": ["hpf", "hpi"]}}, False),
+    ("vit_small_pass_mean", {"method": {"base": "ice"}}, True),
+    ("vit_small_pass", {"method": {"base": "strong_baseline", "hard_samples": ["hng"]}, "hng": {"warmup_epochs": 0}}, False),
+    ("vit_small_ics", {}, True),  # InstanceNorm / BatchNorm of the stem in the ONNX graph
+])
+def test_tiny_runs_of_the_other_bases_and_generators_and_onnx_export(name, sections, export, tiny_root, tmp_path):
+    _tiny_run(name, sections, tiny_root, tmp_path, export=export)
