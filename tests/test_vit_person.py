@@ -459,3 +459,20 @@ def test_tiny_cluster_contrast_run_with_the_pass_vit_under_bfloat16_autocast(tin
 ])
 def test_tiny_runs_of_the_other_bases_and_generators_and_onnx_export(name, sections, export, tiny_root, tmp_path):
     _tiny_run(name, sections, tiny_root, tmp_path, export=export)
+
+
+def test_the_vit_configs_state_the_official_fine_tuning_settings():
+    from hardreid.config import load_config
+
+    acfl = load_config("acfl/t7_acfl_vit")
+    assert acfl.method.hard_samples == ["hpf", "hpi"] and acfl.memory.kind == "instance"
+    for cfg in (acfl, load_config("cluster_contrast/market1501_vit_pass")):
+        assert cfg.model.backbone == "vit_small_pass" and cfg.model.pooling == "avg"
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.step_size) == ("sgd", 0.00035, 0.0005, 20)
+        assert (cfg.data.batch_size, cfg.data.num_instances, cfg.data.height, cfg.data.width) == (256, 8, 256, 128)
+        assert cfg.data.mean == cfg.data.std == [0.5, 0.5, 0.5] and cfg.cluster.eps == 0.6
+        assert (cfg.train.epochs, cfg.train.iters, cfg.train.bn_chunk) == (50, 200, 64)
+    msmt = load_config("cluster_contrast/msmt17_vit_pass")
+    assert (msmt.model.backbone, msmt.cluster.eps, msmt.train.bn_chunk) == ("vit_small_pass_mean", 0.7, 128)
+    ics = load_config("cluster_contrast/msmt17_vit_ics")
+    assert (ics.model.backbone, ics.cluster.eps, ics.memory.momentum) == ("vit_small_ics", 0.7, 0.2)
