@@ -276,6 +276,44 @@ def test_converted_and_wrapped_backbone_files_load(name, make, tmp_path):
         _assert_loaded(model, source)
 
 
+@pytest.mark.parametrize("name, make, fusion", [("vit_small_pass", pass_backbone, "cat"),
+                                                ("vit_small_pass_mean", pass_backbone, "mean"),
+                                                ("vit_small_ics", ics_backbone, "cls")])
+def test_a_fine_tuned_unsupervised_model_evaluates_as_its_own_code(name, make, fusion, tmp_path, caplog):
+    """Their cluster_contrast_train_usl.py saves {"state_dict": DataParallel(TransReID).state_dict(), "epoch", ...}:
+    the backbone under module., the single neck as module.bottleneck.*; the neck goes into ReidModel's neck, so the
+    feature is their Evaluator's (eval mode: normalize(bottleneck(feature))). (Their files also hold best_mAP as a
+    numpy.float64, which hardreid's safe loader refuses today: here a Python float.)"""
+    source = make(11)
+    width = 768 if fusion == "cat" else DIM
+    gen = torch.Generator().manual_seed(12)
+    neck = {"weight": 1 + 0.1 * torch.randn(width, generator=gen), "bias": torch.zeros(width),
+            "running_mean": 0.1 * torch.randn(width, generator=gen), "running_var": 1 + torch.rand(width, generator=gen),
+            "num_batches_tracked": torch.tensor(10000)}
+    state = {f"module.{k}": v for k, v in source.items()} | {f"module.bottleneck.{k}": v for k, v in neck.items()}
+    torch.save({"state_dict": state, "epoch": 50, "best_mAP": 0.887}, tmp_path / "model_best.pth.tar")
+    with caplog.at_level(logging.INFO, logger="hardreid"):
+        model = build_model(name, weights=tmp_path / "model_best.pth.tar", img_size=(256, 128)).eval()
+    assert "bottleneck.* (5 tensors) loaded into the BatchNorm neck" in caplog.text
+    assert "the entries epoch, best_mAP beside 'state_dict'" in caplog.text
+    for key, value in neck.items():
+        assert torch.equal(model.neck.state_dict()[key], value), key
+    x = torch.randn(2, 3, 256, 128, generator=gen)
+    with torch.no_grad():
+        expected = (reference_ics(source, x, model.neck) if fusion == "cls"
+                    else reference_pass(source, x, fusion, model.neck))
+        torch.testing.assert_close(model(x), expected, atol=2e-5, rtol=1e-4)
+    # PASS's multi-neck variant (bottleneck + bottleneck_pt1-3) is another feature: its necks are named, not loaded
+    if fusion == "mean":
+        multi = state | {f"module.bottleneck_pt{i}.{k}": v for i in (1, 2, 3) for k, v in neck.items()}
+        torch.save({"state_dict": multi}, tmp_path / "multi.pth")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hardreid"):
+            fresh = build_model(name, weights=tmp_path / "multi.pth", img_size=(256, 128))
+        assert "bottleneck.*, bottleneck_pt1.*, bottleneck_pt2.*, bottleneck_pt3.* (20 tensors" in caplog.text
+        assert torch.equal(fresh.neck.running_var, torch.ones(DIM))
+
+
 @pytest.mark.parametrize("name, make, prefix", [("vit_small_pass", pass_backbone, 0), ("vit_small_ics", ics_backbone, 1)])
 def test_position_embedding_is_resampled_to_the_input_size(name, make, prefix, tmp_path, caplog):
     """A 256x128 (16x8) checkpoint at 384x128 (24x8) and 128x64 (8x4): bilinear over the patch grid as the official

@@ -172,10 +172,10 @@ def _backbone_state(state: dict[str, torch.Tensor], backbone: str) -> dict[str, 
 def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
     """Load ImageNet (or any torchvision-layout; timm layout for ViT) weights into the backbone; strict on its keys."""
     if isinstance(model.backbone, ViTBackbone):
-        load_vit_weights(model.backbone, path)
+        load_vit_weights(model.backbone, path, model.neck)
         return
     if isinstance(model.backbone, PersonViT):
-        load_person_vit_weights(model.backbone, path)
+        load_person_vit_weights(model.backbone, path, model.neck)
         return
     path = Path(path).expanduser()
     if not path.is_file():

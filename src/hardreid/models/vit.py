@@ -88,9 +88,10 @@ def _person_grid(state: BackboneState, backbone: ViTBackbone) -> None:
     state.notes.append(f"pos_embed resampled from a {old[0]}x{old[1]} grid to {new[0]}x{new[1]}")
 
 
-def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
+def load_vit_weights(backbone: ViTBackbone, path: str | Path, neck: nn.BatchNorm1d | None = None) -> None:
     """Load a timm-layout ViT checkpoint (.pth / .safetensors state dict, or a big_vision .npz), also as a DINO
-    training checkpoint (its teacher backbone; TransReID-SSL's plain ViT-S on LUPerson).
+    training checkpoint (its teacher backbone; TransReID-SSL's plain ViT-S on LUPerson). ``neck``: the re-ID
+    model's BatchNorm neck, which takes a fine-tuned model's ``bottleneck.*`` when it fits.
 
     The position embedding is resampled to the model's grid (timm's
     ``checkpoint_filter_fn``); the classifier head is dropped. Every key of the
@@ -117,6 +118,8 @@ def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
     except Exception as exc:  # noqa: BLE001 - timm raises on layouts it cannot resample
         raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {exc}). {hint}") from None
     load_fitting_state(backbone.vit, state, path, backbone.name, hint)
+    if neck is not None:
+        read.use_neck(neck)
     LOG.info(read.summary(path, backbone.name, len(backbone.vit.state_dict())))
 
 

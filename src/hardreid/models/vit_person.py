@@ -182,8 +182,10 @@ def person_vit_backbone(name: str, img_size: tuple[int, int], **sizes: int) -> t
     return backbone, backbone.feat_dim
 
 
-def load_person_vit_weights(backbone: PersonViT, path: str | Path) -> None:
+def load_person_vit_weights(backbone: PersonViT, path: str | Path, neck: nn.BatchNorm1d | None = None) -> None:
     """Load a PASS / TransReID-SSL ICS checkpoint as published (DINO training checkpoint or converted backbone).
+    ``neck``: the re-ID model's BatchNorm neck, which takes a fine-tuned model's ``bottleneck.*`` when it fits (their
+    unsupervised models then give the features their evaluation gives).
 
     Every tensor of the backbone must be in the file with its shape (the position embedding resampled to the
     configured grid); every tensor of the file is loaded or named as dropped in one log line (the DINO head, the
@@ -209,6 +211,8 @@ def load_person_vit_weights(backbone: PersonViT, path: str | Path) -> None:
         raise UserError(f"weights file {path} has {len(unexpected)} tensors that backbone '{backbone.name}' does not "
                         f"have (e.g. {unexpected[:3]}): not {what} as published, or a damaged one. {hint}")
     load_fitting_state(backbone, tensors, path, backbone.name, hint)
+    if neck is not None:
+        state.use_neck(neck)
     LOG.info(state.summary(path, backbone.name, len(own)))
 
 

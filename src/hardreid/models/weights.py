@@ -38,8 +38,11 @@ def load_fitting_state(module: nn.Module, state: dict[str, torch.Tensor], path: 
 
 
 # Keys the official fine-tuning loaders skip (TransReID-SSL / PASS ``load_param``): classifier heads, DeiT's
-# distillation token, and the re-ID necks of fine-tuned models. Named in the log line when a file has them.
+# distillation token, and the re-ID necks of fine-tuned models. Named in the log line when a file has them; the
+# single neck of a fine-tuned model (``bottleneck.*``) is kept aside (``BackboneState.neck``): ``ReidModel``'s neck
+# may take it, so that a published fine-tuned model evaluates as its own code does.
 HEAD_PREFIXES = ("head.", "head_dist.", "fc.", "classifier.", "bottleneck", "pre_logits.", "dist_token")
+NECK_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass
@@ -50,6 +53,21 @@ class BackboneState:
     source: str
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. a resampled position embedding
+    neck: dict[str, torch.Tensor] = field(default_factory=dict)  # a fine-tuned model's single BatchNorm neck
+
+    def use_neck(self, neck: nn.BatchNorm1d) -> None:
+        """Load ``neck`` (the re-ID model's BatchNorm neck) from the file's ``bottleneck.*`` when it fits, else name
+        it as dropped."""
+        if not self.neck:
+            return
+        own = neck.state_dict()
+        if set(self.neck) == set(own) and all(self.neck[k].shape == own[k].shape for k in own):
+            neck.load_state_dict(self.neck)
+            self.notes.append(f"bottleneck.* ({_count(list(self.neck))}) loaded into the BatchNorm neck")
+        else:
+            self.dropped.append(f"bottleneck.* ({_count(list(self.neck))}, a neck of another width than this "
+                                f"backbone's {own['weight'].shape[0]}-d feature)")
+        self.neck = {}
 
     def summary(self, path: Path, name: str, used: int) -> str:
         dropped = "; ".join(self.dropped) if self.dropped else "nothing"
@@ -101,12 +119,18 @@ def unwrap_backbone_state(obj: Any) -> BackboneState:
             dropped.append(f"{', '.join(sorted({k.split('.')[0] + '.*' for k in heads}))} ({_count(heads)}, {what})")
         plain = {k[len("backbone."):]: v for k, v in plain.items() if k.startswith("backbone.")}
     plain = {_strip(k, ("base.", "vit.")): v for k, v in plain.items()}
-    heads = [k for k in plain if k.startswith(HEAD_PREFIXES)]
+    neck = {k[len("bottleneck."):]: v for k, v in plain.items()
+            if k.startswith("bottleneck.") and k[len("bottleneck."):] in NECK_KEYS}
+    if any(k.startswith("bottleneck_") for k in plain):
+        neck = {}  # PASS's multi-neck model: four necks whose outputs are fused after normalisation, not ours
+    heads = [k for k in plain if k.startswith(HEAD_PREFIXES)
+             and not (k.startswith("bottleneck.") and k[len("bottleneck."):] in neck)]
     if heads:
         dropped.append(f"{', '.join(sorted({k.split('.')[0] + '.*' for k in heads}))} ({_count(heads)}, classifier / "
                        "neck of a fine-tuned model, skipped as the official loaders do)")
         plain = {k: v for k, v in plain.items() if k not in heads}
-    return BackboneState(plain, source, dropped)
+    plain = {k: v for k, v in plain.items() if not k.startswith("bottleneck.")}
+    return BackboneState(plain, source, dropped, neck=neck)
 
 
 def read_backbone_state(path: Path) -> BackboneState:
