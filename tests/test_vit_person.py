@@ -303,6 +303,11 @@ def test_a_fine_tuned_unsupervised_model_evaluates_as_its_own_code(name, make, f
         expected = (reference_ics(source, x, model.neck) if fusion == "cls"
                     else reference_pass(source, x, fusion, model.neck))
         torch.testing.assert_close(model(x), expected, atol=2e-5, rtol=1e-4)
+    # hardreid evaluate / extract --backbone NAME --weights FILE: their normalisation (mean = std = 0.5), their neck
+    from hardreid.retrieval.model import load_feature_model
+
+    fm = load_feature_model(backbone=name, weights=tmp_path / "model_best.pth.tar")
+    assert fm.cfg.data.mean == fm.cfg.data.std == [0.5, 0.5, 0.5] and torch.equal(fm.model.neck.weight, neck["weight"])
     # PASS's multi-neck variant (bottleneck + bottleneck_pt1-3) is another feature: its necks are named, not loaded
     if fusion == "mean":
         multi = state | {f"module.bottleneck_pt{i}.{k}": v for i in (1, 2, 3) for k, v in neck.items()}

@@ -56,6 +56,8 @@ SOURCES = {
            "Models': vit_small_ics_cfs_lup.pth)",
 }
 DROP_PATH = 0.3  # --drop-path-rate default of PASS's and TransReID-SSL's cluster_contrast_train_usl.py
+# The image normalisation both projects pre-train and fine-tune with (--self-norm; INPUT.PIXEL_MEAN / PIXEL_STD 0.5)
+MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 
 
 class IBN(nn.Module):
