@@ -376,7 +376,7 @@ def test_a_file_of_another_family_names_the_backbone_it_needs(tmp_path):
         ("vit_small_ics", "pass.pth"): r"looks like a PASS checkpoint \(part tokens.*use model.backbone=vit_small_pass",
         ("vit_small", "pass.pth"): r"looks like a PASS checkpoint.*use model.backbone=vit_small_pass",
         ("vit_small_ics", "plain.pth"): r"looks like a plain ViT checkpoint.*use model.backbone=vit_small\b",
-        ("vit_small_pass", "resnet.pth"): r"looks like a ResNet checkpoint.*use model.backbone=resnet50",
+        ("vit_small_pass", "resnet.pth"): r"looks like a ResNet checkpoint \(torchvision layout, basic blocks\); use model.backbone=resnet18 or resnet34",
         ("resnet50", "pass.pth"): r"looks like a PASS checkpoint.*use model.backbone=vit_small_pass",
     }
     for (name, file), message in expect.items():

@@ -182,7 +182,7 @@ def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
         raise UserError(f"weights file {path} does not exist; pass a torchvision-layout state dict (e.g. --weights mobilenet_v2_imagenet.pth)")
     state = load_pth(path, "weights file", allowed=WEIGHTS_FILE_GLOBALS)
     if isinstance(state, dict):  # a ViT's file (a DINO checkpoint too) is refused naming the backbone it needs
-        family = "mobilenet_v2" if model.backbone_name == "mobilenet_v2" else "resnet"
+        family = {"mobilenet_v2": "mobilenet_v2", "resnet50": "resnet50"}.get(model.backbone_name, "resnet")
         refuse_other_family(unwrap_backbone_state(state).tensors, family, model.backbone_name, path)
     mapped = _backbone_state(state, model.backbone_name)
     load_fitting_state(model.backbone, mapped, path, model.backbone_name,

@@ -147,13 +147,14 @@ FAMILIES = {
     "pass": ("a PASS checkpoint (part tokens, patch-only position embedding)", "vit_small_pass"),
     "ics": ("a TransReID-SSL ICS checkpoint (conv stem with IBN)", "vit_small_ics"),
     "vit": ("a plain ViT checkpoint (timm, DINO, TransReID-SSL ViT-S without ICS)", "vit_small"),
-    "resnet": ("a ResNet checkpoint (torchvision layout)", "resnet50"),
+    "resnet": ("a ResNet checkpoint (torchvision layout, basic blocks)", "resnet18 or resnet34"),
+    "resnet50": ("a ResNet-50 checkpoint (torchvision layout)", "resnet50"),
     "mobilenet_v2": ("a MobileNetV2 checkpoint (torchvision layout)", "mobilenet_v2"),
 }
 
 
 def weights_family(keys: Any) -> str | None:
-    """``pass`` | ``ics`` | ``vit`` | ``resnet`` | ``mobilenet_v2`` by the keys of an unwrapped state dict, or None."""
+    """The key of ``FAMILIES`` that an unwrapped state dict's keys belong to, or None."""
     keys = set(keys)
     if {"part_token1", "cls_pos"} & keys:
         return "pass"
@@ -162,7 +163,7 @@ def weights_family(keys: Any) -> str | None:
     if "cls_token" in keys or any(k.startswith("blocks.") for k in keys):
         return "vit"
     if "conv1.weight" in keys or any(k.startswith("layer4.") for k in keys):
-        return "resnet"
+        return "resnet50" if any(k.endswith(".conv3.weight") for k in keys) else "resnet"
     if any(k.startswith("features.18.") for k in keys):
         return "mobilenet_v2"
     return None
