@@ -86,6 +86,7 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
     feats = torch.from_numpy(np.load(path)).to(device)
     cuda = feats.device.type == "cuda"
     cams = np.load(path.replace(".npy", ".cams.npy")) if camera else None
+    # replaced in jaccard.py, where compute_jaccard_distance looks the search up (it is defined in knn.py)
     knn_name = "_knn_candidates" if mode == "exact" else "_fast_knn_candidates"
     knn_fn = getattr(jac, knn_name)
     knn_time = [0.0]

@@ -116,6 +116,29 @@ def test_console_script_installed():
     assert "hardreid" in out and "train" in out
 
 
+def test_choices_are_the_library_names():
+    """The parser offers exactly the names the implementing modules accept (no second list to forget)."""
+    from hardreid.cli import build_parser
+    from hardreid.cli.common import FORMATS, SUBSETS
+    from hardreid.data.datasets import CUHK03NP_SUBSETS, FORMATS as DATA_FORMATS
+    from hardreid.data.subsample import MARKET_LAYOUT_FORMATS
+    from hardreid.export.formats import FORMATS as EXPORT_FORMATS
+    from hardreid.retrieval.index import KINDS
+
+    assert sorted(FORMATS) == sorted(["auto", *DATA_FORMATS]) and sorted(SUBSETS) == sorted(CUHK03NP_SUBSETS)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    datasets = commands["datasets"]._subparsers._group_actions[0].choices
+
+    def choices(parser, option):
+        return next(a.choices for a in parser._actions if option in a.option_strings)
+
+    assert list(choices(commands["export"], "--format")) == list(EXPORT_FORMATS)
+    assert list(choices(commands["index"], "--kind")) == list(KINDS)
+    assert list(choices(datasets["subsample"], "--format")) == ["auto", *MARKET_LAYOUT_FORMATS]
+    for parser in (commands["train"], commands["evaluate"], commands["figures"], datasets["inspect"]):
+        assert choices(parser, "--format") == FORMATS
+
+
 def test_weights_path_is_stored_absolute_so_resume_works_from_elsewhere(tiny_root, tmp_path, capsys, monkeypatch):
     from hardreid.config import dump_config, load_config
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import choices_of
 from .precision import float32
 
-ALIGNMENTS = ("re", "distance")
-RE_DIRECTIONS = ("forward", "reverse")
+ALIGNMENTS = choices_of("acfl.alignment")
+RE_DIRECTIONS = choices_of("acfl.re_direction")
 
 
 def contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

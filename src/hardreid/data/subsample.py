@@ -1,7 +1,7 @@
 """Few images per identity from a real data set: ``hardreid datasets subsample SRC DST --max-per-id K``.
 
 Writes a Market-1501-layout copy of a Market-layout data set (``market1501``,
-``dukemtmc``, ``market``; e.g. ../shared/data/cuhk03) that keeps at most K
+``dukemtmc``, ``market``; e.g. ~/data/cuhk03) that keeps at most K
 training images of every identity and the query and gallery splits unchanged
 (every image file of ``query/`` and ``bounding_box_test/``).  Files keep their
 names and are hard links where the file system allows it, else symbolic links,

@@ -84,14 +84,13 @@ def base(name: str) -> BaseBuilder:
 
 
 def hard_samples(names: Sequence[str]) -> list[ComponentBuilder]:
-    """The builders of ``method.hard_samples: names``, in that order (each name at most once)."""
+    """The builders of ``method.hard_samples: names``, in that order (each name at most once: checked with the
+    config)."""
     load_builtin()
     unknown = [name for name in names if name not in HARD_SAMPLES]
     if unknown:
         choices = ", ".join(sorted(HARD_SAMPLES)) or "none available yet"
         raise UserError(f"unknown method.hard_samples {unknown}; choose from: {choices}")
-    if len(set(names)) != len(names):
-        raise UserError(f"method.hard_samples lists a generator twice: {names}")
     return [HARD_SAMPLES[name] for name in names]
 
 

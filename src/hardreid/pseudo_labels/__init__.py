@@ -19,7 +19,8 @@ from hardreid.pseudo_labels.cluster import (
 from hardreid.pseudo_labels.density import auto_eps, hdbscan_labels
 from hardreid.pseudo_labels.diagnostics import ClusterDiagnostics, cluster_diagnostics, collapse_reasons
 from hardreid.pseudo_labels.epoch import ALGORITHMS, EpochClusters, check_cluster_config, cluster_epoch
-from hardreid.pseudo_labels.jaccard import compute_jaccard_distance, exact_knn, jaccard_to_dense
+from hardreid.pseudo_labels.jaccard import compute_jaccard_distance, jaccard_to_dense
+from hardreid.pseudo_labels.knn import exact_knn
 
 __all__ = [
     "ALGORITHMS",

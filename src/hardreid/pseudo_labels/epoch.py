@@ -63,8 +63,8 @@ class EpochClusters:
 
 
 def check_cluster_config(c: Any) -> None:
-    """Raise UserError for a ``cluster`` section the options below cannot run (checked before any work): the
-    rules of ``config.RULES`` for every ``cluster.*`` key."""
+    """Raise UserError for a ``cluster`` section the options below cannot run (checked before any work): what
+    ``config.ClusterConfig`` accepts for every ``cluster.*`` key."""
     from hardreid.config import check_section
 
     check_section("cluster", c)

@@ -18,7 +18,6 @@ from torch import nn
 from ... import distributed
 from ...errors import UserError
 from ...memory import CameraProxies
-from ...memory.camera_proxies import PROXY_SCORINGS
 from ..contract import BaseMethod, Component, EpochData, StepContext
 from ..registry import register_hard_samples
 
@@ -31,9 +30,7 @@ class CameraProxyLoss(Component):
 
     def __init__(self, cfg, device: torch.device, prefix: str = "camera_proxy") -> None:
         super().__init__(cfg, device)
-        self.prefix = prefix
-        if cfg.ice.proxy_scoring not in PROXY_SCORINGS:
-            raise UserError(f"unknown ice.proxy_scoring '{cfg.ice.proxy_scoring}'; choose one of {', '.join(PROXY_SCORINGS)}")
+        self.prefix = prefix  # ice.proxy_scoring: checked with the config
         self.proxies: CameraProxies | None = None
         self.labels: torch.Tensor | None = None
 

@@ -11,14 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config import Config
-from ...errors import UserError
+from ...config import Config, choices_of
 from ...memory import ClusterMemory, InstanceMemory, QueueMemory
 from ..contract import BaseMethod, EpochData, StepContext
 from ..registry import register_base
 
 
-MEMORY_KINDS = ("momentum", "instance", "queue")
+MEMORY_KINDS = choices_of("memory.kind")
 
 
 def build_cluster_memory(cfg: Config, data: EpochData, device: torch.device) -> ClusterMemory | InstanceMemory | QueueMemory:
@@ -30,11 +29,10 @@ def build_cluster_memory(cfg: Config, data: EpochData, device: torch.device) -> 
         return ClusterMemory.from_clusters(features, labels, data.num_clusters, m.temperature, m.momentum)
     if m.kind == "instance":
         return InstanceMemory(features, labels, data.num_clusters, normalize=m.normalize_person_features)
-    if m.kind == "queue":
-        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + data.epoch)
-        return QueueMemory(features, labels, data.num_clusters, m.queue_ratio,
-                           normalize=m.normalize_person_features, generator=generator)
-    raise UserError(f"unknown memory.kind '{m.kind}'; choose one of {', '.join(MEMORY_KINDS)}")
+    assert m.kind == "queue", m.kind  # the config allows nothing else (MemoryConfig.kind)
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + data.epoch)
+    return QueueMemory(features, labels, data.num_clusters, m.queue_ratio,
+                       normalize=m.normalize_person_features, generator=generator)
 
 
 @register_base("cluster_contrast")
@@ -49,9 +47,7 @@ class ClusterContrast(BaseMethod):
     memory: ClusterMemory | InstanceMemory | QueueMemory
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
-        super().__init__(cfg, device)
-        if cfg.memory.kind not in MEMORY_KINDS:
-            raise UserError(f"unknown memory.kind '{cfg.memory.kind}'; choose one of {', '.join(MEMORY_KINDS)}")
+        super().__init__(cfg, device)  # memory.kind: checked with the config
 
     def start_epoch(self, data: EpochData, model: nn.Module) -> None:
         self.memory = build_cluster_memory(self.cfg, data, self.device)

@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import UserError
 from ...memory import cluster_centroids
 from ..contract import BaseMethod, EpochData, StepContext
 from ..registry import register_base
@@ -63,10 +62,7 @@ class StrongBaseline(BaseMethod):
 
     def __init__(self, cfg, device: torch.device) -> None:
         super().__init__(cfg, device)
-        s = cfg.strong_baseline
-        for key in ("label_smoothing", "triplet_margin"):
-            if not 0.0 <= getattr(s, key) <= 1.0:
-                raise UserError(f"strong_baseline.{key} must be in [0, 1], got {getattr(s, key)}")
+        # strong_baseline.label_smoothing and triplet_margin: checked with the config
         self.temperature = 1.0  # logits f . w_k of the unnormalised neck output, no temperature
         self.reset_optimizer = cfg.strong_baseline.reset_optimizer
         self.classifier: nn.Parameter | None = None

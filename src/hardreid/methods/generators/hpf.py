@@ -27,12 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ...config import Config
-from ...errors import UserError
 from ...precision import float32
 from ..contract import BaseMethod, Component
 from ..registry import register_hard_samples
-
-HPF_MODES = ("both", "positive", "negative")
 
 
 @float32
@@ -76,11 +73,7 @@ class HardPersonFeatures(Component):
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
-        a = cfg.acfl
-        if a.hpf_mode not in HPF_MODES:
-            raise UserError(f"unknown acfl.hpf_mode '{a.hpf_mode}'; choose one of {', '.join(HPF_MODES)} (ACFL Table 3)")
-        if a.hpf_steps < 0:
-            raise UserError(f"acfl.hpf_steps (V) must be >= 0, got {a.hpf_steps}")
+        a = cfg.acfl  # hpf_mode, hpf_steps: checked with the config
         self.steps = a.hpf_steps
         # Table 3: "positive" = (c*_y, {c_a}): only c_y moves (eta2 = 0); "negative" = (c_y, {c*_a}) (eta1 = 0).
         self.lr_positive = a.hpf_lr_positive if a.hpf_mode in ("both", "positive") else 0.0

@@ -27,17 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import distributed
-from ...config import Config
+from ...config import Config, choices_of
 from ...errors import UserError
-from ...losses import ALIGNMENTS, RE_DIRECTIONS, instance_loss
+from ...losses import ALIGNMENTS, instance_loss
 from ...models.batchnorm import eval_mode, frozen_batch_forward, scratch_forward
 from ...precision import float32
 from ..contract import BaseMethod, Component, EpochData, StepContext
 from ..registry import register_hard_samples
 
-POSITIVE_CHOICES = ("random", "hardest")
-MINING_SCOPES = ("identity", "batch")
-HPI_BN_MODES = ("frozen_batch", "running", "batch")
+POSITIVE_CHOICES = choices_of("acfl.positive")
+HPI_BN_MODES = choices_of("acfl.hpi_bn")
 
 __all__ = ["hard_positive_instances", "generation_forward", "hpi_step_scale", "hardest_positives", "select_positives",
            "scratch_forward"]
@@ -185,16 +184,7 @@ class InstanceAlignment(Component):
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
-        a = cfg.acfl
-        choices = {"alignment": (a.alignment, ALIGNMENTS), "positive": (a.positive, POSITIVE_CHOICES),
-                   "mining_scope": (a.mining_scope, MINING_SCOPES), "re_direction": (a.re_direction, RE_DIRECTIONS),
-                   "hpi_bn": (a.hpi_bn, HPI_BN_MODES)}
-        for key, (value, valid) in choices.items():
-            if value not in valid:
-                extra = " (leave align/hpi out of method.hard_samples for no instance term)" if key == "alignment" else ""
-                raise UserError(f"unknown acfl.{key} '{value}'; choose one of {', '.join(valid)}{extra}")
-        if a.hpi_steps < 0:
-            raise UserError(f"acfl.hpi_steps (Z) must be >= 0, got {a.hpi_steps}")
+        a = cfg.acfl  # alignment, positive, mining_scope, re_direction, hpi_bn, hpi_steps: checked with the config
         if cfg.data.num_instances < 2:
             raise UserError(f"ACFL instance alignment needs positives in the batch: use data.num_instances >= 2 "
                             f"(P x K sampling), not {cfg.data.num_instances}")

@@ -39,7 +39,7 @@ from ....models.batchnorm import eval_mode, scratch_forward
 from ...contract import Batch, Component, EpochData, StepContext
 from ...registry import register_hard_samples
 from . import losses as L
-from .fusion import FUSIONS, fuse, mixup_features, pick_negatives
+from .fusion import fuse, mixup_features, pick_negatives
 from .networks import Generator, PatchDiscriminator, to_gan_space, to_reid_space
 
 
@@ -75,9 +75,6 @@ class Pending:
     parts: torch.Tensor | None = None  # X_pa: x_gen with everything outside the selected part set to 0 (the mean colour)
 
 
-BN_SYNTHETIC = ("frozen", "update")
-
-
 @register_hard_samples("hng")
 class HardNegativeGeneration(Component):
     """Generator + discriminator with their own Adam optimisers; adds L_con to the re-ID loss."""
@@ -87,15 +84,7 @@ class HardNegativeGeneration(Component):
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         super().__init__(cfg, device)
-        h = self.h = cfg.hng
-        if h.fusion not in FUSIONS:
-            raise UserError(f"unknown hng.fusion '{h.fusion}'; choose one of {', '.join(FUSIONS)}")
-        if not 0.0 <= h.fusion_lambda <= 1.0:
-            raise UserError(f"hng.fusion_lambda must be in [0, 1], got {h.fusion_lambda}")
-        if h.warmup_epochs < 0:
-            raise UserError(f"hng.warmup_epochs must be >= 0, got {h.warmup_epochs}")
-        if h.bn_synthetic not in BN_SYNTHETIC:
-            raise UserError(f"unknown hng.bn_synthetic '{h.bn_synthetic}'; choose one of {', '.join(BN_SYNTHETIC)}")
+        h = self.h = cfg.hng  # fusion, fusion_lambda, warmup_epochs, bn_synthetic: checked with the config
         if cfg.data.height % 4 or cfg.data.width % 4:
             raise UserError(f"hng needs data.height and data.width divisible by 4, got {cfg.data.height}x{cfg.data.width}")
         self.mean, self.std = list(cfg.data.mean), list(cfg.data.std)

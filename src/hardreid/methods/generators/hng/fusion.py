@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ....config import choices_of
 from ....errors import UserError
 
-FUSIONS = ("part", "global", "concat", "noise", "mixup")
+FUSIONS = choices_of("hng.fusion")
 
 
 @dataclass
