@@ -50,9 +50,11 @@ def add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
     """--checkpoint, or --backbone with --weights; input size, flip, workers, device."""
     p.add_argument("--checkpoint", default=None, metavar="FILE", type=path_arg,
                    help="a hardreid checkpoint (best.pth / last.pth); read safely, nothing in it is run")
-    p.add_argument("--backbone", default=None, help="untrained model: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--backbone", default=None, help="untrained model: resnet18, resnet34, resnet50, mobilenet_v2, vit_small, "
+                   "vit_small_pass, vit_small_pass_mean, vit_small_ics")
     p.add_argument("--weights", default=None, metavar="FILE", type=path_arg,
-                   help="backbone weights for --backbone (torchvision layout; timm for vit_small)")
+                   help="backbone weights for --backbone (torchvision layout; timm for vit_small; "
+                   "PASS / TransReID-SSL files as published for vit_small_pass / vit_small_ics)")
     p.add_argument("--pretrained", action="store_true", help="download torchvision ImageNet weights (needs internet)")
     if size:
         p.add_argument("--flip", action="store_true", help="average features with the mirrored image")

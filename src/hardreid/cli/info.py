@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "  hardreid info --checkpoint runs/cc/checkpoints/best.pth --json info.json")
     p.add_argument("--config", default=None, metavar="NAME_OR_FILE", help="packaged config name or YAML file")
     p.add_argument("--checkpoint", default=None, metavar="FILE", type=path_arg, help="a hardreid checkpoint")
-    p.add_argument("--backbone", default=None, help="a plain backbone: resnet18|resnet34|resnet50|mobilenet_v2|vit_small")
+    p.add_argument("--backbone", default=None, help="a plain backbone: resnet18, resnet34, resnet50, mobilenet_v2, vit_small, "
+                   "vit_small_pass, vit_small_pass_mean, vit_small_ics")
     p.add_argument("--all-backbones", action="store_true", help="one line per backbone at the config's input size")
     p.add_argument("--height", type=count(1), default=None, help="input height (default: the config's)")
     p.add_argument("--width", type=count(1), default=None, help="input width (default: the config's)")

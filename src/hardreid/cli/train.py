@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="packaged config name (acfl/market1501) or YAML file (may inherit with _base_)")
     add_data_args(p)
     p.add_argument("--output", required=True, metavar="RUN_DIR", type=path_arg, help="run directory (config, log, metrics, checkpoints)")
-    p.add_argument("--weights", default=None, metavar="FILE", type=path_arg, help="ImageNet backbone weights, torchvision layout (timm for vit_small)")
+    p.add_argument("--weights", default=None, metavar="FILE", type=path_arg, help="backbone weights: torchvision layout (timm for vit_small; PASS / TransReID-SSL files as published for vit_small_pass / vit_small_ics)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: config, auto)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pth "
                                                          "(with its config.yaml unless --config is given)")

@@ -66,7 +66,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     section = "model"
 
-    # resnet18 | resnet34 | resnet50 | mobilenet_v2 | vit_small (ViT-S/16, needs timm): the backbones' registry
+    # resnet18 | resnet34 | resnet50 | mobilenet_v2 | vit_small (ViT-S/16, needs timm) | vit_small_pass | vit_small_pass_mean | vit_small_ics (person-pretrained ViT-S): the backbones' registry
     backbone: Annotated[Str, from_registry("model.backbone")] = "resnet50"
     last_stride: Annotated[Literal[1, 2], INT] = 1
     pooling: Annotated[Literal["avg", "gem"], TEXT] = "avg"

@@ -70,14 +70,14 @@ def write_model_info(model: ReidModel, cfg: Config, path: str | Path) -> dict[st
 def backbone_table(cfg: Config) -> list[dict[str, Any]]:
     """``model_info`` of every backbone with the config's other model settings and input size.
 
-    A backbone that cannot be built here (vit_small without timm) gets ``{"backbone", "error"}``.
+    A backbone that cannot be built here (the ViTs without timm) gets ``{"backbone", "error"}``.
     """
     rows = []
     for name in BACKBONES:
         trial = copy.deepcopy(cfg)
         trial.model.backbone, trial.model.weights, trial.model.pretrained = name, "", False
-        if name == "vit_small":
-            trial.model.pooling = "avg"  # a ViT's feature is its CLS token
+        if name.startswith("vit"):
+            trial.model.pooling = "avg"  # a ViT's feature is a token (CLS, and PASS's part tokens)
         try:
             model = model_from_config(trial)
         except UserError as exc:
