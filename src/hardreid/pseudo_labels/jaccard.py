@@ -333,6 +333,12 @@ def compute_jaccard_distance(
         v = (q @ v).tocsr()
         v.sort_indices()
 
+    return _distance_from_weights(v)
+
+
+def _distance_from_weights(v: sp.csr_matrix) -> sp.csr_matrix:
+    """Step 6 and the result: ``dist = 1 - m / (2 - m)`` of the (expanded) weights ``v`` as a symmetric CSR."""
+    n = v.shape[0]
     i, j, m = _jaccard_upper(v)
     del v
     d = 2.0 - m  # d = 1 - m / (2 - m), in place
