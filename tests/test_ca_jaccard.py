@@ -300,3 +300,13 @@ def test_config_keys_and_rules():
         load_config(None, ["cluster.jaccard=camera_aware", "cluster.same_camera_penalty=1"])
     with pytest.raises(UserError, match="k1_inter"):
         load_config(None, ["cluster.k1_inter=0"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_camera_aware_on_cuda_matches_cpu(ca_case):
+    """The searches on the GPU (exact float32 products; exact cosines of ``exact_product_features``): bit for bit."""
+    feats, cams, ks, dist = ca_case
+    on_gpu = compute_camera_aware_jaccard_distance(feats.cuda(), torch.from_numpy(cams).cuda(), *ks, block_size=64)
+    assert np.array_equal(on_gpu.indptr, dist.indptr) and np.array_equal(on_gpu.indices, dist.indices)
+    assert np.array_equal(on_gpu.data, dist.data)
