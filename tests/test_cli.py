@@ -41,8 +41,15 @@ def test_train_then_evaluate_contract(tiny_root, tmp_path, capsys):
     assert report["num_query"] > 0 and 0 <= report["mAP"] <= 100
     assert f"mAP {report['mAP']:.1f}" in out
     assert (tmp_path / "ranked.png").stat().st_size > 1000
-    code, _, err = run_cli(["evaluate", "--checkpoint", ckpt, "--data-root", tiny_root, "--rerank", "--workers", 0], capsys)
-    assert code == 0, err
+    code, out, err = run_cli(["evaluate", "--checkpoint", ckpt, "--data-root", tiny_root, "--rerank", "--workers", 0],
+                             capsys)
+    assert code == 0 and "re-ranked (standard)" in out, err  # a bare --rerank: k-reciprocal, as before
+    code, out, err = run_cli(["evaluate", "--checkpoint", ckpt, "--data-root", tiny_root, "--rerank", "camera_aware",
+                              "--workers", 0], capsys)
+    assert code == 0 and "re-ranked (camera_aware)" in out, err
+    with pytest.raises(SystemExit):  # argparse: usage and one line
+        main(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(tiny_root), "--rerank", "ca"])
+    assert "invalid choice: 'ca'" in capsys.readouterr().err
 
 
 def test_evaluate_untrained_backbone(tiny_root, tmp_path, capsys):

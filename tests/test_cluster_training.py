@@ -59,8 +59,10 @@ def test_default_thresholds_stay_quiet_and_resume_keeps_last_labels(tiny_root, t
     ("spcl", {"eps": "auto", "eps_rho": 0.05, "camera_normalize": "standardize", "same_camera_penalty": 1.0}),
     ("ice", {"algorithm": "hdbscan", "min_samples": 2, "camera_normalize": "mean"}),
     ("ice", {"eps": "auto", "eps_rho": 0.05, "same_camera_penalty": 4.0}),
+    ("cluster_contrast", {"jaccard": "camera_aware", "k1_intra": 3, "k1_inter": 6}),
+    ("spcl", {"jaccard": "camera_aware", "eps": "auto", "eps_rho": 0.05, "search": "fast"}),
 ])
-def test_spcl_and_ice_train_with_the_options(tiny_root, tmp_path, base, cluster):
+def test_bases_train_with_the_clustering_options(tiny_root, tmp_path, base, cluster):
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method={"base": base}, cluster=cluster, train={"eval_every": 0})
     result = train(cfg, data, tmp_path / "run", log_to_stderr=False)

@@ -464,12 +464,30 @@ def test_pseudo_labels_convenience(case):
 # --------------------------------------------------------------------------- fast mode
 
 
+def _reduced_kernel() -> str:
+    """The reduced-precision CPU kernel the fast-mode tests exercise wherever they run (int8 where it runs)."""
+    from hardreid.pseudo_labels.knn import _int8_matmul_available
+
+    return "int8" if _int8_matmul_available() else "bf16"
+
+
 @pytest.fixture(scope="module")
 def fast_case():
-    """~2,100 clustered 512-d features; exact and fast (int8 / fp16) Jaccard distances, several kNN blocks."""
+    """~2,100 clustered 512-d features; exact and fast (int8 / fp16) Jaccard distances, several kNN blocks.
+
+    The fast distance is computed with the reduced-precision kernel pinned, whatever this CPU's own choice
+    (``choose_cpu_kernel`` picks exact on an AVX2-only CPU or under ``ATEN_CPU_CAPABILITY=avx2``)."""
+    import hardreid.pseudo_labels.knn as knn
+
     feats = clustered_features(11, 100, 512, n_outliers=40)
     exact = compute_jaccard_distance(feats, k1=30, k2=6)
-    fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
+    saved = dict(knn._CPU_KERNEL)
+    knn._CPU_KERNEL["cpu"] = (_reduced_kernel(), "pinned by the test")
+    try:
+        fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
+    finally:
+        knn._CPU_KERNEL.clear()
+        knn._CPU_KERNEL.update(saved)
     return feats, exact, fast
 
 
@@ -493,7 +511,7 @@ def test_fast_knn_ranks_like_exact(fast_case):
 
     feats = fast_case[0]
     f = _prepare_features(feats, 30, 6, 256)
-    idx, cos = _fast_knn_candidates(f, 30, 512)
+    idx, cos = _fast_knn_candidates(f, 30, 512, precision=_reduced_kernel())
     ref_idx, ref_cos = exact_knn(feats, 30)
     assert not np.array_equal(cos[:, :30].numpy(), ref_cos)  # really the reduced-precision search
     assert np.array_equal(idx[:, 0].numpy(), np.arange(f.shape[0]))  # self first

@@ -23,8 +23,11 @@ def train(cfg, dataset, output, model=None, resume: bool = False):
     return _train(cfg, dataset, output, model=model, resume=resume)
 
 
-def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto"):
+def evaluate(model, dataset, cfg=None, rerank: bool | str = False, device: str = "auto"):
     """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol), in percent.
+
+    ``rerank``: False, True or ``"standard"`` (k-reciprocal), ``"camera_aware"`` (CA-Jaccard with the
+    ``cluster`` section's k1_intra, k1_inter, k2_intra, k2_inter).
 
     ``.mAP``, ``.cmc`` and ``.all_ap`` are percentages, the numbers the logs, ``metrics.csv``
     and ``hardreid evaluate --json`` show.
@@ -35,7 +38,7 @@ def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto
 
     cfg = cfg or Config()
     dev = resolve_device(device)
-    return evaluate_model(model.to(dev), dataset, cfg.data, cfg.eval, dev, rerank=rerank)
+    return evaluate_model(model.to(dev), dataset, cfg.data, cfg.eval, dev, rerank=rerank, cluster_cfg=cfg.cluster)
 
 
 __all__ = ["config", "data", "models", "train", "evaluate", "UserError", "__version__"]

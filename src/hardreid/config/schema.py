@@ -84,6 +84,16 @@ class ClusterConfig(Section):
 
     k1: Int = Field(30, ge=1)
     k2: Int = Field(6, ge=1)
+    # standard (k-reciprocal, k1 / k2) | camera_aware: CA-Jaccard (Chen et al., CVPR 2024; pseudo_labels/ca_jaccard.py)
+    jaccard: Annotated[Literal["standard", "camera_aware"], TEXT] = "standard"
+    # camera_aware: k-reciprocal neighbours on the intra-camera list (i + its k1_intra nearest same-camera images)
+    # and on the inter-camera list (k1_inter + 1 nearest other-camera images); official train_caj.py: 5, 20
+    k1_intra: Int = Field(5, ge=1)
+    k1_inter: Int = Field(20, ge=1)
+    # camera_aware query expansion: mean over i + its k2_intra - 1 nearest same-camera and its k2_inter nearest
+    # other-camera images; the official README's commands: 2, 4 (its argparse default and epoch-0 warm-up: 3, 3)
+    k2_intra: Int = Field(2, ge=1)
+    k2_inter: Int = Field(4, ge=1)
     # dbscan | hdbscan (scikit-learn's HDBSCAN on the sparse Jaccard graph, no eps)
     algorithm: Annotated[Literal["dbscan", "hdbscan"], TEXT] = "dbscan"
     # DBSCAN radius on Jaccard distances, in (0, 1) (0.7 for MSMT17), or "auto": set each epoch by the rule of
@@ -230,6 +240,9 @@ class Config(BaseModel):
              f"({d.num_instances}) images, i.e. be >= {2 * d.num_instances}: contrastive losses need negatives in the batch")
         need(c.k2 <= c.k1, f"cluster.k2 ({c.k2}) must not exceed cluster.k1 ({c.k1}): query expansion uses the k2 "
                            "nearest of the k1 neighbours")
+        need(c.jaccard == "standard" or c.same_camera_penalty == 0,
+             f"cluster.same_camera_penalty ({c.same_camera_penalty}) and cluster.jaccard=camera_aware both act on the "
+             "cameras of the neighbours: choose one (cluster.same_camera_penalty=0 with camera_aware)")
         need(not (t.sync_bn and t.bn_chunk > 0),
              f"train.sync_bn normalises over the global batch and train.bn_chunk={t.bn_chunk} over chunks of it: "
              "choose one (train.bn_chunk=0 with train.sync_bn=true)")

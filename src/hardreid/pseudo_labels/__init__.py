@@ -8,6 +8,7 @@ marks an outlier. ``cluster_epoch`` runs one epoch's clustering from the
 
 from __future__ import annotations
 
+from hardreid.pseudo_labels.ca_jaccard import compute_camera_aware_jaccard_distance
 from hardreid.pseudo_labels.camera import CAMERA_NORMALIZE, camera_normalize
 from hardreid.pseudo_labels.cluster import (
     ClusterStats,
@@ -35,6 +36,7 @@ __all__ = [
     "cluster_epoch",
     "cluster_statistics",
     "collapse_reasons",
+    "compute_camera_aware_jaccard_distance",
     "compute_jaccard_distance",
     "dbscan_labels",
     "exact_knn",

@@ -1,7 +1,7 @@
 """One epoch's pseudo labels from the ``cluster`` config: the trainer's single call (``cluster_epoch``).
 
 features --(cluster.camera_normalize)--> k-reciprocal Jaccard distance (cluster.k1, k2, search,
-same_camera_penalty) --> DBSCAN (cluster.eps, a number or ``auto``; min_samples) or HDBSCAN
+same_camera_penalty; or cluster.jaccard: camera_aware with k1_intra, k1_inter, k2_intra, k2_inter) --> DBSCAN (cluster.eps, a number or ``auto``; min_samples) or HDBSCAN
 (cluster.algorithm) --> labels, statistics, label-free diagnostics and the collapse warning.
 """
 
@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from hardreid.errors import UserError
+from hardreid.pseudo_labels.ca_jaccard import compute_camera_aware_jaccard_distance
 from hardreid.pseudo_labels.camera import camera_normalize
 from hardreid.pseudo_labels.cluster import ClusterStats, cluster_statistics, dbscan_labels
 from hardreid.pseudo_labels.density import auto_eps, hdbscan_labels
@@ -82,8 +83,12 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     check_cluster_config(cfg)
     camids = np.asarray(camids)
     feats = camera_normalize(features, camids, cfg.camera_normalize)
-    distance = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, mode=cfg.search, camids=camids,
-                                        same_camera_penalty=cfg.same_camera_penalty)
+    if cfg.jaccard == "camera_aware":
+        distance = compute_camera_aware_jaccard_distance(feats, camids, k1_intra=cfg.k1_intra, k1_inter=cfg.k1_inter,
+                                                         k2_intra=cfg.k2_intra, k2_inter=cfg.k2_inter, mode=cfg.search)
+    else:
+        distance = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, mode=cfg.search, camids=camids,
+                                            same_camera_penalty=cfg.same_camera_penalty)
     if cfg.algorithm == "hdbscan":
         eps = None
         labels = hdbscan_labels(distance, cfg.min_samples, cfg.min_cluster_size or cfg.min_samples,

@@ -287,8 +287,9 @@ def compute_jaccard_distance(
     0), absent pairs mean distance 1.
 
     ``mode="exact"`` (default) reproduces the reference exactly.  ``mode="fast"``
-    (opt-in) scores the neighbour search in reduced precision (int8 on CPU,
-    fp16 on CUDA, see ``_fast_knn_candidates``; steps 2-6 are unchanged): near
+    (opt-in) scores the neighbour search in reduced precision (int8 or bf16 on
+    CPUs with those units, exact float32 on others, fp16 on CUDA; see
+    ``knn.choose_cpu_kernel``; steps 2-6 are unchanged): near
     ties may swap ranks and the weights use cosines rounded to ~1e-3, so the
     distances differ slightly from the exact ones; the DBSCAN labels agree
     with the exact labels at an adjusted Rand index of ~0.999 on realistic
@@ -332,6 +333,12 @@ def compute_jaccard_distance(
         v = (q @ v).tocsr()
         v.sort_indices()
 
+    return _distance_from_weights(v)
+
+
+def _distance_from_weights(v: sp.csr_matrix) -> sp.csr_matrix:
+    """Step 6 and the result: ``dist = 1 - m / (2 - m)`` of the (expanded) weights ``v`` as a symmetric CSR."""
+    n = v.shape[0]
     i, j, m = _jaccard_upper(v)
     del v
     d = 2.0 - m  # d = 1 - m / (2 - m), in place

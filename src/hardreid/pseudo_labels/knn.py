@@ -15,8 +15,15 @@ global scale; ``torch._int_mm`` gives exact int32 products, ~2.5-5x the speed
 of fp32 ``sgemm`` on AVX-512 VNNI CPUs.  The cosine error is ~0.016/sqrt(D)
 (std; 4e-4 at D = 2048), so only neighbours closer than ~1e-3 can swap ranks,
 and the weights use the rounded cosines.  Below D = 512 the CPU runs the exact
-search instead (cheap there, and int8 too coarse); without ``_int_mm`` it uses
-bf16 products; on CUDA fp16 products.  Measured on realistic features
+search instead (cheap there, and int8 too coarse); on CUDA fp16 products.
+
+Which CPU kernel (``choose_cpu_kernel``, once per process, logged with its
+reason): int8 where the CPU has int8 dot-product units (AVX-512 VNNI, AMX)
+and ATen runs its AVX-512 kernels, bf16 products where it has bf16 units,
+each taken only when a one-off block product beats float32 by a margin;
+otherwise -- e.g. an AVX2-only CPU, where ``_int_mm`` is ~20x slower than
+``sgemm`` -- the exact float32 search: ``fast`` is never slower than
+``exact``.  ``HARDREID_FAST_KERNEL=int8|bf16|exact`` forces one (benchmarks).  Measured on realistic features
 (benchmarks/README.md): DBSCAN labels agree with the exact ones at an adjusted
 Rand index of 0.995-0.999 (D = 1024-2048), ~0.99 at D = 512.  Alternatives
 measured and rejected: PCA to 256-d candidates + exact re-scoring (ARI 0.91),
@@ -27,6 +34,9 @@ exact fp32 re-scoring of int8 candidates (exact labels, but the gathers of N x
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +47,7 @@ import torch.nn.functional as F
 
 from hardreid.errors import UserError
 
-__all__ = ["exact_knn"]
+__all__ = ["FAST_KERNELS", "choose_cpu_kernel", "exact_knn"]
 
 # Extra kNN candidates kept per row so that exact ties at the k-th place can
 # be broken by index without recomputing the row (see ``_knn_candidates``).
@@ -313,6 +323,14 @@ _HADAMARD = 128
 # starts to swap enough neighbours to move the labels (ARI ~0.98 at D = 256).
 _FAST_MIN_DIM = 512
 _INT8_OK: dict[str, bool] = {}
+# The CPU kernel of the fast search, chosen once per process (``_cpu_fast_kernel``): (kernel, reason).
+_CPU_KERNEL: dict[str, tuple[str, str]] = {}
+# A reduced-precision kernel is taken only when its micro-benchmark product takes at most this fraction of
+# the float32 product's time (a margin for timing noise: never a path slower than exact).
+_KERNEL_MARGIN = 0.8
+#: Values of the ``HARDREID_FAST_KERNEL`` environment variable (``auto``: the choice below).
+FAST_KERNELS: tuple[str, ...] = ("auto", "int8", "bf16", "exact")
+_LOG = logging.getLogger("hardreid")
 
 
 def _int8_matmul_available() -> bool:
@@ -325,6 +343,107 @@ def _int8_matmul_available() -> bool:
             ok = False
         _INT8_OK["cpu"] = ok
     return _INT8_OK["cpu"]
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (``flags`` on x86, ``Features`` on ARM); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def _torch_cpu_capability() -> str:
+    """ATen's CPU kernel set (``AVX512``, ``AVX2``, ``DEFAULT``, ...; lowered by ``ATEN_CPU_CAPABILITY``)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()).upper()
+    except (AttributeError, RuntimeError):
+        return "UNKNOWN"
+
+
+def _time_product(kernel: str, size: int = 512, dim: int = 1024, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings (seconds) of one (size x dim) x (dim x size) block product with ``kernel``."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, dim, generator=g)
+    if kernel == "int8":
+        x = a.mul(20).round_().clamp_(-127, 127).to(torch.int8)
+
+        def product() -> torch.Tensor:
+            return torch._int_mm(x, x.T)
+    else:
+        x = a.bfloat16() if kernel == "bf16" else a
+
+        def product() -> torch.Tensor:
+            return x @ x.T
+    product()  # warm-up: first-call dispatch and allocations
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        product()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def choose_cpu_kernel(capability: str, flags: set[str], int8_runs: bool,
+                      timer: Callable[[str], float] | None = None) -> tuple[str, str]:
+    """The product kernel of the CPU fast search: ``(int8 | bf16 | exact, reason)``.
+
+    Candidates by what the CPU has: int8 (``torch._int_mm``) where ATen runs
+    its AVX-512 kernels and the CPU has int8 dot-product units (``avx512_vnni``
+    or ``amx_int8``), bf16 where it has bf16 units (``avx512_bf16``,
+    ``amx_bf16``).  An x86 CPU with neither (AVX2 only, or ``ATEN_CPU_CAPABILITY``
+    set lower) runs the exact float32 search: ``_int_mm`` there is ~20x slower
+    than ``sgemm`` (AMD EPYC, 512 x 2048 x 512: 0.784 s against 0.038 s).
+    Where the flags say nothing (non-x86), int8 and bf16 are both candidates.
+    ``timer(kernel)`` (default ``_time_product``) then times one block product
+    of each candidate and of float32: a candidate is taken only when it takes
+    at most ``_KERNEL_MARGIN`` of the float32 time, the fastest first; else
+    exact.  Never a path slower than exact.
+    """
+    timer = _time_product if timer is None else timer
+    x86 = bool(flags & {"avx2", "avx", "sse4_2", "avx512f"})
+    wide = capability in ("AVX512", "AMX") or capability.startswith("AVX512")
+    candidates: list[str] = []
+    if int8_runs and (not x86 or (wide and bool(flags & {"avx512_vnni", "amx_int8"}))):
+        candidates.append("int8")
+    if not x86 or (wide and bool(flags & {"avx512_bf16", "amx_bf16"})):
+        candidates.append("bf16")
+    if not candidates:
+        why = (f"ATen CPU capability {capability}" if x86 and not wide
+               else "no int8 (VNNI / AMX) or bf16 matrix units" if x86 else "torch._int_mm unavailable, no bf16 hint")
+        return "exact", f"{why}: reduced-precision products would not beat float32, exact search"
+    t_exact = timer("exact")
+    timed = sorted((timer(k), k) for k in candidates)
+    best_t, best = timed[0]
+    if best_t <= _KERNEL_MARGIN * t_exact:
+        return best, (f"{best} block product {best_t * 1e3:.1f} ms against float32 {t_exact * 1e3:.1f} ms "
+                      f"(ATen {capability})")
+    return "exact", (f"no reduced-precision product beat float32 by the margin ({best} {best_t * 1e3:.1f} ms, "
+                     f"float32 {t_exact * 1e3:.1f} ms): exact search")
+
+
+def _cpu_fast_kernel() -> tuple[str, str]:
+    """``choose_cpu_kernel`` for this process's CPU, once (logged), unless ``HARDREID_FAST_KERNEL`` names one."""
+    if "cpu" not in _CPU_KERNEL:
+        forced = os.environ.get("HARDREID_FAST_KERNEL", "auto").strip().lower() or "auto"
+        if forced not in FAST_KERNELS:
+            raise UserError(f"HARDREID_FAST_KERNEL={forced!r} is not a kernel of the fast search; choose one of "
+                            f"{', '.join(FAST_KERNELS)}")
+        if forced == "int8" and not _int8_matmul_available():
+            raise UserError("HARDREID_FAST_KERNEL=int8 but torch._int_mm does not run on this CPU build; "
+                            "use bf16, exact or auto")
+        if forced != "auto":
+            choice = (forced, "set by HARDREID_FAST_KERNEL")
+        else:
+            choice = choose_cpu_kernel(_torch_cpu_capability(), _cpu_flags(), _int8_matmul_available())
+        _CPU_KERNEL["cpu"] = choice
+        _LOG.info("cluster.search fast on CPU: %s products (%s)", *choice)
+    return _CPU_KERNEL["cpu"]
 
 
 def _hadamard(m: int) -> torch.Tensor:
@@ -370,17 +489,18 @@ def _rotate_quantize(f: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, 
 
 
 def _fast_precision(device: torch.device, dim: int) -> str:
-    """The products of the fast search on ``device``: ``fp16`` (CUDA), ``int8`` (CPU with ``torch._int_mm``),
-    ``bf16`` (other CPUs), or ``exact`` (CPU below ``_FAST_MIN_DIM`` dimensions)."""
+    """The products of the fast search on ``device``: ``fp16`` (CUDA), on CPU ``exact`` below ``_FAST_MIN_DIM``
+    dimensions, else the kernel ``_cpu_fast_kernel`` chose for this CPU (``int8``, ``bf16`` or ``exact``)."""
     if device.type == "cuda":
         return "fp16"
-    if dim < _FAST_MIN_DIM:
+    if device.type != "cpu" or dim < _FAST_MIN_DIM:
         return "exact"
-    return "int8" if device.type == "cpu" and _int8_matmul_available() else "bf16"
+    return _cpu_fast_kernel()[0]
 
 
 def _fast_knn_candidates(
-    f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK, penalty: _CameraPenalty | None = None
+    f: torch.Tensor, k: int, block_size: int, slack: int = _TIE_SLACK, penalty: _CameraPenalty | None = None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 1 in reduced precision (``mode="fast"``): same layout as ``_knn_candidates``.
 
@@ -390,11 +510,13 @@ def _fast_knn_candidates(
     whose cosines differ by less than the rounding error (~1e-3) can swap
     ranks; the returned cosines are the reduced-precision ones (the self entry
     is exact).  Ties are broken by index; no exact re-check of ties.
+    ``precision`` (``int8`` / ``bf16`` / ``fp16`` / ``exact``) overrides the
+    choice of ``_fast_precision`` (tests).
     """
     n, d = f.shape
     c = min(k + slack, n)
     dev = f.device
-    precision = _fast_precision(dev, d)
+    precision = _fast_precision(dev, d) if precision is None else precision
     if precision == "exact":
         return _knn_candidates(f, k, block_size, slack, penalty)
     if precision == "int8":
