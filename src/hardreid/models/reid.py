@@ -186,7 +186,7 @@ def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
         refuse_other_family(unwrap_backbone_state(state).tensors, family, model.backbone_name, path)
     mapped = _backbone_state(state, model.backbone_name)
     load_fitting_state(model.backbone, mapped, path, model.backbone_name,
-                       "Pass a torchvision state dict of the same architecture.")
+                       "Pass a torchvision state dict of the same architecture.", refuse_extra=True)
 
 
 

@@ -24,11 +24,18 @@ from ..errors import UserError
 from ..serialization import WEIGHTS_FILE_GLOBALS, load_pth
 
 
-def load_fitting_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, name: str, hint: str) -> None:
-    """Load ``state`` into ``module`` only if every key is there with its shape; else a UserError naming examples."""
+def load_fitting_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, name: str, hint: str,
+                       refuse_extra: bool = False) -> None:
+    """Load ``state`` into ``module`` only if every key is there with its shape (and, with ``refuse_extra``, no key
+    is left over: a deeper network of the same family would otherwise load its first layers silently); else a
+    UserError naming examples."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    extra = [k for k in state if k not in own] if refuse_extra else []
+    if extra and not (missing or wrong):
+        raise UserError(f"weights file {path} does not fit backbone '{name}': it holds {len(extra)} backbone keys that "
+                        f"'{name}' does not have (e.g. {extra[:3]}), as a deeper network would. {hint}")
     if missing or wrong:
         raise UserError(
             f"weights file {path} does not fit backbone '{name}': {len(missing)} missing keys (e.g. {missing[:3]}), "
