@@ -121,7 +121,7 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_row(entry: dict[str, Any], data_root: str, datasets: dict[str, Any], quiet: bool) -> dict[str, Any]:
-    from hardreid.training import train
+    from hardreid.runs import train
 
     cfg: Config = entry["cfg"]
     key = cfg.data.format + "|" + cfg.data.subset + "|" + cfg.data.camera_pattern

@@ -132,7 +132,7 @@ def finished_history(run_dir: Path, cfg: Config) -> list[dict[str, Any]] | None:
 
 def run(entry: dict[str, Any], data_root: str, datasets: dict[str, Any], quiet: bool) -> list[dict[str, Any]]:
     """Train (or resume, or read back) one run; its per-epoch history."""
-    from hardreid.training import train
+    from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint
 
     cfg: Config = entry["cfg"]

@@ -63,7 +63,7 @@ def row_config(base_cfg: Config, base: str, fusion: str | None) -> Config:
 
 def warmup_run(cfg: Config, dataset: Any, output: Path) -> Path:
     """Train (or reuse) the warm-up stage of ``cfg`` alone in ``output``; return its last checkpoint."""
-    from hardreid.training import train
+    from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint
 
     if cfg.hng.warmup_epochs < 1:
@@ -88,7 +88,7 @@ def warmup_run(cfg: Config, dataset: Any, output: Path) -> Path:
 
 def run_row(name: str, cfg: Config, dataset: Any, output: Path, start_from: Path | None = None) -> dict[str, Any]:
     """Train one row; ``start_from``: a warm-up checkpoint the row continues from (a new stage of that run)."""
-    from hardreid.training import train
+    from hardreid.runs import train
 
     start = time.time()
     result = train(cfg, dataset, output, start_from=start_from, log_to_stderr=False)

@@ -189,7 +189,7 @@ def start_map(cfg: Config, root: str) -> dict[str, float]:
 
     from hardreid.data.datasets import load_dataset
     from hardreid.evaluation.pipeline import evaluate_model
-    from hardreid.training import model_from_config
+    from hardreid.models import model_from_config
 
     result = evaluate_model(model_from_config(cfg), load_dataset("market", root), cfg.data, cfg.eval, torch.device("cpu"))
     return {"mAP": result.mAP, "top1": result.cmc[0]}

@@ -18,7 +18,11 @@ chosen N and D, then runs every mode in a fresh subprocess and records
 the camera-aware variants of the exact mode, each in its own subprocess
 (``cluster.camera_normalize`` mean / standardize, ``cluster.same_camera_penalty``
 ``--penalty``), with DBSCAN at the first eps; their labels are compared with
-the plain exact labels and the identities.
+the plain exact labels and the identities.  ``--camera camera_aware`` (and
+``camera_aware_fast``, its ``cluster.search: fast`` twin) runs the CA-Jaccard
+distance (``cluster.jaccard: camera_aware``, ``--k1-intra`` ... ``--k2-inter``,
+the paper's values by default): seconds and peak memory next to the standard
+Jaccard's in the same table.
 
 ``--reference PATH`` times, in the same run, a user-supplied copy of the
 ``faiss_rerank.py`` shared by SpCL / Cluster Contrast / ICE (its CPU branch,
@@ -68,24 +72,27 @@ def _set_threads(threads: int | None) -> None:
 
 def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_samples: int,
                  threads: int | None, device: str = "cpu", clusterers: tuple[str, ...] = (),
-                 camera: str | None = None, penalty: float = 0.1) -> dict[str, Any]:
+                 camera: str | None = None, penalty: float = 0.1,
+                 ca_k: tuple[int, int, int, int] = (5, 20, 2, 4)) -> dict[str, Any]:
     """One mode of hardreid: Jaccard distance (kNN timed separately) then DBSCAN at each eps.
 
     ``device``: where the features are (the kNN search runs there; the rest of the Jaccard distance on the CPU).
     ``clusterers``: also eps auto and / or HDBSCAN on the same distance (timed, with the peak RSS after each).
     ``camera``: ``mean`` / ``standardize`` (camera normalisation, timed, before the Jaccard distance) or
-    ``penalty`` (same-camera penalty ``penalty`` in the Jaccard distance); the camera ids come from
-    ``<path>.cams.npy``.
+    ``penalty`` (same-camera penalty ``penalty`` in the Jaccard distance) or ``camera_aware`` (CA-Jaccard with
+    ``ca_k`` = k1_intra, k1_inter, k2_intra, k2_inter); the camera ids come from ``<path>.cams.npy``.
     """
     _set_threads(threads)
     import torch
 
+    import hardreid.pseudo_labels.ca_jaccard as caj
     import hardreid.pseudo_labels.jaccard as jac
     from hardreid.pseudo_labels import auto_eps, camera_normalize, cluster_statistics, dbscan_labels, hdbscan_labels
 
     feats = torch.from_numpy(np.load(path)).to(device)
     cuda = feats.device.type == "cuda"
     cams = np.load(path.replace(".npy", ".cams.npy")) if camera else None
+    # replaced in jaccard.py and ca_jaccard.py, where the distances look the search up (it is defined in knn.py)
     knn_name = "_knn_candidates" if mode == "exact" else "_fast_knn_candidates"
     knn_fn = getattr(jac, knn_name)
     knn_time = [0.0]
@@ -99,6 +106,7 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
         return out
 
     setattr(jac, knn_name, timed_knn)
+    setattr(caj, knn_name, timed_knn)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     rss0 = common.rss_mb()
@@ -108,10 +116,14 @@ def run_hardreid(path: str, mode: str, k1: int, k2: int, eps: list[float], min_s
         if camera in ("mean", "standardize"):
             feats = camera_normalize(feats, cams, camera)
             t_camera = time.perf_counter() - t
-        dist = jac.compute_jaccard_distance(feats, k1=k1, k2=k2, mode=mode, camids=cams,
-                                            same_camera_penalty=penalty if camera == "penalty" else 0.0)
+        if camera == "camera_aware":
+            dist = caj.compute_camera_aware_jaccard_distance(feats, cams, *ca_k, mode=mode)
+        else:
+            dist = jac.compute_jaccard_distance(feats, k1=k1, k2=k2, mode=mode, camids=cams,
+                                                same_camera_penalty=penalty if camera == "penalty" else 0.0)
     finally:
         setattr(jac, knn_name, knn_fn)
+        setattr(caj, knn_name, knn_fn)
     t_jaccard = time.perf_counter() - t
     cpu_jaccard = time.process_time() - cpu
     peak_jaccard = common.peak_rss_mb()
@@ -282,9 +294,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--modes", nargs="+", default=["exact", "fast"], choices=["exact", "fast"])
     ap.add_argument("--clusterers", nargs="*", default=[], choices=["eps-auto", "hdbscan"],
                     help="also time cluster.eps=auto and / or cluster.algorithm=hdbscan on each mode's distance")
-    ap.add_argument("--camera", nargs="*", default=[], choices=["mean", "standardize", "penalty"],
+    ap.add_argument("--camera", nargs="*", default=[],
+                    choices=["mean", "standardize", "penalty", "camera_aware", "camera_aware_fast"],
                     help="camera-aware variants of the exact mode, each in its own process: camera_normalize "
-                         "mean / standardize, same_camera_penalty --penalty")
+                         "mean / standardize, same_camera_penalty --penalty, cluster.jaccard camera_aware "
+                         "(CA-Jaccard; camera_aware_fast: with cluster.search fast)")
+    ap.add_argument("--k1-intra", type=int, default=5, help="camera_aware: cluster.k1_intra (default 5, the paper's)")
+    ap.add_argument("--k1-inter", type=int, default=20, help="camera_aware: cluster.k1_inter (default 20)")
+    ap.add_argument("--k2-intra", type=int, default=2, help="camera_aware: cluster.k2_intra (default 2)")
+    ap.add_argument("--k2-inter", type=int, default=4, help="camera_aware: cluster.k2_inter (default 4)")
     ap.add_argument("--penalty", type=float, default=0.1, help="same_camera_penalty of --camera penalty (default 0.1)")
     ap.add_argument("--reference", metavar="PATH", help="a copy of faiss_rerank.py to time in the same run")
     ap.add_argument("--k1", type=int, default=30)
@@ -321,10 +339,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode in args.modes:
         plan.append((mode, run_hardreid, (path, mode, args.k1, args.k2, args.eps, args.min_samples, args.threads),
                      {"device": "cpu", "clusterers": tuple(args.clusterers)}))
+    ca_k = (args.k1_intra, args.k1_inter, args.k2_intra, args.k2_inter)
     for camera in args.camera:
-        plan.append((f"camera-{camera}", run_hardreid,
-                     (path, "exact", args.k1, args.k2, args.eps, args.min_samples, args.threads),
-                     {"device": "cpu", "camera": camera, "penalty": args.penalty}))
+        mode = "fast" if camera == "camera_aware_fast" else "exact"
+        name = camera.replace("_fast", "-fast") if camera.startswith("camera_aware") else f"camera-{camera}"
+        plan.append((name, run_hardreid,
+                     (path, mode, args.k1, args.k2, args.eps, args.min_samples, args.threads),
+                     {"device": "cpu", "camera": camera.replace("_fast", ""), "penalty": args.penalty,
+                      "ca_k": ca_k}))
     if args.reference:
         need_mb = 3 * 4 * args.n**2 / 2**20
         if need_mb > 0.9 * _available_mb():
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out["load_average_before"] = load_before
             out["load_average_after"] = common.load_average()
             sec = out["seconds"]
-            print(f"{name:9s} run {rep + 1}: total {sec['total']:.2f}s (kNN {_fmt(sec['knn'])}s, jaccard "
+            print(f"{name:17s} run {rep + 1}: total {sec['total']:.2f}s (kNN {_fmt(sec['knn'])}s, jaccard "
                   f"{sec['jaccard']:.2f}s, dbscan {sec['dbscan'][str(args.eps[0])]:.2f}s; CPU {out['cpu_s']:.1f}s), peak RSS "
                   f"{out['peak_rss_mb']:.0f} MB, load {load_before} -> {out['load_average_after']}", flush=True)
             outs.append(out)
@@ -379,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **common.result_header("pseudo_labels", argv),
         "params": {"k1": args.k1, "k2": args.k2, "eps": args.eps, "min_samples": args.min_samples,
                    "threads": args.threads, "repeat": args.repeat, "clusterers": args.clusterers,
-                   "camera": args.camera, "penalty": args.penalty},
+                   "camera": args.camera, "penalty": args.penalty, "ca_k": list(ca_k)},
         "features": data,
         "runs": runs,
     }
@@ -398,23 +420,23 @@ def _print_table(payload: dict[str, Any], eps: float) -> None:
     e = str(eps)
     print(f"\nN={payload['features']['n']} D={payload['features']['dim']} "
           f"load {payload['machine']['load_average_1_5_15']}  (DBSCAN eps={e})")
-    print(f"{'mode':10s}{'kNN s':>8s}{'rest s':>8s}{'DBSCAN s':>10s}{'total s':>9s}{'peak MB':>9s}"
+    print(f"{'mode':18s}{'kNN s':>8s}{'rest s':>8s}{'DBSCAN s':>10s}{'total s':>9s}{'peak MB':>9s}"
           f"{'x ref':>7s}{'ARI/exact':>11s}{'ARI/ids':>9s}")
     for name, run in payload["runs"].items():
         if "seconds" not in run:
-            print(f"{name:10s} {run.get('skipped', '')}")
+            print(f"{name:18s} {run.get('skipped', '')}")
             continue
         s = run["seconds"]
-        print(f"{name:10s}{_fmt(s['knn']):>8s}{_fmt(s['jaccard_rest']):>8s}{_fmt(s['dbscan'][e]):>10s}"
+        print(f"{name:18s}{_fmt(s['knn']):>8s}{_fmt(s['jaccard_rest']):>8s}{_fmt(s['dbscan'][e]):>10s}"
               f"{_fmt(s['total']):>9s}{_fmt(run['peak_rss_mb'], '.0f'):>9s}"
               f"{_fmt(run.get('speedup_vs_reference', {}).get('total'), '.1f'):>7s}"
               f"{_fmt(run.get('ari_vs_exact', {}).get(e), '.4f'):>11s}"
               f"{_fmt(run.get('ari_vs_identities', {}).get(e), '.3f'):>9s}")
         if s.get("camera_normalize") is not None:
-            print(f"{'':10s}camera normalisation {s['camera_normalize']:.2f}s (in 'rest s')")
+            print(f"{'':18s}camera normalisation {s['camera_normalize']:.2f}s (in 'rest s')")
         for cname, c in run.get("clusterers", {}).items():
             eps_note = f" (eps {c['eps']:.3f}, rule {c['rule_s']:.2f}s)" if "eps" in c else ""
-            print(f"{'':10s}{cname}: {c['seconds']:.2f}s (CPU {c['cpu_s']:.2f}s){eps_note}, peak {c['peak_rss_mb']:.0f} MB, "
+            print(f"{'':18s}{cname}: {c['seconds']:.2f}s (CPU {c['cpu_s']:.2f}s){eps_note}, peak {c['peak_rss_mb']:.0f} MB, "
                   f"ARI/ids {_fmt(run['ari_vs_identities'].get(cname), '.3f')}: {c['stats']}")
 
 

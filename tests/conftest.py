@@ -28,7 +28,7 @@ def tiny_root(tmp_path_factory) -> Path:
 def tiny_checkpoint(tiny_root, tmp_path_factory) -> Path:
     """last.pth of a real (tiny) training run: 1 epoch x 1 step of tiny_config on tiny_root."""
     from hardreid.data.datasets import load_dataset
-    from hardreid.training import train
+    from hardreid.runs import train
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     train(tiny_config(train={"epochs": 1, "iters": 1, "eval_every": 0}), load_dataset("market", tiny_root), run,

@@ -23,7 +23,8 @@ from hardreid import distributed
 from hardreid.config import Config, apply_dict, load_config
 from hardreid.data.datasets import load_dataset
 from hardreid.training.run_files import setup_logging
-from hardreid.training.trainer import Trainer, train
+from hardreid.runs import train
+from hardreid.training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = {  # the methods' own CPU configs (ResNet-50 ones moved to MobileNetV2), shrunk to the tiny set below

@@ -120,17 +120,19 @@ def test_pseudo_labels(tmp_path):
     # variant, each in its own process (the two lines of the run plan); test_pseudo_labels_every_variant: all (slow)
     out = tmp_path / "pseudo_labels.json"
     script("pseudo_labels", "--n", 300, "--dim", 64, "--modes", "exact", "--clusterers", "eps-auto", "hdbscan",
-           "--camera", "penalty", "--out", out)
+           "--camera", "penalty", "camera_aware", "--out", out)
     data = read_json(out, HEADER | {"params", "features", "runs"})
     assert data["benchmark"] == "pseudo_labels" and data["features"]["n"] == 300
     runs = data["runs"]
-    assert list(runs) == ["exact", "camera-penalty"]
+    assert list(runs) == ["exact", "camera-penalty", "camera_aware"]
+    assert data["params"]["ca_k"] == [5, 20, 2, 4] and runs["camera_aware"]["seconds"]["knn"] > 0  # the CA searches
     for name, run in runs.items():
         assert run["device"] == "cpu" and run["seconds"]["total"] > 0 and run["peak_rss_mb"] > 0, name
         assert set(run["ari_vs_identities"]) >= {"0.5", "0.6"}, name
     assert set(runs["exact"]["clusterers"]) == {"eps-auto", "hdbscan"} and not runs["camera-penalty"]["clusterers"]
     assert set(runs["camera-penalty"]["ari_vs_exact"]) == {"0.5", "0.6"}
-    assert runs["camera-penalty"]["seconds"]["camera_normalize"] is None and data["params"]["camera"] == ["penalty"]
+    assert runs["camera-penalty"]["seconds"]["camera_normalize"] is None
+    assert data["params"]["camera"] == ["penalty", "camera_aware"]
 
 
 # A stand-in for the user's copy of faiss_rerank.py that --reference imports (dense 1 - cosine; its kNN through the
@@ -159,10 +161,11 @@ def test_pseudo_labels_every_variant(tmp_path):
     (tmp_path / "reference" / "faiss_rerank.py").write_text(REFERENCE)
     out = tmp_path / "pseudo_labels.json"
     script("pseudo_labels", "--n", 300, "--dim", 64, "--modes", "exact", "fast", "--clusterers", "eps-auto", "hdbscan",
-           "--camera", "mean", "standardize", "penalty", "--penalty", 0.2,
+           "--camera", "mean", "standardize", "penalty", "camera_aware", "camera_aware_fast", "--penalty", 0.2,
            "--reference", tmp_path / "reference" / "faiss_rerank.py", "--out", out)
     runs = read_json(out, HEADER | {"params", "features", "runs"})["runs"]
-    assert list(runs) == ["exact", "fast", "camera-mean", "camera-standardize", "camera-penalty", "reference"]
+    assert list(runs) == ["exact", "fast", "camera-mean", "camera-standardize", "camera-penalty", "camera_aware",
+                          "camera_aware-fast", "reference"]
     assert all("0.5" in run["ari_vs_identities"] for run in runs.values())
     assert all(run["device"] == "cpu" and "total" in run["speedup_vs_reference"] for run in list(runs.values())[:-1])
     assert "hdbscan" in runs["fast"]["ari_vs_exact"] and runs["camera-mean"]["seconds"]["camera_normalize"] is not None

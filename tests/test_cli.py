@@ -41,8 +41,15 @@ def test_train_then_evaluate_contract(tiny_root, tmp_path, capsys):
     assert report["num_query"] > 0 and 0 <= report["mAP"] <= 100
     assert f"mAP {report['mAP']:.1f}" in out
     assert (tmp_path / "ranked.png").stat().st_size > 1000
-    code, _, err = run_cli(["evaluate", "--checkpoint", ckpt, "--data-root", tiny_root, "--rerank", "--workers", 0], capsys)
-    assert code == 0, err
+    code, out, err = run_cli(["evaluate", "--checkpoint", ckpt, "--data-root", tiny_root, "--rerank", "--workers", 0],
+                             capsys)
+    assert code == 0 and "re-ranked (standard)" in out, err  # a bare --rerank: k-reciprocal, as before
+    code, out, err = run_cli(["evaluate", "--checkpoint", ckpt, "--data-root", tiny_root, "--rerank", "camera_aware",
+                              "--workers", 0], capsys)
+    assert code == 0 and "re-ranked (camera_aware)" in out, err
+    with pytest.raises(SystemExit):  # argparse: usage and one line
+        main(["evaluate", "--checkpoint", str(ckpt), "--data-root", str(tiny_root), "--rerank", "ca"])
+    assert "invalid choice: 'ca'" in capsys.readouterr().err
 
 
 def test_evaluate_untrained_backbone(tiny_root, tmp_path, capsys):
@@ -75,16 +82,18 @@ def test_user_mistakes_get_one_clear_message(tiny_root, tmp_path, capsys):
 
 
 def test_checkpoint_of_another_architecture(tiny_root, tmp_path, capsys):
-    from hardreid.training import model_from_config
+    from hardreid.models import model_from_config
     from hardreid.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
-    save_checkpoint({"model": model_from_config(tiny_config()).state_dict(), "backbone": "mobilenet_v2", "feat_dim": 1280},
-                    tmp_path / "m.pth")
+    save_checkpoint({"model": model_from_config(tiny_config()).state_dict(), "backbone": "mobilenet_v2", "feat_dim": 1280,
+                     "config": tiny_config().to_dict()}, tmp_path / "m.pth")
     from hardreid.errors import UserError
 
     other = model_from_config(tiny_config(model={"backbone": "resnet18"}))
-    with pytest.raises(UserError, match=r"m.pth holds a 'mobilenet_v2' model.*'resnet18'"):
+    with pytest.raises(UserError, match=r"m.pth holds a 'mobilenet_v2' model.*'resnet18' model being built \(\d+ missing "
+                                        r"keys: [^;]+ and \d+ more; \d+ unexpected keys") as err:
         load_model_state(other, load_checkpoint(tmp_path / "m.pth"), tmp_path / "m.pth")
+    assert len(str(err.value)) < 700  # issue 24: it was one 3-8 KB line
 
 
 def test_unreadable_image_during_training_names_the_file(tiny_root, tmp_path, capsys):
@@ -114,6 +123,29 @@ def test_datasets_inspect_and_help(tiny_root, capsys):
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "hardreid.cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "hardreid" in out and "train" in out
+
+
+def test_choices_are_the_library_names():
+    """The parser offers exactly the names the implementing modules accept (no second list to forget)."""
+    from hardreid.cli import build_parser
+    from hardreid.cli.common import FORMATS, SUBSETS
+    from hardreid.data.datasets import CUHK03NP_SUBSETS, FORMATS as DATA_FORMATS
+    from hardreid.data.subsample import MARKET_LAYOUT_FORMATS
+    from hardreid.export.formats import FORMATS as EXPORT_FORMATS
+    from hardreid.retrieval.index import KINDS
+
+    assert sorted(FORMATS) == sorted(["auto", *DATA_FORMATS]) and sorted(SUBSETS) == sorted(CUHK03NP_SUBSETS)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    datasets = commands["datasets"]._subparsers._group_actions[0].choices
+
+    def choices(parser, option):
+        return next(a.choices for a in parser._actions if option in a.option_strings)
+
+    assert list(choices(commands["export"], "--format")) == list(EXPORT_FORMATS)
+    assert list(choices(commands["index"], "--kind")) == list(KINDS)
+    assert list(choices(datasets["subsample"], "--format")) == ["auto", *MARKET_LAYOUT_FORMATS]
+    for parser in (commands["train"], commands["evaluate"], commands["figures"], datasets["inspect"]):
+        assert choices(parser, "--format") == FORMATS
 
 
 def test_weights_path_is_stored_absolute_so_resume_works_from_elsewhere(tiny_root, tmp_path, capsys, monkeypatch):

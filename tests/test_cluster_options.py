@@ -112,7 +112,10 @@ def test_score_decline_warning_reads_the_history():
     rows = [{"epoch": 1, "mAP": 6.0, "collapse_warning": True}, {"epoch": 2, "collapse_warning": False},
             {"epoch": 3, "mAP": 7.5, "collapse_warning": True}, {"epoch": 4, "mAP": 1.0, "collapse_warning": False}]
     line = score_decline_warning(rows)
-    assert line.startswith("training made the model worse: mAP 6.0 after epoch 1, 1.0 after epoch 4")
+    assert line.startswith("the score fell during training: mAP 6.0 after epoch 1, 1.0 after epoch 4 (the model "
+                           "before training was not scored")  # issue 24: no claim about a start that was not scored
+    started = score_decline_warning(rows, start={"epoch": 0, "mAP": 5.0})
+    assert started.startswith("training made the model worse: mAP 5.0 before training, 1.0 after epoch 4")
     assert "collapsed at epoch(s) 1,3" in line and "best.pth holds epoch 3 (mAP 7.5)" in line and "\n" not in line
     quiet = [{**row, "collapse_warning": False} for row in rows]
     assert "stayed below their thresholds" in score_decline_warning(quiet)
@@ -541,7 +544,9 @@ def test_config_accepts_eps_auto_and_numbers(tmp_path):
     ({"hdbscan_selection": "x"}, "'cluster.hdbscan_selection' must be one of eom, leaf"),
 ])
 def test_cluster_epoch_checks_the_config(override, message):
-    cfg = ClusterConfig(**override)
+    cfg = ClusterConfig()
+    for key, value in override.items():  # set in Python: not checked there (ClusterConfig(**override) would refuse it)
+        setattr(cfg, key, value)
     with pytest.raises(UserError, match=message):
         cluster_epoch(torch.randn(40, 8), np.zeros(40), cfg)
 

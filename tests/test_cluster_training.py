@@ -13,10 +13,10 @@ from PIL import Image
 
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.training.checkpoint import load_checkpoint
-from hardreid.training.bases import spcl
-from hardreid.training.methods import EpochData, build_method
+from hardreid.methods import EpochData, build_method
+from hardreid.methods.bases import spcl
 
 from conftest import tiny_config
 
@@ -59,8 +59,10 @@ def test_default_thresholds_stay_quiet_and_resume_keeps_last_labels(tiny_root, t
     ("spcl", {"eps": "auto", "eps_rho": 0.05, "camera_normalize": "standardize", "same_camera_penalty": 1.0}),
     ("ice", {"algorithm": "hdbscan", "min_samples": 2, "camera_normalize": "mean"}),
     ("ice", {"eps": "auto", "eps_rho": 0.05, "same_camera_penalty": 4.0}),
+    ("cluster_contrast", {"jaccard": "camera_aware", "k1_intra": 3, "k1_inter": 6}),
+    ("spcl", {"jaccard": "camera_aware", "eps": "auto", "eps_rho": 0.05, "search": "fast"}),
 ])
-def test_spcl_and_ice_train_with_the_options(tiny_root, tmp_path, base, cluster):
+def test_bases_train_with_the_clustering_options(tiny_root, tmp_path, base, cluster):
     data = load_dataset("market", tiny_root)
     cfg = tiny_config(method={"base": base}, cluster=cluster, train={"eval_every": 0})
     result = train(cfg, data, tmp_path / "run", log_to_stderr=False)
@@ -112,7 +114,7 @@ def test_a_run_that_ends_worse_than_its_first_score_says_so(tiny_root, tmp_path,
     train(tiny_config(train={"epochs": 3, "iters": 1, "eval_every": 1, "eval_at_start": False}),
           load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)
     log = (tmp_path / "run" / "train.log").read_text()
-    line = "training made the model worse: mAP 5.0 after epoch 1, 2.0 after epoch 3"
+    line = "the score fell during training: mAP 5.0 after epoch 1, 2.0 after epoch 3 (the model before training was not scored"
     assert (line in log) is worse and ("best.pth holds epoch 2 (mAP 7.0)" in log) is worse
     assert not (tmp_path / "run" / "start_scores.json").exists()
 

@@ -92,12 +92,68 @@ def test_values_are_not_truncated_or_guessed(tmp_path):
     assert (cfg.eval.flip, cfg.optim.lr, cfg.train.epochs, cfg.method.hard_samples) == (True, 1e-4, 3, ["hpf"])
 
 
-def test_rules_name_real_keys_and_accept_every_default():
-    from hardreid.config import RULES, validate_config
+def test_every_key_says_what_it_accepts_and_every_default_is_accepted():
+    from hardreid.config import validate_config
+    from hardreid.config.messages import describe
 
-    keys = {f"{section}.{key}" for section, values in Config().to_dict().items() for key in values}
-    assert set(RULES) <= keys, set(RULES) - keys
+    for section in Config.model_fields:
+        model = type(getattr(Config(), section))
+        assert model.section == section
+        for key, field in model.model_fields.items():
+            text, _ = describe(field)
+            assert text and "\n" not in text, f"{section}.{key}"
     validate_config(Config())
+
+
+def test_packaged_configs_load_as_before_the_move_to_pydantic():
+    """The dump of every packaged config (and of the defaults) is what the dataclass config gave (golden hashes)."""
+    import hashlib
+
+    import yaml
+
+    from hardreid.config import packaged_configs
+
+    golden = dict(reversed(line.split()) for line in (Path(__file__).parent / "golden" / "config_dumps.sha256")
+                  .read_text().splitlines() if line and not line.startswith("#"))
+    assert sorted(golden) == sorted(packaged_configs() + ["__default__"])
+    for name in golden:
+        cfg = Config() if name == "__default__" else load_config(name)
+        dump = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        assert hashlib.sha256(dump.encode()).hexdigest()[:16] == golden[name], f"{name} changed:\n{dump}"
+
+
+def test_pydantic_errors_never_reach_the_user():
+    """Building a section or a config in Python checks the values; every error is one line naming the key."""
+    from hardreid.config import ClusterConfig, DataConfig, OptimConfig
+
+    for build, message in [
+        (lambda: ClusterConfig(eps=[0.5]), "config key 'cluster.eps' in the config must be a number in (0, 1) or auto, got [0.5]"),
+        (lambda: ClusterConfig(algorithm="dbscn"),
+         "config key 'cluster.algorithm' must be one of dbscan, hdbscan, got 'dbscn'. Did you mean 'dbscan'?"),
+        (lambda: ClusterConfig(epss=0.5), "unknown config key 'cluster.epss' in the config. Did you mean 'cluster.eps'?"),
+        (lambda: DataConfig(height=0), "config key 'data.height' must be an integer >= 1, got 0"),
+        (lambda: OptimConfig(milestones=[30, 10]), "config key 'optim.milestones' must be increasing epochs, got [30, 10]"),
+        (lambda: Config(data={"batch_size": 6}), "config: data.batch_size (6) must be a multiple of data.num_instances (4)"),
+        (lambda: Config(data=3), "config section 'data' in the config must be a mapping of keys, got 3"),
+        (lambda: Config(trian={}), "unknown config section 'trian' in the config. Did you mean 'train'?"),
+    ]:
+        with pytest.raises(UserError) as info:
+            build()
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_choices_suggest_and_registries_are_asked_when_checking(monkeypatch):
+    from hardreid.config import CHOICES
+
+    with pytest.raises(UserError, match=r"'memory.kind' in command-line overrides must be one of momentum, instance, "
+                                        r"queue, got 'instanse'. Did you mean 'instance'\?"):
+        load_config(None, ["memory.kind=instanse"])
+    with pytest.raises(UserError, match=r"'method.hard_samples' .* distinct names from: .*, got \['hpf', 'mean_teachr'\]. "
+                                        r"Did you mean 'mean_teacher'\?"):
+        load_config(None, ["method.hard_samples=[hpf, mean_teachr]"])
+    backbones = CHOICES["model.backbone"]
+    monkeypatch.setitem(CHOICES, "model.backbone", lambda: [*backbones(), "tiny_net"])
+    assert load_config(None, ["model.backbone=tiny_net"]).model.backbone == "tiny_net"
 
 
 def test_rules_give_one_line_with_key_value_and_range():
@@ -155,3 +211,16 @@ def test_the_cpu_config_for_own_data_is_the_official_one_with_two_changes():
     for name in ("cpu_mobilenet.yaml", "cpu_20_epochs.yaml"):
         hng = load_config(CONFIGS / "hng" / name)
         assert (hng.cluster.min_samples, hng.method.hard_samples) == (4, ["hng"])
+
+
+def test_code_takes_the_names_of_a_choice_from_the_config():
+    from hardreid.config import choices_of
+    from hardreid.losses import ALIGNMENTS
+    from hardreid.methods.bases.cluster_contrast import MEMORY_KINDS
+
+    assert MEMORY_KINDS == choices_of("memory.kind") == ("momentum", "instance", "queue")
+    assert ALIGNMENTS == ("re", "distance")
+    with pytest.raises(UserError, match=r"strong_baseline.triplet_margin must be in \[0, 1\] with "
+                                        r"method.base=strong_baseline, got 1.5"):
+        load_config(None, ["method.base=strong_baseline", "strong_baseline.triplet_margin=1.5"])
+    assert load_config(None, ["strong_baseline.triplet_margin=1.5"]).strong_baseline.triplet_margin == 1.5

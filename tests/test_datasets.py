@@ -18,9 +18,9 @@ REAL_CUHK03 = Path("/work/shared/data/cuhk03")
 
 
 def make_image(path: Path, color: tuple[int, int, int] = (10, 20, 30), fmt: str | None = None) -> Path:
-    """An 8x4 image; the colour makes its bytes distinct (or identical on purpose)."""
+    """A 16x8 image (above the 8-pixel minimum side); the colour makes its bytes distinct (or identical on purpose)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (4, 8), color).save(path, format=fmt)
+    Image.new("RGB", (8, 16), color).save(path, format=fmt)
     return path
 
 
@@ -49,9 +49,9 @@ def make_market(root: Path, train: list[str] = MARKET_TRAIN) -> Path:
 
 def test_read_image_returns_rgb(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.png")
-    Image.new("L", (4, 8), 5).save(path)
+    Image.new("L", (8, 16), 5).save(path)
     img = read_image(path)
-    assert img.mode == "RGB" and img.size == (4, 8)
+    assert img.mode == "RGB" and img.size == (8, 16)
     assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -81,12 +81,12 @@ def test_read_image_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     """A 16-bit greyscale PNG (0..65535) used to decode all white; it maps to 0..255 by value / 257."""
     import numpy as np
 
-    values = np.linspace(0, 65535, 8 * 4).reshape(8, 4).astype(np.uint16)
+    values = np.linspace(0, 65535, 16 * 8).reshape(16, 8).astype(np.uint16)
     path = tmp_path / "deep.png"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode.startswith("I;16")
     pixels = np.asarray(read_image(path))
-    assert pixels.shape == (8, 4, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    assert pixels.shape == (16, 8, 3) and (pixels[..., 0] == pixels[..., 2]).all()
     np.testing.assert_array_equal(pixels[..., 0], np.rint(values / 257.0).astype(np.uint8))
 
 
@@ -201,7 +201,7 @@ def test_test_only_folder_loads_without_a_training_split(tmp_path: Path, train_s
     ds = load_dataset("auto", root)
     assert ds.train == [] and len(ds.query) == 2 and len(ds.gallery) == 5
     assert any(f"is {train_split}" in w and "test-only" in w for w in ds.warnings)
-    from hardreid.training import train
+    from hardreid.runs import train
 
     from conftest import tiny_config
 

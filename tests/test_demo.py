@@ -118,7 +118,8 @@ def test_demo_data_options_calm_backgrounds_and_broaden_people(tmp_path: Path) -
 def test_distinct_outfits_give_every_identity_its_own_colour_pair() -> None:
     import numpy as np
 
-    from hardreid.data.synthetic import MAX_OUTFITS, OUTFIT_COLOURS, _population
+    from hardreid.data.synthetic import MAX_OUTFITS, OUTFIT_COLOURS
+    from hardreid.data.synthetic.people import _population
 
     palette = np.array(OUTFIT_COLOURS, float)
 

@@ -21,7 +21,7 @@ from hardreid.data.datasets import load_dataset
 from hardreid.data.loaders import InfiniteIdentityLoader
 from hardreid.data.sampler import GlobalBatches, IdentitySampler
 from hardreid.data.transforms import train_transform
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.training.checkpoint import load_checkpoint
 from hardreid.training.trainer import flat_tensors
 
@@ -102,7 +102,7 @@ def test_start_up_checks_name_the_setting(monkeypatch):
     from hardreid.config import validate_config
     from hardreid.data.loaders import check_batch_split
     from hardreid.errors import UserError
-    from hardreid.training.trainer import batchnorm_group
+    from hardreid.runtime import batchnorm_group
 
     with pytest.raises(UserError, match=r"train.sync_bn .* train.bn_chunk=8"):
         validate_config(tiny_config(train={"sync_bn": True, "bn_chunk": 8}))
@@ -236,7 +236,8 @@ def assert_identical(mine: dict, reference: dict, what: str) -> None:
 def replay_step(cfg, before: dict, optimizer_before: dict, grads: dict, epoch: int) -> dict[str, torch.Tensor]:
     """The weights the trainer's optimiser makes of ``before`` (its state ``optimizer_before``) with ``grads``
     in epoch ``epoch`` (0-based): the same optimiser, built by the trainer's own function."""
-    from hardreid.training.trainer import build_optimizer, lr_factor, model_from_config
+    from hardreid.models import model_from_config
+    from hardreid.training.trainer import build_optimizer, lr_factor
 
     model = model_from_config(cfg, initial_weights=False)
     model.load_state_dict(before)

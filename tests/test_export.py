@@ -144,7 +144,10 @@ def test_export_command_fails_above_the_tolerance(tiny_checkpoint, tmp_path, cap
     assert "random inputs" in captured.out and "ABOVE 1e-04" in captured.out
     assert code == 1 and "differs from PyTorch by 2.0" in captured.err
     monkeypatch.setattr(formats, "exported_runner", real)
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts")]) == 0
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts")]) == 2
+    assert "m.ts already exists: pass --overwrite" in capsys.readouterr().err  # the failed export's file stays
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "torchscript", "--output", str(tmp_path / "m.ts"),
+                 "--overwrite"]) == 0
     assert "within 1e-04" in capsys.readouterr().out
 
 
@@ -186,7 +189,7 @@ def test_tensorboard_gets_the_metrics_row_of_every_epoch(tiny_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from hardreid.data.datasets import load_dataset
-    from hardreid.training import train
+    from hardreid.runs import train
 
     result = train(tiny_config(train={"iters": 1, "tensorboard": True}), load_dataset("market", tiny_root), tmp_path / "run",
                    log_to_stderr=False)
@@ -210,7 +213,7 @@ def test_tensorboard_missing_is_a_clear_error(tiny_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     from hardreid.data.datasets import load_dataset
-    from hardreid.training import train
+    from hardreid.runs import train
 
     with pytest.raises(UserError, match=r"train.tensorboard=true needs the tensorboard package: pip install 'hardreid\[tensorboard\]'"):
         train(tiny_config(train={"tensorboard": True}), load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)

@@ -13,7 +13,7 @@ from PIL import Image
 from hardreid.cli import main
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.viz import figures
 from hardreid.viz.figures import fig4_size, hard_positive_figure, load_run_model, run_state, tsne_figure, tsne_of_run
 
@@ -23,7 +23,7 @@ CALLS: list[dict] = []
 
 
 def stand_in_hpi(model, anchor_features, positives, prototypes, steps, lr, temperature, loss="re"):
-    """Stand-in for hardreid.hard_samples.hpi.hard_positive_instances: ``steps`` normalised ascent steps on
+    """Stand-in for hardreid.methods.generators.hpi.hard_positive_instances: ``steps`` normalised ascent steps on
     KL(v(anchor) || v(model(x))), v = softmax(f . C / tau) (ACFL Eq. 4, 7), per-image gradient norm."""
     CALLS.append({"steps": steps, "lr": lr, "temperature": temperature, "loss": loss, "prototypes": prototypes.shape})
     target = F.softmax(anchor_features.detach() @ prototypes.t() / temperature, dim=1)
@@ -143,7 +143,7 @@ def test_figures_command_errors(tiny_run, tmp_path, capsys):
 
 
 def test_fig4_with_the_real_hard_positive_generator(state, tiny_root, tmp_path):
-    """Fig. 4 through hardreid.hard_samples.hpi (Eq. 3-4): the picture is made and the model is untouched."""
+    """Fig. 4 through hardreid.methods.generators.hpi (Eq. 3-4): the picture is made and the model is untouched."""
     data = load_dataset("market", tiny_root)
     before = {k: v.clone() for k, v in state.model.state_dict().items()}
     image = np.asarray(Image.open(hard_positive_figure(state, data, tmp_path / "fig4.png", num_queries=2))).astype(int)

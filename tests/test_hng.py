@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from hardreid.config import load_config
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.hard_samples.hng import HardNegativeGeneration
-from hardreid.hard_samples.hng import fusion as FU
-from hardreid.hard_samples.hng import losses as L
-from hardreid.hard_samples.hng.networks import Decoder, Encoder, Generator, PatchDiscriminator, to_gan_space, to_reid_space
-from hardreid.training import train
-from hardreid.training.methods import Batch, EpochData, build_method
-from hardreid.training.trainer import build_optimizer, model_from_config, piecewise_lr_factor
+from hardreid.methods.generators.hng import HardNegativeGeneration
+from hardreid.methods.generators.hng import fusion as FU
+from hardreid.methods.generators.hng import losses as L
+from hardreid.methods.generators.hng.networks import Decoder, Encoder, Generator, PatchDiscriminator, to_gan_space, to_reid_space
+from hardreid.runs import train
+from hardreid.methods import Batch, EpochData, build_method
+from hardreid.models import model_from_config
+from hardreid.training.trainer import build_optimizer, piecewise_lr_factor
 
 from conftest import tiny_config
 from rounding import U32

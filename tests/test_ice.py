@@ -13,9 +13,9 @@ from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
 from hardreid.memory import CameraProxies
 from hardreid.models.ema import ModelEMA
-from hardreid.training import methods as M
-from hardreid.training.bases.ice import hard_instance_loss, soft_instance_consistency
-from hardreid.training.trainer import train
+import hardreid.methods as M
+from hardreid.methods.bases.ice import hard_instance_loss, soft_instance_consistency
+from hardreid.runs import train
 
 from conftest import tiny_config
 from rounding import U64, forward_error

@@ -193,7 +193,7 @@ def test_more_camera_sampler_covers_the_cameras_first():
 def test_sampler_registry_and_the_bases_official_samplers():
     from hardreid.data.sampler import SAMPLERS, sampler_class
     from hardreid.errors import UserError
-    from hardreid.training.methods import build_method
+    from hardreid.methods import build_method
 
     assert set(SAMPLERS) == {"pk", "multi_camera", "more_camera"}
     import pytest

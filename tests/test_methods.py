@@ -12,7 +12,8 @@ from hardreid.data.datasets import load_dataset
 from hardreid.data.loaders import InfiniteIdentityLoader
 from hardreid.data.transforms import train_transform
 from hardreid.errors import UserError
-from hardreid.training import methods as M
+import hardreid.methods as M
+from hardreid.methods.bases.cluster_contrast import ClusterContrast
 
 from conftest import tiny_config
 
@@ -69,7 +70,7 @@ def _batch() -> M.Batch:
 
 def test_hooks_run_base_first_then_generators_and_terms_add_up():
     calls: list[str] = []
-    base = M.ClusterContrast(Config(), torch.device("cpu"))
+    base = ClusterContrast(Config(), torch.device("cpu"))
     method = M.ComposedMethod(base, [Recorder("a", calls, term="extra_a"), Recorder("b", calls)])
     model = Linear()
     method.start_epoch(_epoch(), model)
@@ -89,8 +90,8 @@ def test_hooks_run_base_first_then_generators_and_terms_add_up():
 
 def test_logit_adjusters_change_the_base_loss():
     model = Linear()
-    plain = M.ComposedMethod(M.ClusterContrast(Config(), torch.device("cpu")))
-    harder = M.ComposedMethod(M.ClusterContrast(Config(), torch.device("cpu")), [Recorder("h", [], shift=-2.0)])
+    plain = M.ComposedMethod(ClusterContrast(Config(), torch.device("cpu")))
+    harder = M.ComposedMethod(ClusterContrast(Config(), torch.device("cpu")), [Recorder("h", [], shift=-2.0)])
     for method in (plain, harder):
         method.start_epoch(_epoch(), model)
     batch = _batch()
@@ -101,10 +102,10 @@ def test_logit_adjusters_change_the_base_loss():
 
 
 def test_duplicate_terms_and_components_are_rejected():
-    base = M.ClusterContrast(Config(), torch.device("cpu"))
+    base = ClusterContrast(Config(), torch.device("cpu"))
     with pytest.raises(UserError, match="distinct"):
         M.ComposedMethod(base, [Recorder("x", []), Recorder("x", [])])
-    method = M.ComposedMethod(M.ClusterContrast(Config(), torch.device("cpu")), [Recorder("y", [], term="contrast")])
+    method = M.ComposedMethod(ClusterContrast(Config(), torch.device("cpu")), [Recorder("y", [], term="contrast")])
     method.start_epoch(_epoch(), Linear())
     with pytest.raises(RuntimeError, match="given twice"):
         method.training_step(Linear(), _batch())
@@ -120,11 +121,11 @@ def test_build_method_checks_names():
     with pytest.raises(UserError, match="not_a_generator"):
         M.build_method(cfg, torch.device("cpu"))
     method = M.build_method(tiny_config(), torch.device("cpu"))
-    assert isinstance(method.base, M.ClusterContrast) and method.generators == []
+    assert isinstance(method.base, ClusterContrast) and method.generators == []
 
 
 def test_state_dict_is_keyed_by_component():
-    method = M.ComposedMethod(M.ClusterContrast(Config(), torch.device("cpu")), [Recorder("r", [])])
+    method = M.ComposedMethod(ClusterContrast(Config(), torch.device("cpu")), [Recorder("r", [])])
     assert set(method.state_dict()) == {"cluster_contrast", "r"}
 
 
@@ -186,7 +187,8 @@ def test_blur_is_applied_with_its_probability_and_checked(tiny_root):
 
 
 def test_evaluation_model_is_the_teacher_when_asked_and_checkpoint_keeps_it(tiny_root, tmp_path):
-    from hardreid.training import model_from_config, train
+    from hardreid.models import model_from_config
+    from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint, load_model_state
 
     data = load_dataset("market", tiny_root)

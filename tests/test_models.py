@@ -59,8 +59,15 @@ def test_torchvision_state_dict_loads_exactly(tmp_path):
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(UserError, match=r"r18.pth does not fit backbone 'resnet50'"):
+    with pytest.raises(UserError, match=r"r18.pth looks like a ResNet checkpoint \(torchvision layout, basic blocks\); "
+                                        r"use model.backbone=resnet18 or resnet34"):
         build_model("resnet50", weights=tmp_path / "r18.pth")
+    with pytest.raises(UserError, match=r"r18.pth does not fit backbone 'resnet34'.*missing keys"):  # same family
+        build_model("resnet34", weights=tmp_path / "r18.pth")
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(UserError, match=r"r34.pth does not fit backbone 'resnet18': it holds \d+ backbone keys that "
+                                        r"'resnet18' does not have \(e.g. \['4.2."):  # a deeper network used to load its first layers
+        build_model("resnet18", weights=tmp_path / "r34.pth")
     with pytest.raises(UserError, match="does not exist"):
         build_model("resnet18", weights=tmp_path / "missing.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")

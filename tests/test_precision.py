@@ -15,16 +15,17 @@ from torch import nn
 from hardreid.config import Config
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.hard_samples.hng import losses as hng_losses
-from hardreid.hard_samples.hpf import HardPersonFeatures, hard_person_feature_coefficients
-from hardreid.hard_samples.hpi import hard_positive_instances
+from hardreid.methods.generators.hng import losses as hng_losses
+from hardreid.methods.generators.hpf import HardPersonFeatures, hard_person_feature_coefficients
+from hardreid.methods.generators.hpi import hard_positive_instances
 from hardreid.losses import distance_loss, relative_entropy_loss
 from hardreid.memory import CameraProxies, ClusterMemory, HybridMemory, InstanceMemory, QueueMemory
 from hardreid.memory.cluster_memory import cluster_centroids
 from hardreid.models.ema import ModelEMA
 from hardreid.precision import autocast_off, float32, training_precision
-from hardreid.training import methods as M
-from hardreid.training.bases.ice import soft_instance_consistency
+import hardreid.methods as M
+from hardreid.methods.bases.cluster_contrast import ClusterContrast
+from hardreid.methods.bases.ice import soft_instance_consistency
 from hardreid.training.trainer import Trainer
 
 from conftest import tiny_config
@@ -120,7 +121,7 @@ def _hpf_adjust(fn: Callable) -> torch.Tensor:
 
 
 def _cluster_logits(fn: Callable) -> torch.Tensor:
-    base = M.ClusterContrast(Config(), CPU)
+    base = ClusterContrast(Config(), CPU)
     HardPersonFeatures(Config(), CPU).attach(base)
     base.memory = ClusterMemory(_unit(10, 64, seed=1))
     return fn(base, _unit(16, 64), torch.arange(16) % 10)
@@ -290,9 +291,9 @@ COMBINATIONS = [(b, g) for b in BASES for g in GENERATORS if (b, g) not in REDUN
 
 # Host placements inside a training step that are there on purpose (everything else must stay on the device).
 INTENDED_HOST_WORK = {
-    ("hard_samples/hng/fusion.py:pick_negatives", "cpu"):
+    ("methods/generators/hng/fusion.py:pick_negatives", "cpu"):
         "x_neg is drawn with hng's CPU generator (the same negatives on every device, exact resume): B labels a step",
-    ("hard_samples/hng/fusion.py:pick_negatives", "torch.rand without device"): "the same draw, on that generator",
+    ("methods/generators/hng/fusion.py:pick_negatives", "torch.rand without device"): "the same draw, on that generator",
     ("memory/cluster_memory.py:momentum_update_rows_", "tolist"): "the sizes of the K update rounds (K integers)",
 }
 
@@ -364,7 +365,7 @@ def step(x):
 
 def test_float16_autocast_with_loss_scaling_resumes_exactly(train_only, tmp_path):
     """float16 needs the gradient scaler; its scale is part of the checkpoint, so a resumed run matches."""
-    from hardreid.training import train
+    from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint
 
     def cfg(epochs: int):

@@ -258,20 +258,21 @@ class _LegacyTF32API:
 def test_jaccard_cuda_path_on_cpu_matches_reference_with_tf32_switched_off(case, monkeypatch):
     """CPU counterpart of test_jaccard_on_cuda_matches_reference: the same blocked search (block 128), and the
     CUDA-only part, the TF32 switch around the products, checked on stand-ins of both PyTorch flag APIs."""
-    import hardreid.pseudo_labels.jaccard as jaccard
+    import hardreid.pseudo_labels.knn as knn
 
     feats, k1, k2, ref, _ = case
     cuda = torch.device("cuda")
     for api, flag, off in ((_NewTF32API(), "fp32_precision", "ieee"), (_LegacyTF32API(), "allow_tf32", False)):
         before = getattr(api, flag)
-        with jaccard._ieee_fp32_matmul(cuda, api):
+        with knn._ieee_fp32_matmul(cuda, api):
             assert getattr(api, flag) == off
         assert getattr(api, flag) == before
-        with jaccard._ieee_fp32_matmul(torch.device("cpu"), api):
+        with knn._ieee_fp32_matmul(torch.device("cpu"), api):
             assert getattr(api, flag) == before  # nothing to switch on the CPU
     entered = []
-    real = jaccard._ieee_fp32_matmul
-    monkeypatch.setattr(jaccard, "_ieee_fp32_matmul", lambda device: (entered.append(device), real(device))[1])
+    real = knn._ieee_fp32_matmul
+    # patched where the search looks it up (knn.py's _knn_candidates)
+    monkeypatch.setattr(knn, "_ieee_fp32_matmul", lambda device: (entered.append(device), real(device))[1])
     dist = compute_jaccard_distance(feats, k1=k1, k2=k2, block_size=128)
     assert entered  # every product of the search runs inside the switch
     np.testing.assert_allclose(jaccard_to_dense(dist), ref, atol=REF_ATOL, rtol=0)
@@ -463,12 +464,30 @@ def test_pseudo_labels_convenience(case):
 # --------------------------------------------------------------------------- fast mode
 
 
+def _reduced_kernel() -> str:
+    """The reduced-precision CPU kernel the fast-mode tests exercise wherever they run (int8 where it runs)."""
+    from hardreid.pseudo_labels.knn import _int8_matmul_available
+
+    return "int8" if _int8_matmul_available() else "bf16"
+
+
 @pytest.fixture(scope="module")
 def fast_case():
-    """~2,100 clustered 512-d features; exact and fast (int8 / fp16) Jaccard distances, several kNN blocks."""
+    """~2,100 clustered 512-d features; exact and fast (int8 / fp16) Jaccard distances, several kNN blocks.
+
+    The fast distance is computed with the reduced-precision kernel pinned, whatever this CPU's own choice
+    (``choose_cpu_kernel`` picks exact on an AVX2-only CPU or under ``ATEN_CPU_CAPABILITY=avx2``)."""
+    import hardreid.pseudo_labels.knn as knn
+
     feats = clustered_features(11, 100, 512, n_outliers=40)
     exact = compute_jaccard_distance(feats, k1=30, k2=6)
-    fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
+    saved = dict(knn._CPU_KERNEL)
+    knn._CPU_KERNEL["cpu"] = (_reduced_kernel(), "pinned by the test")
+    try:
+        fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
+    finally:
+        knn._CPU_KERNEL.clear()
+        knn._CPU_KERNEL.update(saved)
     return feats, exact, fast
 
 
@@ -488,11 +507,11 @@ def test_fast_mode_labels_agree_with_exact(fast_case):
 
 
 def test_fast_knn_ranks_like_exact(fast_case):
-    from hardreid.pseudo_labels.jaccard import _fast_knn_candidates, _prepare_features
+    from hardreid.pseudo_labels.knn import _fast_knn_candidates, _prepare_features
 
     feats = fast_case[0]
     f = _prepare_features(feats, 30, 6, 256)
-    idx, cos = _fast_knn_candidates(f, 30, 512)
+    idx, cos = _fast_knn_candidates(f, 30, 512, precision=_reduced_kernel())
     ref_idx, ref_cos = exact_knn(feats, 30)
     assert not np.array_equal(cos[:, :30].numpy(), ref_cos)  # really the reduced-precision search
     assert np.array_equal(idx[:, 0].numpy(), np.arange(f.shape[0]))  # self first
@@ -505,7 +524,7 @@ def test_fast_knn_ranks_like_exact(fast_case):
 
 
 def test_int8_codes_keep_dot_products_despite_a_dominant_channel():
-    from hardreid.pseudo_labels.jaccard import _int8_matmul_available, _rotate_quantize
+    from hardreid.pseudo_labels.knn import _int8_matmul_available, _rotate_quantize
 
     if not _int8_matmul_available():
         pytest.skip("torch._int_mm is not available on this CPU build")
@@ -542,12 +561,12 @@ def test_fast_mode_fp16_products_on_cpu_agree_with_exact(fast_case, monkeypatch)
     """CPU counterpart of test_fast_mode_on_cuda_agrees_with_exact: the CUDA branch (fp16 products) run on CPU."""
     from sklearn.metrics import adjusted_rand_score
 
-    import hardreid.pseudo_labels.jaccard as jaccard
+    import hardreid.pseudo_labels.knn as knn
 
-    assert jaccard._fast_precision(torch.device("cuda"), 512) == "fp16"  # what CUDA takes
-    assert jaccard._fast_precision(torch.device("cpu"), 256) == "exact"
+    assert knn._fast_precision(torch.device("cuda"), 512) == "fp16"  # what CUDA takes
+    assert knn._fast_precision(torch.device("cpu"), 256) == "exact"
     feats, exact, fast_int8 = fast_case
-    monkeypatch.setattr(jaccard, "_fast_precision", lambda device, dim: "fp16")
+    monkeypatch.setattr(knn, "_fast_precision", lambda device, dim: "fp16")  # where _fast_knn_candidates looks it up
     fast = compute_jaccard_distance(feats, k1=30, k2=6, mode="fast", block_size=256)
     assert (fast != exact).nnz > 0 and (fast != fast_int8).nnz > 0  # really another, reduced-precision search
     assert (fast != fast.T).nnz == 0 and np.all(fast.diagonal() == 0.0)

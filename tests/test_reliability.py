@@ -22,7 +22,7 @@ from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
 from hardreid.files import TEMP_SUFFIX, atomic_write_text
 from hardreid.serialization import check_plain
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.training.checkpoint import FORMAT_V1, load_checkpoint
 from hardreid.training.resume import RESUMABLE_KEYS, best_epoch
 

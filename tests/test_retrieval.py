@@ -102,9 +102,10 @@ def test_interrupted_extraction_resumes_with_the_finished_shards(fm, tiny_root, 
         load_features(tmp_path / "part")
     calls.clear()
     monkeypatch.setattr(features_module, "extract_features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    (tmp_path / "part" / "shards" / "00001.npy").write_bytes(b"\x93NUMPY damaged")  # issue 24: a bad shard on resume
     resumed = extract_folder(fm, folder, tmp_path / "part", workers=0, shard_size=5, progress=False)
     num = len(whole.records)
-    assert sum(calls) == num - 10  # only the shards that were not finished
+    assert sum(calls) == num - 5  # only the shards that were not finished, and the damaged one again
     # exact by construction: both runs extract the same shards of 5 as single batches (same kernels and shapes)
     np.testing.assert_array_equal(np.asarray(resumed.features), np.asarray(whole.features))
     calls.clear()
@@ -121,6 +122,35 @@ def test_other_model_or_images_in_the_output_need_overwrite(fm, tiny_checkpoint,
         extract_folder(fm, tiny_root / "bounding_box_test", tmp_path / "f", workers=0, progress=False)
     fs = extract_folder(flipped, tiny_root / "query", tmp_path / "f", workers=0, progress=False, overwrite=True)
     assert fs.model["flip"] is True
+
+
+def test_extract_never_deletes_or_replaces_what_it_did_not_write(fm, tiny_root, tmp_path):
+    """Issue 24: --output into a folder of the user's, or onto the images themselves, is refused and leaves every
+    byte; with --overwrite it writes its own files and deletes nothing of the user's."""
+    import hashlib
+
+    def hashes(folder):
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+    images = tiny_root / "query"
+    before = hashes(tiny_root)
+    for output in (images, images / "feats", tiny_root):
+        with pytest.raises(UserError, match="never writes (over|into) (what|a folder around what) it reads"):
+            extract_folder(fm, images, output, workers=0, progress=False, overwrite=True)
+    assert hashes(tiny_root) == before
+    mine = tmp_path / "mine"
+    (mine / "shards").mkdir(parents=True)
+    (mine / "shards" / "notes.txt").write_text("my notes")
+    (mine / "features.npy").write_bytes(b"my own array")
+    with pytest.raises(UserError, match="is a folder hardreid did not write"):
+        extract_folder(fm, images, mine, workers=0, progress=False)
+    with pytest.raises(UserError, match="shards exists and was not written by 'hardreid extract'"):
+        extract_folder(fm, images, mine, workers=0, progress=False, overwrite=True)
+    assert (mine / "shards" / "notes.txt").read_text() == "my notes" and (mine / "features.npy").read_bytes() == b"my own array"
+    (mine / "shards" / "notes.txt").rename(mine / "notes.txt")
+    (mine / "shards").rmdir()
+    fs = extract_folder(fm, images, mine, workers=0, progress=False, overwrite=True)
+    assert len(fs.records) == len(list(images.iterdir())) and (mine / "notes.txt").read_text() == "my notes"
 
 
 def test_identity_tells_models_apart(fm, tiny_checkpoint, tmp_path):

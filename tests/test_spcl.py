@@ -13,9 +13,9 @@ from hardreid.config import Config
 from hardreid.data.datasets import load_dataset
 from hardreid.data.sampler import IdentitySampler
 from hardreid.memory import HybridMemory
-from hardreid.training import methods as M
-from hardreid.training.bases.spcl import SpCL, reliability_scores, self_paced_labels
-from hardreid.training.trainer import train
+import hardreid.methods as M
+from hardreid.methods.bases.spcl import SpCL, reliability_scores, self_paced_labels
+from hardreid.runs import train
 
 from conftest import tiny_config
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from hardreid.config import load_config
 from hardreid.data.datasets import load_dataset
-from hardreid.training import methods as M
-from hardreid.training.bases.strong_baseline import StrongBaseline, softmax_triplet_loss
+import hardreid.methods as M
+from hardreid.methods.bases.strong_baseline import StrongBaseline, softmax_triplet_loss
 from hardreid.training.trainer import Trainer
 
 from conftest import tiny_config

@@ -11,7 +11,7 @@ import torch
 from hardreid.config import load_config
 from hardreid.data.datasets import load_dataset
 from hardreid.errors import UserError
-from hardreid.training import train
+from hardreid.runs import train
 from hardreid.training.checkpoint import load_checkpoint
 
 from conftest import tiny_config
@@ -41,7 +41,7 @@ def test_run_writes_config_log_metrics_checkpoints(tiny_root, tmp_path):
 
 def test_training_changes_weights_and_memory_update_is_outside_backward(tiny_root, tmp_path):
     data = load_dataset("market", tiny_root)
-    from hardreid.training import model_from_config
+    from hardreid.models import model_from_config
 
     cfg = tiny_config(train={"epochs": 1, "eval_every": 0})
     model = model_from_config(cfg)

@@ -63,7 +63,7 @@ def test_timm_state_dict_round_trip_and_resampled_position_embedding(vit, other_
 def test_wrong_files_are_refused(vit, tmp_path):
     before = {k: v.clone() for k, v in vit.state_dict().items()}
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pth")
-    with pytest.raises(UserError, match=r"resnet.pth does not fit backbone 'vit_small'.*missing keys"):
+    with pytest.raises(UserError, match=r"resnet.pth looks like a ResNet checkpoint.*use model.backbone=resnet18 or resnet34"):
         load_backbone_weights(vit, tmp_path / "resnet.pth")
     narrow = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=(128, 64))
     torch.save(narrow.state_dict(), tmp_path / "tiny.pth")  # ViT-Ti: width 192, not 384

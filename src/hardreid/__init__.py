@@ -12,30 +12,33 @@ from __future__ import annotations
 
 from . import config, data, models
 from .errors import UserError
-
-__version__ = "0.1.0"
+from .methods import registry as _registry  # noqa: F401 - gives config the valid method.base / hard_samples names
+from .version import __version__
 
 
 def train(cfg, dataset, output, model=None, resume: bool = False):
-    """Train ``cfg``'s method on ``dataset`` into the run directory ``output`` (see ``hardreid.training.train``)."""
-    from .training import train as _train
+    """Train ``cfg``'s method on ``dataset`` into the run directory ``output`` (see ``hardreid.runs.train``)."""
+    from .runs import train as _train
 
     return _train(cfg, dataset, output, model=model, resume=resume)
 
 
-def evaluate(model, dataset, cfg=None, rerank: bool = False, device: str = "auto"):
+def evaluate(model, dataset, cfg=None, rerank: bool | str = False, device: str = "auto"):
     """CMC / mAP of ``model`` on ``dataset``'s query and gallery (Market-1501 protocol), in percent.
+
+    ``rerank``: False, True or ``"standard"`` (k-reciprocal), ``"camera_aware"`` (CA-Jaccard with the
+    ``cluster`` section's k1_intra, k1_inter, k2_intra, k2_inter).
 
     ``.mAP``, ``.cmc`` and ``.all_ap`` are percentages, the numbers the logs, ``metrics.csv``
     and ``hardreid evaluate --json`` show.
     """
     from .config import Config
     from .evaluation.pipeline import evaluate_model
-    from .training import resolve_device
+    from .runtime import resolve_device
 
     cfg = cfg or Config()
     dev = resolve_device(device)
-    return evaluate_model(model.to(dev), dataset, cfg.data, cfg.eval, dev, rerank=rerank)
+    return evaluate_model(model.to(dev), dataset, cfg.data, cfg.eval, dev, rerank=rerank, cluster_cfg=cfg.cluster)
 
 
 __all__ = ["config", "data", "models", "train", "evaluate", "UserError", "__version__"]

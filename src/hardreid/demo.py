@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,13 @@ from .errors import UserError
 from .serialization import load_pth
 from .evaluation.pipeline import query_gallery_distances, score_distances
 from .evaluation.ranking import RankingResult
-from .training import model_from_config, resolve_device, train
+from .models import model_from_config
+from .runs import train
+from .runtime import resolve_device
 from .training.run_files import LOG, setup_logging
 from .viz.curves import plot_training_curves
 from .viz.ranked import save_ranked_results
+from .files import atomic_write_json
 
 # The demo's settings: the Cluster Contrast baseline from random init (a fresh clone has no ImageNet weights), small
 # enough for 2 CPU cores (15 epochs x 40 steps of 32 images; measured 2.3-2.6 minutes with 2 threads on 2 idle AMD
@@ -137,7 +139,7 @@ def run_demo(output: Path, epochs: int | None = None, weights: str | None = None
     curves = plot_training_curves(run_dir, output / "training_curves.png")
     summary = {"untrained": before.to_dict(), "trained": after.to_dict(),
                "seconds": round(time.time() - start, 1), "epochs": cfg.train.epochs, "iters": cfg.train.iters}
-    (output / "demo_result.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(output / "demo_result.json", summary)
     print(f"\n{'':10}{'mAP':>8}{'top-1':>8}{'top-5':>8}")
     for name, res in (("untrained", before), ("trained", after)):
         print(f"{name:10}{res.mAP:8.1f}{res.rank(1):8.1f}{res.rank(5):8.1f}")

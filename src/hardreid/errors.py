@@ -23,3 +23,10 @@ def clean_message(exc: BaseException) -> str:
     if "Original Traceback" in text and marker in text:
         text = text.rsplit(marker, 1)[1]
     return text.strip()
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` (e.g. a library's exception) as one line of at most ``limit`` characters: whitespace runs become one
+    space, and a longer text is cut with a note of how much was left out."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else f"{flat[:limit]}... ({len(flat) - limit} more characters)"

@@ -11,19 +11,25 @@ only possible leftover is a temporary file of that recognisable pattern, which
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from .errors import UserError
 
 TEMP_SUFFIX = ".hardreid-tmp"
 PAUSE_ENV = "HARDREID_TEST_PAUSE_WRITE"
 _writes: Counter[str] = Counter()
+_WRITE_FAILURE = re.compile(r"writ|space|fwrite|ferror|disk|quota|errno", re.IGNORECASE)
 
 
 def temp_path_for(path: Path) -> Path:
@@ -53,20 +59,82 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             _pause_for_tests(path)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}. Check free disk space and permissions "
-                        f"of {path.parent}") from None
+    except (OSError, RuntimeError) as exc:
+        _raise_write_error(path, exc)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _raise_write_error(path: Path, exc: BaseException) -> None:
+    """A failed write as one line naming the file: an OSError, or a library's RuntimeError around one
+    (``torch.save``: "PytorchStreamWriter failed writing file", faiss: "fwrite ... failed")."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    elif _WRITE_FAILURE.search(str(exc)):
+        reason = str(exc).strip().splitlines()[0][:200]
+    else:
+        raise exc
+    raise UserError(f"cannot write {path}: {reason}. Check free disk space and permissions of {path.parent}") from None
+
+
+def atomic_write_path(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Like :func:`atomic_write` for writers that take a file name, not a handle (``faiss.write_index``):
+    ``write(temporary_path)``, then flush that file to disk and rename it over ``path``."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot write {path}: it exists and is not a regular file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _pause_for_tests(path)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        _raise_write_error(path, exc)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: object, indent: int | None = 1) -> None:
+    atomic_write_text(path, json.dumps(value, indent=indent) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    import numpy
+
+    atomic_write(path, lambda handle: numpy.save(handle, array))
+
+
+def atomic_save_image(path: str | os.PathLike[str], image: object, **options: object) -> None:
+    """A PIL image, in the format its file name's extension names (``.png``, ``.jpg``, ...)."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None:
+        raise UserError(f"cannot write {path}: unknown picture extension {suffix!r} (use .png or .jpg)")
+    atomic_write(path, lambda handle: image.save(handle, format=fmt, **options))  # type: ignore[attr-defined]
+
+
+def atomic_save_figure(path: str | os.PathLike[str], figure: object, **options: object) -> None:
+    """A matplotlib figure, in the format its file name's extension names."""
+    fmt = Path(path).suffix.lower().lstrip(".") or "png"
+    atomic_write(path, lambda handle: figure.savefig(handle, format=fmt, **options))  # type: ignore[attr-defined]
 
 
 def _write_in_place(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         with open(path, "wb") as handle:
             write(handle)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except (OSError, RuntimeError) as exc:
+        _raise_write_error(path, exc)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

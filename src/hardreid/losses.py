@@ -1,4 +1,4 @@
-"""Loss functions shared by the methods (DESIGN.md section 2), each a pure function of tensors.
+"""Loss functions shared by the methods (docs/architecture.md, "What a method is"), each a pure function of tensors.
 
 ACFL: the class-level contrastive loss (Eq. 6), the relative-entropy instance loss (Eq. 7), the
 distance loss of Table 2 and their sum, the full objective (Eq. 5).
@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import choices_of
 from .precision import float32
 
-ALIGNMENTS = ("re", "distance")
-RE_DIRECTIONS = ("forward", "reverse")
+ALIGNMENTS = choices_of("acfl.alignment")
+RE_DIRECTIONS = choices_of("acfl.re_direction")
 
 
 def contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,19 @@ Every file hardreid reads with torch (checkpoints, backbone weights) goes throug
 
 Errors are one line and never suggest switching the weights-only mode off.
 
+Backbone weights files may hold one class more, :data:`WEIGHTS_FILE_GLOBALS`: the ``argparse.Namespace`` of the
+training command that DINO-style pre-training checkpoints pickle as ``args`` (PASS, TransReID-SSL: ``main_dino.py``
+saves ``{"student", "teacher", "optimizer", "epoch", "args", ...}``). It is a plain attribute container; the
+values it holds are pickled objects of their own and scanned like any other. hardreid's checkpoints allow no
+such class.
+
 :func:`check_plain` is the other side: a checkpoint is refused at save time when a component puts in
 something that step 2 would not read back.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import warnings
@@ -27,6 +34,8 @@ import torch
 
 from .errors import UserError
 
+#: The only globals a backbone weights file may hold beyond tensors and containers (see the module doc).
+WEIGHTS_FILE_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
 SCALARS = (str, bytes, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
 _TORCH_ADVICE = re.compile(r"weights.only|trusted source|torch\.load|WeightsUnpickler|pytorch\.org|file an issue|"
                            r"In PyTorch 2\.6|add_safe_globals|safe_globals", re.IGNORECASE)

@@ -89,6 +89,7 @@ def _scan(folder: str, recursive: bool = False, log: _Log | None = None) -> tupl
     images: list[str] = []
     others: list[str] = []
     skipped: list[str] = []
+    special: list[str] = []  # named like images but not regular files (a FIFO would block the reader forever)
     stack, seen = [folder], set()
     while stack:
         current = stack.pop()
@@ -102,7 +103,7 @@ def _scan(folder: str, recursive: bool = False, log: _Log | None = None) -> tupl
                     if _is_dir(entry):
                         (stack if recursive else skipped).append(entry.path)
                     elif is_image_name(entry.name):
-                        images.append(entry.path)
+                        (images if _is_regular_file(entry) else special).append(entry.path)
                     else:
                         others.append(entry.path)
         except OSError as exc:
@@ -110,7 +111,19 @@ def _scan(folder: str, recursive: bool = False, log: _Log | None = None) -> tupl
     if skipped and log is not None:
         log.warnings.append(f"ignored {len(skipped)} subfolder(s) of {folder} (e.g. {os.path.basename(sorted(skipped)[0])}): "
                             "only images directly in the split folder are read; move their images up if they belong to it.")
+    if special and log is not None:
+        log.warnings.append(f"skipped {len(special)} entr{'y' if len(special) == 1 else 'ies'} of {folder} named like images "
+                            f"that are not regular files (e.g. {os.path.basename(sorted(special)[0])}: a pipe, socket, "
+                            "device or broken link)")
     return sorted(images), sorted(others)
+
+
+def _is_regular_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file (or a link to one): FIFOs, sockets, devices and broken links are not."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

@@ -12,6 +12,7 @@ from hardreid.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (and 32-bit integer) greyscale
+MIN_IMAGE_SIDE = 8  # pixels: the smallest person crops of Market-1501 / CUHK03 / MSMT17 are several times larger
 
 
 def is_image_name(name: str) -> bool:
@@ -27,15 +28,25 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     try:
         with Image.open(path) as img:
+            if min(img.size) < MIN_IMAGE_SIDE:
+                raise _TooSmall(img.size)
             img.load()
             if img.mode in WIDE_GREY_MODES:
                 return _wide_grey_to_rgb(img)
             return img.convert("RGB")
+    except _TooSmall as small:
+        width, height = small.args[0]
+        raise UserError(f"image {os.fspath(path)} is {width}x{height} pixels, below the {MIN_IMAGE_SIDE}-pixel minimum "
+                        "side: it cannot show a person (a placeholder or a broken crop?). Remove the file") from None
     except Exception as exc:  # noqa: BLE001 - decoders raise many kinds of errors (OSError, SyntaxError, KeyError, ...)
         raise UserError(
             f"cannot read image {os.fspath(path)}: {_reason(path, exc)}. "
             "Replace or remove the file (expected a readable JPEG, PNG or BMP image)."
         ) from exc
+
+
+class _TooSmall(Exception):
+    """An image below MIN_IMAGE_SIDE (raised inside the reader, reported as a UserError)."""
 
 
 def _wide_grey_to_rgb(img: Image.Image) -> Image.Image:

@@ -1,7 +1,7 @@
 """Few images per identity from a real data set: ``hardreid datasets subsample SRC DST --max-per-id K``.
 
 Writes a Market-1501-layout copy of a Market-layout data set (``market1501``,
-``dukemtmc``, ``market``; e.g. ../shared/data/cuhk03) that keeps at most K
+``dukemtmc``, ``market``; e.g. ~/data/cuhk03) that keeps at most K
 training images of every identity and the query and gallery splits unchanged
 (every image file of ``query/`` and ``bounding_box_test/``).  Files keep their
 names and are hard links where the file system allows it, else symbolic links,
@@ -32,6 +32,7 @@ from hardreid.data.datasets import MARKET_SPLITS, detect_format, load_dataset
 from hardreid.data.images import is_image_name
 from hardreid.data.types import Sample
 from hardreid.errors import UserError
+from ..files import atomic_write_json
 
 __all__ = ["MARKET_LAYOUT_FORMATS", "SubsampleReport", "select_per_identity", "subsample_dataset"]
 
@@ -147,7 +148,7 @@ def subsample_dataset(source: str | Path, output: str | Path, max_per_id: int, s
     if _prepare(out, settings):
         report.counts, report.up_to_date = _recorded(out)["counts"], True
         return report
-    (out / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION, "settings": settings, "complete": False}))
+    atomic_write_json(out / MARKER, {"format_version": FORMAT_VERSION, "settings": settings, "complete": False})
     links = {"hard links": 0, "symbolic links": 0, "copies": 0}
     files = {"train": [s.path for s in kept]}
     for split in ("query", "gallery"):
@@ -161,5 +162,5 @@ def subsample_dataset(source: str | Path, output: str | Path, max_per_id: int, s
     report.counts, report.links = {split: len(paths) for split, paths in files.items()}, links
     meta = {"format_version": FORMAT_VERSION, "settings": settings, "complete": True, "counts": report.counts,
             "source_train": report.source_train, "identities": report.identities, "links": links}
-    (out / MARKER).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out / MARKER, meta)
     return report

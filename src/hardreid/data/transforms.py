@@ -1,4 +1,4 @@
-"""Image transforms of DESIGN.md section 3 (Cluster Contrast's augmentation)."""
+"""Image transforms of docs/architecture.md, "The Cluster Contrast baseline" (Cluster Contrast's augmentation)."""
 
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..config import DataConfig, EvalConfig
+from ..config import ClusterConfig, DataConfig, EvalConfig
 from ..data.transforms import eval_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
 from .features import extract_features_sharded
 from .ranking import RankingResult, evaluate_ranking
-from .rerank import re_ranking
+from .rerank import RERANK_MODES, camera_aware_re_ranking, re_ranking
 
 
 def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -49,19 +49,49 @@ def query_gallery_features(model: nn.Module, dataset: ReidDataset, data_cfg: Dat
     return qf, gf
 
 
-def feature_distances(qf: torch.Tensor, gf: torch.Tensor, rerank: bool) -> torch.Tensor:
-    """Query x gallery distances (squared Euclidean of unit features, or k-reciprocal re-ranked)."""
+def rerank_mode(rerank: bool | str | None) -> str | None:
+    """The re-ranking asked for: None (none), ``standard`` (also ``True``) or ``camera_aware``; UserError else."""
+    if rerank is None or rerank is False:
+        return None
+    if rerank is True:
+        return "standard"
+    if rerank in RERANK_MODES:
+        return str(rerank)
+    raise UserError(f"unknown re-ranking {rerank!r}; choose one of {', '.join(RERANK_MODES)}")
+
+
+def feature_distances(qf: torch.Tensor, gf: torch.Tensor, rerank: bool | str | None,
+                      cameras: tuple[np.ndarray, np.ndarray] | None = None,
+                      cluster_cfg: ClusterConfig | None = None) -> torch.Tensor:
+    """Query x gallery distances: squared Euclidean of unit features, or re-ranked (``rerank_mode``).
+
+    ``camera_aware`` needs ``cameras`` (query and gallery camera ids) and takes its neighbour counts from
+    ``cluster_cfg`` (default: the paper's).
+    """
+    mode = rerank_mode(rerank)
     dist = squared_distance(qf, gf)
-    if rerank:
+    if mode == "standard":
         dist = torch.as_tensor(re_ranking(dist.numpy(), squared_distance(qf, qf).numpy(), squared_distance(gf, gf).numpy()))
+    elif mode == "camera_aware":
+        if cameras is None:
+            raise UserError("camera-aware re-ranking needs the camera of every query and gallery image")
+        c = ClusterConfig() if cluster_cfg is None else cluster_cfg
+        dist = torch.as_tensor(camera_aware_re_ranking(
+            dist.numpy(), squared_distance(qf, qf).numpy(), squared_distance(gf, gf).numpy(), *cameras,
+            k1_intra=c.k1_intra, k1_inter=c.k1_inter, k2_intra=c.k2_intra, k2_inter=c.k2_inter))
     return dist
 
 
+def _cameras(dataset: ReidDataset) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([s.camid for s in dataset.query]), np.array([s.camid for s in dataset.gallery])
+
+
 def query_gallery_distances(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
-                            device: torch.device | str = "cpu", rerank: bool | None = None) -> torch.Tensor:
-    """Query x gallery distances (squared Euclidean of unit features, or re-ranked)."""
+                            device: torch.device | str = "cpu", rerank: bool | str | None = None,
+                            cluster_cfg: ClusterConfig | None = None) -> torch.Tensor:
+    """Query x gallery distances (squared Euclidean of unit features, or re-ranked: ``feature_distances``)."""
     qf, gf = query_gallery_features(model, dataset, data_cfg, eval_cfg, device)
-    return feature_distances(qf, gf, eval_cfg.rerank if rerank is None else rerank)
+    return feature_distances(qf, gf, eval_cfg.rerank if rerank is None else rerank, _cameras(dataset), cluster_cfg)
 
 
 def score_distances(dist: torch.Tensor, dataset: ReidDataset, max_rank: int = 10) -> RankingResult:
@@ -74,7 +104,8 @@ def score_distances(dist: torch.Tensor, dataset: ReidDataset, max_rank: int = 10
 
 
 def evaluate_model(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig, eval_cfg: EvalConfig,
-                   device: torch.device | str = "cpu", rerank: bool | None = None) -> RankingResult:
+                   device: torch.device | str = "cpu", rerank: bool | str | None = None,
+                   cluster_cfg: ClusterConfig | None = None) -> RankingResult:
     """CMC / mAP of ``model`` on the Market-1501 protocol (optionally re-ranked, flip-averaged).
 
     Several processes: each extracts its share of the features, rank 0 scores, every process gets the result.
@@ -82,4 +113,5 @@ def evaluate_model(model: nn.Module, dataset: ReidDataset, data_cfg: DataConfig,
     qf, gf = query_gallery_features(model, dataset, data_cfg, eval_cfg, device)
     rerank = eval_cfg.rerank if rerank is None else rerank
     return distributed.main_then_broadcast(
-        lambda: score_distances(feature_distances(qf, gf, rerank), dataset, eval_cfg.max_rank))
+        lambda: score_distances(feature_distances(qf, gf, rerank, _cameras(dataset), cluster_cfg), dataset,
+                                eval_cfg.max_rank))

@@ -1,4 +1,5 @@
-"""k-reciprocal re-ranking (Zhong et al., CVPR 2017), vectorised with sparse matrices.
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) and its camera-aware variant (CA-Jaccard, Chen et al., CVPR
+2024), vectorised with sparse matrices.
 
 Follows the widely used ``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2,
 lambda_value)`` (person-re-ranking / open-reid / torchreid) step by step, but
@@ -16,6 +17,10 @@ import scipy.sparse as sp
 import torch
 
 from hardreid.errors import UserError
+
+#: Re-rankings of the query x gallery distances (``evaluate --rerank [standard|camera_aware]``): k-reciprocal
+#: (``re_ranking``, Zhong et al., CVPR 2017) or CA-Jaccard (``camera_aware_re_ranking``, Chen et al., CVPR 2024).
+RERANK_MODES: tuple[str, ...] = ("standard", "camera_aware")
 
 def _to_numpy(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -188,6 +193,12 @@ def re_ranking(
         v.eliminate_zeros()
 
     # 5. Jaccard distance between queries and gallery via the common support.
+    return _final_distances(v, rows_of, num_q, num_g, lambda_value, block_size)
+
+
+def _final_distances(v: sp.csr_matrix, rows_of: Callable[[int, int], np.ndarray], num_q: int, num_g: int,
+                     lambda_value: float, block_size: int) -> np.ndarray:
+    """``jaccard * (1 - lambda) + normalised_distance * lambda`` for every query x gallery pair, block by block."""
     v_q = v[:num_q].tocsr()
     v_g = v[num_q:].tocsc()  # column k -> gallery rows j with V[j, k] != 0
     col_nnz = np.diff(v_g.indptr)
@@ -221,3 +232,118 @@ def _jaccard_block(v_q: sp.csr_matrix, v_g: sp.csc_matrix, a: int, b: int) -> np
     flat = np.repeat(q_rows, counts) * num_g + v_g.indices[pos]
     s = np.bincount(flat, weights=mins, minlength=(b - a) * num_g).reshape(b - a, num_g)
     return 1.0 - s / (2.0 - s)
+
+
+def _check_inputs(q_g_dist: np.ndarray | torch.Tensor, q_q_dist: np.ndarray | torch.Tensor,
+                  g_g_dist: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    qg = _to_numpy(q_g_dist, "q_g_dist")
+    qq = _to_numpy(q_q_dist, "q_q_dist")
+    gg = _to_numpy(g_g_dist, "g_g_dist")
+    num_q, num_g = qg.shape
+    if qq.shape != (num_q, num_q) or gg.shape != (num_g, num_g):
+        raise ValueError(
+            f"expected q_q_dist {(num_q, num_q)} and g_g_dist {(num_g, num_g)} for q_g_dist "
+            f"{qg.shape}, got {qq.shape} and {gg.shape}"
+        )
+    return qg, qq, gg
+
+
+def _padded_reciprocal(lists: np.ndarray, k: int) -> sp.csr_matrix:
+    """R(i, k) from lists padded with -1: the j among ``lists[i, :k]`` that have i among ``lists[j, :k]``."""
+    n = lists.shape[0]
+    fwd = lists[:, :k]
+    valid = fwd >= 0
+    rows = np.repeat(np.arange(n), fwd.shape[1]).reshape(fwd.shape)[valid]
+    r = sp.csr_matrix((np.ones(rows.size, dtype=np.int32), (rows, fwd[valid])), shape=(n, n))
+    out = r.multiply(r.T).tocsr()
+    out.eliminate_zeros()
+    return out.astype(np.int32)
+
+
+def camera_aware_re_ranking(
+    q_g_dist: np.ndarray | torch.Tensor,
+    q_q_dist: np.ndarray | torch.Tensor,
+    g_g_dist: np.ndarray | torch.Tensor,
+    q_cams: np.ndarray,
+    g_cams: np.ndarray,
+    k1_intra: int = 5,
+    k1_inter: int = 20,
+    k2_intra: int = 2,
+    k2_inter: int = 4,
+    lambda_value: float = 0.3,
+    block_size: int = 256,
+) -> np.ndarray:
+    """CA-Jaccard re-ranked query x gallery distances (Chen et al., CVPR 2024; float32, smaller = more similar).
+
+    Our reading of the official ``caj/utils/rerank.py`` (chenyiyuu/CA-Jaccard), on the frame of ``re_ranking``
+    (same normalised distances, same final mix with ``lambda_value``), queries and gallery forming one set:
+
+    * two lists per image: N_intra(i) = i, then its nearest images of the same camera (``k1_intra + 1``
+      entries), N_inter(i) = its nearest images of the other cameras (``k1_inter + 1`` entries); ordered by
+      (distance, index), shorter where a camera has too few images;
+    * CKRNNs: R(i) = R_intra(i) u R_inter(i), each the k-reciprocal set on its own lists; no 2/3 expansion;
+    * V[i, j] = exp(-d(i, j)) normalised over R(i);
+    * CLQE: V[i] becomes the mean of the rows of N_intra(i)[:k2_intra] and N_inter(i)[:k2_inter];
+    * final = jaccard * (1 - lambda) + normalised_distance * lambda.
+
+    Only (Q+G) x (k + 1) neighbour lists and the sparse V are held, as in ``re_ranking``.
+    """
+    for name, value in (("k1_intra", k1_intra), ("k1_inter", k1_inter), ("k2_intra", k2_intra),
+                        ("k2_inter", k2_inter), ("block_size", block_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    qg, qq, gg = _check_inputs(q_g_dist, q_q_dist, g_g_dist)
+    num_q, num_g = qg.shape
+    cams = np.concatenate([np.asarray(q_cams).reshape(-1), np.asarray(g_cams).reshape(-1)])
+    if cams.shape != (num_q + num_g,):
+        raise UserError(f"camera-aware re-ranking needs one camera id per query and gallery image: got "
+                        f"{np.asarray(q_cams).size} and {np.asarray(g_cams).size} for {num_q} and {num_g} images")
+    n = num_q + num_g
+    if num_q == 0 or num_g == 0:
+        return np.zeros((num_q, num_g), dtype=np.float32)
+    rows_of = _normalised_rows(qg, qq, gg)
+
+    # 1. Intra- and inter-camera neighbour lists (-1 where a camera has too few images).
+    len_a, len_e = max(k1_intra + 1, k2_intra), max(k1_inter + 1, k2_inter)
+    intra = np.full((n, min(len_a, n)), -1, dtype=np.int64)
+    inter = np.full((n, min(len_e, n)), -1, dtype=np.int64)
+    for a, b in _row_blocks(n, num_q, block_size):
+        block = rows_of(a, b)
+        same = cams[a:b, None] == cams[None, :]
+        own = np.arange(b - a)
+        masked = np.where(same, block, np.inf)
+        masked[own, own + a] = -1.0  # the image itself comes first in its intra list
+        top = _stable_smallest(masked, intra.shape[1])
+        intra[a:b] = np.where(np.isfinite(masked[own[:, None], top]), top, -1)
+        masked = np.where(same, np.inf, block)
+        top = _stable_smallest(masked, inter.shape[1])
+        inter[a:b] = np.where(np.isfinite(masked[own[:, None], top]), top, -1)
+
+    # 2. CKRNNs: the union of the two k-reciprocal sets (disjoint).
+    chosen = (_padded_reciprocal(intra, k1_intra + 1) + _padded_reciprocal(inter, k1_inter + 1)).tocsr()
+    chosen.sort_indices()
+
+    # 3. V: exp(-d) over R(i), normalised per row.
+    indptr, indices = chosen.indptr, chosen.indices
+    weights = np.empty(len(indices), dtype=np.float64)
+    for a, b in _row_blocks(n, num_q, block_size):
+        block = rows_of(a, b)
+        r = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))
+        weights[indptr[a]:indptr[b]] = np.exp(-block[r, indices[indptr[a]:indptr[b]]].astype(np.float64))
+    row_ids = np.repeat(np.arange(n), np.diff(indptr))
+    weights /= np.bincount(row_ids, weights=weights, minlength=n)[row_ids]
+    v = sp.csr_matrix((weights, indices.copy(), indptr.copy()), shape=(n, n))
+
+    # 4. CLQE: the mean of V over the first k2_intra intra-camera and k2_inter inter-camera neighbours.
+    cols = np.concatenate([intra[:, :k2_intra], inter[:, :k2_inter]], axis=1)
+    valid = cols >= 0
+    rows = np.repeat(np.arange(n), cols.shape[1]).reshape(cols.shape)
+    share = np.repeat(1.0 / valid.sum(axis=1), cols.shape[1]).reshape(cols.shape)
+    qe = sp.csr_matrix((share[valid], (rows[valid], cols[valid])), shape=(n, n))
+    v = (qe @ v).tocsr()
+    v.eliminate_zeros()
+
+    # 5. Jaccard distance between queries and gallery, mixed with the normalised distance.
+    return _final_distances(v, rows_of, num_q, num_g, lambda_value, block_size)

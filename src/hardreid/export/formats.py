@@ -34,6 +34,7 @@ from ..data.images import read_image
 from ..data.transforms import eval_transform
 from ..errors import UserError
 from ..models import ReidModel
+from ..files import atomic_write_path
 
 FORMATS = ("onnx", "torchscript", "pt2")
 ONNX_OPSET = 18
@@ -61,35 +62,36 @@ def export_onnx(model: ReidModel, path: str | Path, height: int, width: int, met
         raise UserError(f"ONNX export needs onnx and onnxscript ({', '.join(missing)} missing): pip install 'hardreid[export]'")
     import onnx
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on decompositions; parity is checked instead
-        torch.onnx.export(_plain(model), (_example(height, width),), str(path), dynamo=True, external_data=False,
-                          input_names=["images"], output_names=["features"], opset_version=opset,
-                          dynamic_shapes=_batch_dim(), verbose=False, report=False)
-    graph = onnx.load(str(path))
-    for key, value in {**(metadata or {}), "opset": opset}.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = f"hardreid.{key}", value if isinstance(value, str) else json.dumps(value)
-    onnx.save(graph, str(path))
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on decompositions; parity is checked instead
+            torch.onnx.export(_plain(model), (_example(height, width),), str(tmp), dynamo=True, external_data=False,
+                              input_names=["images"], output_names=["features"], opset_version=opset,
+                              dynamic_shapes=_batch_dim(), verbose=False, report=False)
+        graph = onnx.load(str(tmp))
+        for key, value in {**(metadata or {}), "opset": opset}.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = f"hardreid.{key}", value if isinstance(value, str) else json.dumps(value)
+        onnx.save(graph, str(tmp))
+
+    atomic_write_path(path, write)
     return path
 
 
 def export_torchscript(model: ReidModel, path: str | Path, height: int, width: int) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notice (see the module docstring)
         traced = torch.jit.trace(_plain(model), _example(height, width))
-    traced.save(str(path))
+    atomic_write_path(path, lambda tmp: traced.save(str(tmp)))
     return path
 
 
 def export_program(model: ReidModel, path: str | Path, height: int, width: int) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     program = torch.export.export(_plain(model), (_example(height, width),), dynamic_shapes=_batch_dim())
-    torch.export.save(program, str(path))
+    atomic_write_path(path, lambda tmp: torch.export.save(program, str(tmp)))
     return path
 
 

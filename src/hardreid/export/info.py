@@ -10,7 +10,6 @@ counted.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config
-from ..models import BACKBONES, ReidModel
+from ..errors import UserError
+from ..models import BACKBONES, ReidModel, model_from_config
+from ..files import atomic_write_json
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -62,24 +63,21 @@ def info_text(info: dict[str, Any]) -> str:
 def write_model_info(model: ReidModel, cfg: Config, path: str | Path) -> dict[str, Any]:
     """``model_info(...)`` at the config's input size, written as JSON to ``path``."""
     info = model_info(model, cfg.data.height, cfg.data.width)
-    Path(path).write_text(json.dumps(info, indent=1))
+    atomic_write_json(path, info)
     return info
 
 
 def backbone_table(cfg: Config) -> list[dict[str, Any]]:
     """``model_info`` of every backbone with the config's other model settings and input size.
 
-    A backbone that cannot be built here (vit_small without timm) gets ``{"backbone", "error"}``.
+    A backbone that cannot be built here (the ViTs without timm) gets ``{"backbone", "error"}``.
     """
-    from ..errors import UserError
-    from ..training import model_from_config
-
     rows = []
     for name in BACKBONES:
         trial = copy.deepcopy(cfg)
         trial.model.backbone, trial.model.weights, trial.model.pretrained = name, "", False
-        if name == "vit_small":
-            trial.model.pooling = "avg"  # a ViT's feature is its CLS token
+        if name.startswith("vit"):
+            trial.model.pooling = "avg"  # a ViT's feature is a token (CLS, and PASS's part tokens)
         try:
             model = model_from_config(trial)
         except UserError as exc:

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..config import choices_of
 from ..precision import float32
 
-PROXY_SCORINGS = ("official", "cosine")
+PROXY_SCORINGS = choices_of("ice.proxy_scoring")
 
 class CameraProxies:
     """Proxies (Np x D, unit rows) with their pseudo label and camera."""

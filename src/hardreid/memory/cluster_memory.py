@@ -1,6 +1,6 @@
 """Cluster Contrast's memory: one prototype per pseudo identity.
 
-Differences from the reference code, on purpose (STYLE.md): the update is an
+Differences from the reference code, on purpose (docs/architecture.md, "Conventions"): the update is an
 explicit call after the optimiser step, not a side effect of a custom
 backward, so extra backward passes (ACFL's ascent steps) cannot corrupt it.
 """

@@ -1,9 +1,10 @@
 """Backbone -> pooling (average or GeM) -> BatchNorm neck -> L2 normalisation.
 
-The L2-normalised BatchNorm output is the re-ID feature (DESIGN.md section 3,
+The L2-normalised BatchNorm output is the re-ID feature (docs/architecture.md, "The Cluster Contrast baseline",
 as in Cluster Contrast: no embedding layer, the neck's bias is frozen).
-ViT backbones (``vit_small``, timm) give their CLS token instead of a pooled
-map (``models/vit.py``); the neck and normalisation are the same.
+ViT backbones give a token feature instead of a pooled map: ``vit_small`` (timm, ``models/vit.py``) its CLS token,
+the person-pretrained ``vit_small_pass`` / ``vit_small_pass_mean`` / ``vit_small_ics`` (``models/vit_person.py``)
+the feature of their authors' fine-tuning code; the neck and normalisation are the same.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torchvision
 from torch import nn
 
 from ..errors import UserError
-from ..serialization import load_pth
-from .weights import load_fitting_state
+from ..serialization import WEIGHTS_FILE_GLOBALS, load_pth
+from .weights import load_fitting_state, refuse_other_family, unwrap_backbone_state
 from .vit import TIMM_NAMES, ViTBackbone, download_vit_weights, load_vit_weights, vit_backbone
+from .vit_person import PERSON_VITS, PersonViT, load_person_vit_weights, no_person_vit_download, person_vit_backbone
 
 
 class GeneralizedMeanPooling(nn.Module):
@@ -80,7 +82,13 @@ BACKBONES: dict[str, Callable[[int, tuple[int, int]], tuple[nn.Module, int]]] = 
     "resnet50": lambda s, size: _resnet("resnet50", s),
     "mobilenet_v2": lambda s, size: _mobilenet_v2(s),
     "vit_small": lambda s, size: vit_backbone("vit_small", size),  # ViT-S/16, ACFL-VIT (Table 7); needs timm
+    # ViT-S/16 of the LUPerson-pretrained checkpoints (ACFL-VIT "as in PASS"); need timm
+    "vit_small_pass": lambda s, size: person_vit_backbone("vit_small_pass", size),  # PASS, CLS + parts: 768-d
+    "vit_small_pass_mean": lambda s, size: person_vit_backbone("vit_small_pass_mean", size),  # PASS, 384-d
+    "vit_small_ics": lambda s, size: person_vit_backbone("vit_small_ics", size),  # TransReID-SSL ViT-S/16+ICS
 }
+# Backbones whose feature is a token, not a pooled map: no pooling choice.
+TOKEN_BACKBONES = set(TIMM_NAMES) | set(PERSON_VITS)
 
 # Prefix of the backbone's parameters in torchvision's key layout.
 _TORCHVISION_PREFIX = {"mobilenet_v2": "features."}
@@ -97,13 +105,13 @@ class ReidModel(nn.Module):
             raise UserError(f"unknown backbone '{backbone}'; choose one of {', '.join(BACKBONES)}")
         if pooling not in ("avg", "gem"):
             raise UserError(f"unknown pooling '{pooling}'; choose avg or gem")
-        if backbone in TIMM_NAMES and pooling != "avg":
-            raise UserError(f"model.pooling={pooling} does not apply to '{backbone}': a ViT's feature is its CLS token; "
-                            "leave model.pooling at avg")
+        if backbone in TOKEN_BACKBONES and pooling != "avg":
+            raise UserError(f"model.pooling={pooling} does not apply to '{backbone}': a ViT's feature is its CLS token "
+                            "(and part tokens); leave model.pooling at avg")
         self.backbone_name = backbone
         self.backbone, self.feat_dim = BACKBONES[backbone](last_stride, tuple(img_size))
-        if isinstance(self.backbone, ViTBackbone):
-            self.pool = nn.Identity()  # the backbone already returns the CLS token (B x dim)
+        if isinstance(self.backbone, (ViTBackbone, PersonViT)):
+            self.pool = nn.Identity()  # the backbone already returns its token feature (B x dim)
         else:
             self.pool = (GeneralizedMeanPooling(gem_p, learnable=gem_learnable) if pooling == "gem"
                          else nn.AdaptiveAvgPool2d(1))
@@ -164,15 +172,21 @@ def _backbone_state(state: dict[str, torch.Tensor], backbone: str) -> dict[str, 
 def load_backbone_weights(model: ReidModel, path: str | Path) -> None:
     """Load ImageNet (or any torchvision-layout; timm layout for ViT) weights into the backbone; strict on its keys."""
     if isinstance(model.backbone, ViTBackbone):
-        load_vit_weights(model.backbone, path)
+        load_vit_weights(model.backbone, path, model.neck)
+        return
+    if isinstance(model.backbone, PersonViT):
+        load_person_vit_weights(model.backbone, path, model.neck)
         return
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist; pass a torchvision-layout state dict (e.g. --weights mobilenet_v2_imagenet.pth)")
-    state = load_pth(path, "weights file")
+    state = load_pth(path, "weights file", allowed=WEIGHTS_FILE_GLOBALS)
+    if isinstance(state, dict):  # a ViT's file (a DINO checkpoint too) is refused naming the backbone it needs
+        family = {"mobilenet_v2": "mobilenet_v2", "resnet50": "resnet50"}.get(model.backbone_name, "resnet")
+        refuse_other_family(unwrap_backbone_state(state).tensors, family, model.backbone_name, path)
     mapped = _backbone_state(state, model.backbone_name)
     load_fitting_state(model.backbone, mapped, path, model.backbone_name,
-                       "Pass a torchvision state dict of the same architecture.")
+                       "Pass a torchvision state dict of the same architecture.", refuse_extra=True)
 
 
 
@@ -181,6 +195,8 @@ def _download_pretrained(model: ReidModel) -> None:
     if isinstance(model.backbone, ViTBackbone):
         download_vit_weights(model.backbone)
         return
+    if isinstance(model.backbone, PersonViT):
+        no_person_vit_download(model.backbone)
     name = model.backbone_name
     enum = torchvision.models.get_model_weights(name).DEFAULT
     try:

@@ -10,15 +10,18 @@ grid of 16-pixel patches) and timm interpolates it for other input sizes
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UserError
-from ..serialization import load_pth
-from .weights import load_fitting_state
+from ..errors import UserError, one_line
+from .weights import (BackboneState, load_fitting_state, patch_grid, read_backbone_state, refuse_other_family,
+                      resample_grid, unwrap_backbone_state)
+
+LOG = logging.getLogger("hardreid")
 
 # Our name -> timm architecture name.
 TIMM_NAMES = {"vit_small": "vit_small_patch16_224"}
@@ -55,33 +58,40 @@ def vit_backbone(name: str, img_size: tuple[int, int]) -> tuple[nn.Module, int]:
     return backbone, backbone.feat_dim
 
 
-def _unwrap(state: Any) -> dict[str, torch.Tensor]:
-    """The tensor dict of the usual checkpoint layouts (plain, {"state_dict"}, {"model"}, DINO {"teacher"})."""
-    for key in ("state_dict", "model", "teacher"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        return {}
-    out = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    for prefix in ("module.", "backbone.", "vit."):
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix):]: v for k, v in out.items()}
-    return out
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def _read_state(path: Path) -> BackboneState:
     if path.suffix != ".safetensors":
-        return _unwrap(load_pth(path, "weights file"))
+        return read_backbone_state(path)
     try:
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return unwrap_backbone_state(load_file(str(path)))
     except Exception as exc:  # noqa: BLE001 - any parsing failure is a bad file
         raise UserError(f"cannot read weights file {path}: {exc}") from None
 
 
-def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
-    """Load a timm-layout ViT checkpoint (.pth / .safetensors state dict, or a big_vision .npz).
+def _person_grid(state: BackboneState, backbone: ViTBackbone) -> None:
+    """A 2:1 person-crop grid (DINO on LUPerson at 256x128: TransReID-SSL's plain ViT-S) resampled here, bilinear as
+    their loader; square ImageNet grids are left to timm's filter."""
+    pos = state.tensors.get("pos_embed")
+    own = backbone.vit.pos_embed
+    if pos is None or pos.ndim != 3 or pos.shape == own.shape:
+        return
+    prefix = backbone.vit.num_prefix_tokens
+    try:
+        old = patch_grid(pos.shape[1] - prefix)
+    except UserError:
+        return
+    if old[0] == old[1]:
+        return
+    new = backbone.vit.patch_embed.grid_size
+    state.tensors["pos_embed"] = torch.cat([pos[:, :prefix], resample_grid(pos[:, prefix:], old, tuple(new))], dim=1)
+    state.notes.append(f"pos_embed resampled from a {old[0]}x{old[1]} grid to {new[0]}x{new[1]}")
+
+
+def load_vit_weights(backbone: ViTBackbone, path: str | Path, neck: nn.BatchNorm1d | None = None) -> None:
+    """Load a timm-layout ViT checkpoint (.pth / .safetensors state dict, or a big_vision .npz), also as a DINO
+    training checkpoint (its teacher backbone; TransReID-SSL's plain ViT-S on LUPerson). ``neck``: the re-ID
+    model's BatchNorm neck, which takes a fine-tuned model's ``bottleneck.*`` when it fits.
 
     The position embedding is resampled to the model's grid (timm's
     ``checkpoint_filter_fn``); the classifier head is dropped. Every key of the
@@ -96,16 +106,21 @@ def load_vit_weights(backbone: ViTBackbone, path: str | Path) -> None:
         try:
             backbone.vit.load_pretrained(str(path))
         except Exception as exc:  # noqa: BLE001 - missing arrays / shape errors come as many types
-            raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {exc}). {hint}") from None
+            raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {one_line(exc)}). {hint}") from None
         return
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    state = _read_state(path)
+    read = _read_state(path)
+    refuse_other_family(read.tensors, "vit", backbone.name, path)
+    _person_grid(read, backbone)
     try:
-        state = checkpoint_filter_fn(state, backbone.vit)
+        state = checkpoint_filter_fn(read.tensors, backbone.vit)
     except Exception as exc:  # noqa: BLE001 - timm raises on layouts it cannot resample
-        raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {exc}). {hint}") from None
+        raise UserError(f"weights file {path} does not fit backbone '{backbone.name}' ({type(exc).__name__}: {one_line(exc)}). {hint}") from None
     load_fitting_state(backbone.vit, state, path, backbone.name, hint)
+    if neck is not None:
+        read.use_neck(neck)
+    LOG.info(read.summary(path, backbone.name, len(backbone.vit.state_dict())))
 
 
 def download_vit_weights(backbone: ViTBackbone) -> None:

@@ -8,6 +8,7 @@ marks an outlier. ``cluster_epoch`` runs one epoch's clustering from the
 
 from __future__ import annotations
 
+from hardreid.pseudo_labels.ca_jaccard import compute_camera_aware_jaccard_distance
 from hardreid.pseudo_labels.camera import CAMERA_NORMALIZE, camera_normalize
 from hardreid.pseudo_labels.cluster import (
     ClusterStats,
@@ -19,7 +20,8 @@ from hardreid.pseudo_labels.cluster import (
 from hardreid.pseudo_labels.density import auto_eps, hdbscan_labels
 from hardreid.pseudo_labels.diagnostics import ClusterDiagnostics, cluster_diagnostics, collapse_reasons
 from hardreid.pseudo_labels.epoch import ALGORITHMS, EpochClusters, check_cluster_config, cluster_epoch
-from hardreid.pseudo_labels.jaccard import compute_jaccard_distance, exact_knn, jaccard_to_dense
+from hardreid.pseudo_labels.jaccard import compute_jaccard_distance, jaccard_to_dense
+from hardreid.pseudo_labels.knn import exact_knn
 
 __all__ = [
     "ALGORITHMS",
@@ -34,6 +36,7 @@ __all__ = [
     "cluster_epoch",
     "cluster_statistics",
     "collapse_reasons",
+    "compute_camera_aware_jaccard_distance",
     "compute_jaccard_distance",
     "dbscan_labels",
     "exact_knn",

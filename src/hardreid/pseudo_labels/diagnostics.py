@@ -154,7 +154,7 @@ def collapse_warning(reasons: dict[str, str], eps: float | None = None, min_samp
     ``min_samples``: cluster.min_samples).  The advice follows the robustness table of benchmarks/README.md: on
     data with few images per person, min_samples 2 and a camera-aware loss lost least (or gained)."""
     tries = []
-    if "large_clusters" in reasons:
+    if "large_clusters" in reasons or "one_cluster" in reasons:
         tries += [f"a lower cluster.eps (now {eps:.3g})" if eps is not None else "a lower cluster.eps",
                   "cluster.algorithm=hdbscan"]
     if "one_camera" in reasons:
@@ -176,7 +176,8 @@ def score_decline_warning(history: list[dict], metric: str = "mAP", start: dict 
     Rows without ``metric`` (epochs that were not evaluated) are skipped; fewer than two scores say nothing.
     """
     scored = [row for row in history if row.get(metric) is not None]
-    first = start if start is not None and start.get(metric) is not None else (scored[0] if scored else None)
+    start_scored = start is not None and start.get(metric) is not None
+    first = start if start_scored else (scored[0] if scored else None)
     if first is None or not scored or first is scored[-1] or scored[-1][metric] >= first[metric]:
         return None
     last = scored[-1]
@@ -188,5 +189,9 @@ def score_decline_warning(history: list[dict], metric: str = "mAP", start: dict 
     kept = (f"best.pth holds epoch {best['epoch']} ({metric} {best[metric]:.1f})" if best[metric] > first[metric] else
             f"no epoch beat the start: best.pth holds epoch {best['epoch']} ({metric} {best[metric]:.1f}), the "
             "weights training started from score higher")
+    if not start_scored:  # the untrained model was not scored: say what was measured, not more
+        return (f"the score fell during training: {metric} {first[metric]:.1f} {when}, {last[metric]:.1f} after epoch "
+                f"{last['epoch']} (the model before training was not scored: train.eval_at_start=true compares with "
+                f"it){why}. {kept} (README: pseudo labels on small or camera-biased data)")
     return (f"training made the model worse: {metric} {first[metric]:.1f} {when}, {last[metric]:.1f} after epoch "
             f"{last['epoch']}{why}. {kept} (README: pseudo labels on small or camera-biased data)")

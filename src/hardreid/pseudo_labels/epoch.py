@@ -1,7 +1,7 @@
 """One epoch's pseudo labels from the ``cluster`` config: the trainer's single call (``cluster_epoch``).
 
 features --(cluster.camera_normalize)--> k-reciprocal Jaccard distance (cluster.k1, k2, search,
-same_camera_penalty) --> DBSCAN (cluster.eps, a number or ``auto``; min_samples) or HDBSCAN
+same_camera_penalty; or cluster.jaccard: camera_aware with k1_intra, k1_inter, k2_intra, k2_inter) --> DBSCAN (cluster.eps, a number or ``auto``; min_samples) or HDBSCAN
 (cluster.algorithm) --> labels, statistics, label-free diagnostics and the collapse warning.
 """
 
@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from hardreid.errors import UserError
+from hardreid.pseudo_labels.ca_jaccard import compute_camera_aware_jaccard_distance
 from hardreid.pseudo_labels.camera import camera_normalize
 from hardreid.pseudo_labels.cluster import ClusterStats, cluster_statistics, dbscan_labels
 from hardreid.pseudo_labels.density import auto_eps, hdbscan_labels
@@ -63,8 +64,8 @@ class EpochClusters:
 
 
 def check_cluster_config(c: Any) -> None:
-    """Raise UserError for a ``cluster`` section the options below cannot run (checked before any work): the
-    rules of ``config.RULES`` for every ``cluster.*`` key."""
+    """Raise UserError for a ``cluster`` section the options below cannot run (checked before any work): what
+    ``config.ClusterConfig`` accepts for every ``cluster.*`` key."""
     from hardreid.config import check_section
 
     check_section("cluster", c)
@@ -82,8 +83,12 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     check_cluster_config(cfg)
     camids = np.asarray(camids)
     feats = camera_normalize(features, camids, cfg.camera_normalize)
-    distance = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, mode=cfg.search, camids=camids,
-                                        same_camera_penalty=cfg.same_camera_penalty)
+    if cfg.jaccard == "camera_aware":
+        distance = compute_camera_aware_jaccard_distance(feats, camids, k1_intra=cfg.k1_intra, k1_inter=cfg.k1_inter,
+                                                         k2_intra=cfg.k2_intra, k2_inter=cfg.k2_inter, mode=cfg.search)
+    else:
+        distance = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, mode=cfg.search, camids=camids,
+                                            same_camera_penalty=cfg.same_camera_penalty)
     if cfg.algorithm == "hdbscan":
         eps = None
         labels = hdbscan_labels(distance, cfg.min_samples, cfg.min_cluster_size or cfg.min_samples,
@@ -105,4 +110,7 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
                         "(--weights FILE).")
     diagnostics = cluster_diagnostics(labels, camids, previous_labels, cfg.large_cluster_factor * cfg.min_samples)
     reasons = collapse_reasons(diagnostics, cfg.warn_large_share, cfg.warn_single_camera_share)
+    if stats.num_clusters == 1:  # one identity: a contrastive loss over one class is 0, nothing is learned
+        reasons = {"one_cluster": f"all {int((np.asarray(labels) >= 0).sum())} clustered images form one cluster, so "
+                                  "the contrastive loss is 0 and nothing is learned", **reasons}
     return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples)

@@ -34,10 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -51,6 +51,8 @@ from ..data.types import Sample
 from ..errors import UserError
 from ..evaluation.features import extract_features
 from .model import FeatureModel, identity_differences
+from ..files import atomic_save_npy, atomic_write_json, atomic_write_path, atomic_write_text
+from ..outputs import OutputFolder, claim_folder
 
 FORMAT = "hardreid-features-v1"
 FEATURES, IMAGES, MANIFEST, SHARDS, PLAN = "features.npy", "images.jsonl", "manifest.json", "shards", "plan.json"
@@ -80,14 +82,22 @@ def list_images(path: str | Path) -> tuple[Path, list[str]]:
         if not is_image_name(path.name):
             raise UserError(f"{path} is not an image (expected .jpg, .jpeg, .png or .bmp)")
         return path.parent.resolve(), [path.name]
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is neither a folder nor a regular image file")
     if not path.is_dir():
         raise UserError(f"image folder {path} does not exist")
     root = path.resolve()
-    found = []
+    found, special = [], []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         rel = Path(folder).relative_to(root)
-        found += [(rel / name).as_posix() for name in files if is_image_name(name)]
+        for name in files:
+            if is_image_name(name):
+                (found if os.path.isfile(os.path.join(folder, name)) else special).append((rel / name).as_posix())
+    if special:  # a FIFO named like an image would block the reader forever
+        print(f"warning: skipped {len(special)} entr{'y' if len(special) == 1 else 'ies'} under {root} named like images "
+              f"that are not regular files (e.g. {sorted(special)[0]}: a pipe, socket, device or broken link)",
+              file=sys.stderr)
     if not found:
         raise UserError(f"no images in {root} or its subfolders (expected .jpg, .jpeg, .png or .bmp files)")
     return root, sorted(found)
@@ -125,25 +135,27 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, value)
 
 
 def write_records(records: Sequence[ImageRecord], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        for record in records:
-            handle.write(json.dumps(asdict(record)) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(asdict(record)) + "\n" for record in records))
 
 
 def read_records(path: Path) -> list[ImageRecord]:
+    """The records of ``images.jsonl``; every path must be relative and stay inside the image root."""
     try:
         with open(path) as handle:
-            return [ImageRecord(**json.loads(line)) for line in handle if line.strip()]
+            records = [ImageRecord(**json.loads(line)) for line in handle if line.strip()]
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read {path}: {exc} (expected one JSON object per line with path, camera, pid)") from None
+    for number, record in enumerate(records, 1):
+        parts = PurePosixPath(str(record.path)).parts
+        if not isinstance(record.path, str) or not parts or PurePosixPath(record.path).is_absolute() or ".." in parts \
+                or "\\" in record.path:
+            raise UserError(f"{path} record {number}: path {str(record.path)[:120]!r} leaves the image root (it must be "
+                            "relative, without '..'): extract again, or fix the file")
+    return records
 
 
 def load_features(folder: str | Path) -> FeatureSet:
@@ -165,7 +177,32 @@ def load_features(folder: str | Path) -> FeatureSet:
     if features.ndim != 2 or features.shape[0] != len(records) or features.dtype != np.float32:
         raise UserError(f"{folder}: features.npy is {features.dtype} {features.shape} but images.jsonl has "
                         f"{len(records)} lines; extract again with --overwrite")
+    for key, value in (("num_images", len(records)), ("dim", features.shape[1])):
+        if key in manifest and manifest[key] != value:
+            raise UserError(f"{folder}: {MANIFEST} says {key} {manifest[key]} but the files hold {value}; extract again "
+                            "with --overwrite")
     return FeatureSet(features, records, manifest)
+
+
+UNIT_NORM_TOLERANCE = 1e-3  # float32 normalisation leaves |norm - 1| ~ 1e-7; more means the vectors were changed
+
+
+def check_feature_values(fs: FeatureSet, chunk_rows: int = 65536) -> None:
+    """Every feature is finite and of unit length (extract L2-normalises them; the index scores cosine
+    similarity as an inner product). Reads the memory-mapped file one chunk at a time."""
+    for start in range(0, len(fs.features), chunk_rows):
+        block = np.asarray(fs.features[start:start + chunk_rows], dtype=np.float64)
+        bad = ~np.isfinite(block).all(axis=1)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad)[0])
+            raise UserError(f"feature row {row} ({fs.records[row].path}) is not finite, and {int(bad.sum())} rows of this "
+                            "chunk are not: extract these images again with --overwrite")
+        norms = np.sqrt((block * block).sum(axis=1))
+        off = np.abs(norms - 1) > UNIT_NORM_TOLERANCE
+        if off.any():
+            row = start + int(np.flatnonzero(off)[0])
+            raise UserError(f"feature row {row} ({fs.records[row].path}) has length {norms[row - start]:.4g}, not 1: "
+                            "features must be the L2-normalised vectors extract writes; extract again with --overwrite")
 
 
 def _plan(fm: FeatureModel, root: Path, paths: list[str], shard_size: int) -> dict[str, Any]:
@@ -185,19 +222,34 @@ def _plan_differences(old: dict[str, Any], new: dict[str, Any], complete: bool) 
     return diffs + identity_differences(old.get("model", {}), new["model"])
 
 
-def _prepare_output(output: Path, plan: dict[str, Any], overwrite: bool) -> str:
-    """'done' when ``output`` already holds these features, else 'start' or 'resume' (clearing stale files)."""
-    complete = (output / MANIFEST).is_file()
+def _earlier_extraction(folder: Path) -> list[str]:
+    """The entries of an extraction written before output markers existed (recognised by its manifest or plan)."""
+    for path in (folder / MANIFEST, folder / SHARDS / PLAN):
+        try:
+            if path.is_file() and json.loads(path.read_text()).get("format") == FORMAT:
+                return [name for name in (MANIFEST, FEATURES, IMAGES, SHARDS) if (folder / name).exists()]
+        except (OSError, ValueError, AttributeError):
+            pass
+    return []
+
+
+def _prepare_output(folder: OutputFolder, plan: dict[str, Any], overwrite: bool) -> str:
+    """'done' when the folder already holds these features, else 'start' or 'resume'. Stale files are deleted only
+    when the folder's marker lists them as extract's own; anything else of those names is refused."""
+    output = folder.path
+    complete = folder.owns(MANIFEST) and (output / MANIFEST).is_file()
     previous = output / MANIFEST if complete else output / SHARDS / PLAN
-    if previous.is_file() and not overwrite:
+    if folder.owns(MANIFEST if complete else SHARDS) and previous.is_file() and not overwrite:
         diffs = _plan_differences(_read_json(previous), plan, complete)
         if not diffs:
             return "done" if complete else "resume"
         raise UserError(f"{output} already holds features of other images or another model ({'; '.join(diffs[:4])}). "
                         "Pass --overwrite to replace them, or choose another --output")
-    for name in (MANIFEST, FEATURES, IMAGES):
-        (output / name).unlink(missing_ok=True)
-    shutil.rmtree(output / SHARDS, ignore_errors=True)
+    for name in (MANIFEST, FEATURES, IMAGES, SHARDS):
+        folder.remove(name)
+    if folder.unowned(SHARDS):
+        raise UserError(f"{output / SHARDS} exists and was not written by 'hardreid extract', which needs that name for "
+                        "its work files: move it away or choose another --output")
     return "start"
 
 
@@ -206,25 +258,40 @@ def _shard_path(output: Path, index: int) -> Path:
 
 
 def _save_atomic(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    atomic_save_npy(path, array)
+
+
+def _shard_is_complete(path: Path, rows: int, dim: int) -> bool:
+    """A finished shard of ``rows`` x ``dim`` float32 features; a damaged one (a disk error, a foreign file) is
+    deleted so that it is computed again."""
+    if not path.is_file():
+        return False
+    try:
+        shard = np.load(path, mmap_mode="r")
+        if shard.shape == (rows, dim) and shard.dtype == np.float32:
+            return True
+    except (OSError, ValueError):
+        pass
+    print(f"warning: {path} is damaged or incomplete: extracting it again", file=sys.stderr)
+    path.unlink()
+    return False
 
 
 def _join_shards(output: Path, num_shards: int, num_images: int, dim: int) -> None:
     """features.npy from the shards, one shard in memory at a time."""
-    tmp = output / (FEATURES + ".tmp")
-    joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_images, dim))
-    row = 0
-    for index in range(num_shards):
-        part = np.load(_shard_path(output, index))
-        joined[row:row + len(part)] = part
-        row += len(part)
-    joined.flush()
-    del joined
-    if row != num_images:
-        raise RuntimeError(f"shards hold {row} rows, expected {num_images}")
-    os.replace(tmp, output / FEATURES)
+    def write(tmp: Path) -> None:
+        joined = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(num_images, dim))
+        row = 0
+        for index in range(num_shards):
+            part = np.load(_shard_path(output, index))
+            joined[row:row + len(part)] = part
+            row += len(part)
+        joined.flush()
+        del joined
+        if row != num_images:
+            raise UserError(f"the shards in {output / SHARDS} hold {row} rows, expected {num_images}: run extract again")
+
+    atomic_write_path(output / FEATURES, write)
 
 
 def _shards(paths: list[str], shard_size: int) -> Iterator[tuple[int, list[str]]]:
@@ -241,27 +308,31 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
     extraction (or returns at once when it is complete); other images or
     another model in ``output`` are an error unless ``overwrite``.
     """
-    from .. import __version__
+    from ..version import __version__
 
     if shard_size < 1 or batch_size < 1:
         raise UserError(f"shard size and batch size must be positive, got {shard_size} and {batch_size}")
     root, paths = list_images(images)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    folder = claim_folder(output, "extract", inputs={"--images": root}, overwrite=overwrite,
+                          earlier_version=_earlier_extraction, work_names=(SHARDS,))
+    output = folder.path
     plan = _plan(fm, root, paths, shard_size)
-    state = _prepare_output(output, plan, overwrite)
+    state = _prepare_output(folder, plan, overwrite)
     if state == "done":
         return load_features(output)
+    folder.record(SHARDS, IMAGES, FEATURES, MANIFEST)  # before they exist: a rerun may clean up after a crash
     (output / SHARDS).mkdir(exist_ok=True)
     _write_json(output / SHARDS / PLAN, plan)
     records = [describe_image(p) for p in paths]
     transform = eval_transform(fm.cfg.data)
     model = fm.model.to(device)
     shards = list(_shards(paths, shard_size))
-    done = sum(len(part) for index, part in shards if _shard_path(output, index).is_file())
+    dim = int(fm.model.feat_dim)
+    finished = {index for index, part in shards if _shard_is_complete(_shard_path(output, index), len(part), dim)}
+    done = sum(len(part) for index, part in shards if index in finished)
     bar = tqdm(total=len(paths), initial=done, desc="extract", unit="img", disable=not progress or None, smoothing=0.1)
     for index, part in shards:
-        if _shard_path(output, index).is_file():
+        if index in finished:
             continue
         samples = [Sample(str(root / p), -1, 0) for p in part]
         feats = extract_features(model, samples, transform, batch_size, workers, device, flip=fm.cfg.eval.flip,
@@ -273,5 +344,5 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
     _join_shards(output, len(shards), len(paths), int(fm.model.feat_dim))
     _write_json(output / MANIFEST, {**plan, "dim": int(fm.model.feat_dim), "hardreid_version": __version__,
                                     "created": time.strftime("%Y-%m-%d %H:%M:%S")})
-    shutil.rmtree(output / SHARDS, ignore_errors=True)
+    folder.remove(SHARDS)
     return load_features(output)

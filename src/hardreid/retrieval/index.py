@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from .features import IMAGES, FeatureSet, ImageRecord, load_features, read_records, write_records
+from .features import IMAGES, FeatureSet, check_feature_values, ImageRecord, load_features, read_records, write_records
+from ..files import atomic_write_json, atomic_write_path
+from ..outputs import claim_folder
 
 INDEX_FILE, META = "index.faiss", "index.json"
 KINDS = ("auto", "flat", "ivf", "hnsw")
@@ -204,13 +205,29 @@ class GalleryIndex:
         return cls(index, records, meta)
 
 
+def _earlier_index(folder: Path) -> list[str]:
+    """The entries of an index written before output markers existed (its meta file names the kind)."""
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return []
+    if isinstance(meta, dict) and "kind" in meta and (folder / INDEX_FILE).is_file():
+        return [name for name in (INDEX_FILE, IMAGES, META) if (folder / name).exists()]
+    return []
+
+
 def build_index(features: str | Path | FeatureSet, output: str | Path, kind: str = "auto", nlist: int | None = None,
-                nprobe: int | None = None, recall_queries: int = 200, seed: int = 0) -> GalleryIndex:
-    """Build and save an index of an extracted feature set (see the module docstring)."""
+                nprobe: int | None = None, recall_queries: int = 200, seed: int = 0, overwrite: bool = False) -> GalleryIndex:
+    """Build and save an index of an extracted feature set (see the module docstring). ``output`` is a new folder,
+    an earlier index's, or (with ``overwrite``) any folder that is not the feature set's own."""
+    inputs = {} if isinstance(features, FeatureSet) else {"--features": features}
     fs = features if isinstance(features, FeatureSet) else load_features(features)
     n, dim = fs.features.shape
     if n == 0:
         raise UserError("the feature set is empty: nothing to index")
+    check_feature_values(fs)
+    folder = claim_folder(output, "index", inputs=inputs, overwrite=overwrite, earlier_version=_earlier_index)
+    folder.record(INDEX_FILE, IMAGES, META)
     chosen = choose_kind(kind, n, dim)
     start = time.perf_counter()
     index, params = build_faiss_index(fs.features, chosen, nlist, nprobe, seed=seed)
@@ -220,11 +237,9 @@ def build_index(features: str | Path | FeatureSet, output: str | Path, kind: str
     if chosen != "flat":
         meta["recall_at_10"] = measure_recall(index, fs.features, 10, recall_queries, seed)
         meta["recall_queries"] = min(recall_queries, n)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = folder.path
     faiss = import_faiss()
-    faiss.write_index(index, str(output / (INDEX_FILE + ".tmp")))
-    os.replace(output / (INDEX_FILE + ".tmp"), output / INDEX_FILE)
+    atomic_write_path(output / INDEX_FILE, lambda tmp: faiss.write_index(index, str(tmp)))
     write_records(fs.records, output / IMAGES)
-    (output / META).write_text(json.dumps(meta, indent=1))
+    atomic_write_json(output / META, meta)
     return GalleryIndex(index, fs.records, meta)

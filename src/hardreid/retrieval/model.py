@@ -21,6 +21,7 @@ import torch
 from ..config import Config
 from ..errors import UserError
 from ..models import ReidModel
+from ..models.vit_person import MEAN_STD, PERSON_VITS
 
 # Identity entries that must agree for two feature sets to be comparable.
 IDENTITY_KEYS = ("backbone", "feat_dim", "sha256", "weights_used", "height", "width", "mean", "std", "flip")
@@ -72,7 +73,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
     backbone: the config defaults, 256x128, no flip).
     """
     from ..config import config_from_dict
-    from ..training import model_from_config
+    from ..models import model_from_config
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     if checkpoint:
@@ -94,6 +95,8 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
         cfg = Config()
         _set_input(cfg, height, width)  # a ViT's position grid follows the input size
         cfg.model.backbone = backbone
+        if backbone in PERSON_VITS:  # their own normalisation (the configs' data.mean / data.std)
+            cfg.data.mean, cfg.data.std = (list(v) for v in MEAN_STD)
         cfg.model.weights = str(weights or "")
         cfg.model.pretrained = pretrained
         with torch.random.fork_rng():

@@ -10,7 +10,7 @@ unknown).
 from __future__ import annotations
 
 import csv
-import json
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +25,7 @@ from ..evaluation.features import extract_features
 from .features import FeatureSet, ImageRecord, describe_image, list_images, load_features
 from .index import GalleryIndex
 from .model import FeatureModel, identity_differences
+from ..files import atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -115,7 +116,7 @@ def write_json(results: Sequence[QueryResult], path: str | Path, index: GalleryI
     payload = {"query_root": str(queries.root), "gallery_root": str(index.image_root), "score": "cosine similarity",
                "results": [{**{k: v for k, v in asdict(r).items() if k != "hits"}, "hits": [asdict(h) for h in r.hits]}
                            for r in results]}
-    path.write_text(json.dumps(payload, indent=1))
+    atomic_write_json(path, payload)
     return path
 
 
@@ -123,14 +124,24 @@ def write_csv(results: Sequence[QueryResult], path: str | Path) -> Path:
     """One line per (query, hit): query, rank, gallery, score, gallery camera and pid, match."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["query", "rank", "gallery", "score", "camera", "pid", "match"])
-        for r in results:
-            for h in r.hits:
-                writer.writerow([r.query, h.rank, h.path, f"{h.score:.6f}", _blank(h.camera), _blank(h.pid),
-                                 "" if h.match is None else int(h.match)])
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["query", "rank", "gallery", "score", "camera", "pid", "match"])
+    for r in results:
+        for h in r.hits:
+            writer.writerow([csv_cell(r.query), h.rank, csv_cell(h.path), f"{h.score:.6f}", _blank(h.camera),
+                             _blank(h.pid), "" if h.match is None else int(h.match)])
+    atomic_write_text(path, buffer.getvalue())
     return path
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell that a spreadsheet shows as text, never runs as a formula (OWASP CSV injection): a cell that
+    starts with ``= + - @``, a tab or a carriage return gets a leading apostrophe."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _blank(value: Any) -> Any:

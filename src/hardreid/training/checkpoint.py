@@ -44,7 +44,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a hardreid checkpoint (for plain backbone weights use --weights)")
     if state["format"] == FORMAT_V1:
         state = {**_without_numpy(state), "format": FORMAT}
+    check_checkpoint_keys(state, path)
     return state
+
+
+# key -> (required, accepted types, what it is): checked before anything reads the checkpoint
+CHECKPOINT_KEYS: dict[str, tuple[bool, tuple[type, ...], str]] = {
+    "config": (True, (dict,), "the run's config as a dict"),
+    "model": (True, (dict,), "the model's state dict"),
+    "eval_model": (False, (dict,), "the evaluated model's state dict"),
+    "epoch": (False, (int,), "the number of finished epochs"),
+    "backbone": (False, (str,), "the backbone's name"),
+    "feat_dim": (False, (int,), "the feature dimension"),
+}
+
+
+def check_checkpoint_keys(state: dict[str, Any], path: str | Path) -> None:
+    """Each key a command reads has the right type; one line naming the key otherwise."""
+    for key, (required, types, what) in CHECKPOINT_KEYS.items():
+        if key not in state:
+            if required:
+                raise UserError(f"checkpoint {path} has no '{key}' ({what}): it is damaged or was not written by hardreid "
+                                "train; use another checkpoint")
+            continue
+        value = state[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise UserError(f"checkpoint {path}: '{key}' should be {what} ({'/'.join(t.__name__ for t in types)}), "
+                            f"found {type(value).__name__}: the file is damaged; use another checkpoint")
 
 
 def _without_numpy(value: Any) -> Any:
@@ -74,10 +100,26 @@ def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | 
     weights = state.get("eval_model", state["model"]) if for_evaluation else state["model"]
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
+    except RuntimeError:
         saved = state.get("backbone", "unknown")
         ours = getattr(model, "backbone_name", type(model).__name__)
-        first = str(exc).splitlines()[1:2]
         raise UserError(f"checkpoint {path} holds a '{saved}' model (feature dim {state.get('feat_dim')}), which does not fit "
-                        f"the '{ours}' model being built ({first[0].strip() if first else exc}). Use the checkpoint's own "
-                        "architecture (model.backbone) or another checkpoint.") from None
+                        f"the '{ours}' model being built ({state_dict_differences(model.state_dict(), weights)}). Use the "
+                        "checkpoint's own architecture (model.backbone) or another checkpoint.") from None
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def state_dict_differences(expected: dict[str, Any], given: dict[str, Any]) -> str:
+    """How ``given`` differs from ``expected`` in a few words: the first missing, unexpected and mis-shaped keys
+    with counts (an architecture mismatch lists hundreds of keys; the message stays one readable line)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shaped = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and hasattr(given[k], "shape") and hasattr(v, "shape") and tuple(given[k].shape) != tuple(v.shape)]
+    parts = [f"{len(missing)} missing keys: {_first(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected keys: {_first(unexpected)}" if unexpected else "",
+             f"{len(shaped)} keys of another shape: {_first(shaped, 2)}" if shaped else ""]
+    return "; ".join(p for p in parts if p) or "the weights do not load"

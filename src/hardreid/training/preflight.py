@@ -10,6 +10,8 @@ from ..data.types import ReidDataset
 from ..errors import UserError
 from ..evaluation.pipeline import check_evaluable
 from ..files import check_writable_dir
+from ..runtime import resolve_device
+from ..outputs import refuse_input_overlap
 
 
 def require_training_images(dataset: ReidDataset) -> None:
@@ -21,10 +23,9 @@ def require_training_images(dataset: ReidDataset) -> None:
 def check_before_training(cfg: Config, dataset: ReidDataset, run_dir: Path) -> None:
     """The device exists; the output folder is writable; the training split can fill a P x K batch and a k1
     neighbourhood; when the data set has query and gallery images, at least one query can be scored."""
-    from .trainer import resolve_device  # (the trainer imports this module)
-
     resolve_device(cfg.train.device)
     check_writable_dir(run_dir, "output folder")
+    refuse_input_overlap(run_dir, "--output", {"--data-root": dataset.root})
     require_training_images(dataset)
     n, d, c = len(dataset.train), cfg.data, cfg.cluster
     if n < d.batch_size:

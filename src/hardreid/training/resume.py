@@ -28,15 +28,18 @@ silently turn the run into a mixture of two experiments: start a new run instead
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..config import Config, config_from_dict
 from ..data.types import ReidDataset
 from ..errors import UserError
+from ..runtime import batchnorm_group
 from .checkpoint import load_checkpoint, save_checkpoint
 from .run_files import LOG, write_metrics
 
@@ -72,16 +75,38 @@ class Continuation:
                      self.epochs)
 
 
+RUN_FILES = ("config.yaml", "metrics.json", "metrics.csv", "train.log", "model_info.json", "curves.png", "checkpoints")
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The files that make ``run_dir`` a run folder (any one of them does; an empty checkpoints/ does not)."""
+    checkpoints = run_dir / "checkpoints"
+    found = [f"checkpoints/{p.name}" for p in sorted(checkpoints.iterdir()) if p.is_file()] if checkpoints.is_dir() else []
+    return found + [name for name in RUN_FILES if name != "checkpoints" and (run_dir / name).is_file()]
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def checkpoint_to_continue(run_dir: Path, cfg: Config, dataset: ReidDataset, resume: bool,
                            start_from: str | Path | None) -> Continuation | None:
     """The checkpoint a run continues from, read and checked against ``cfg`` and ``dataset``; None for a new run.
     Raises a UserError (before anything is written) when there is none to resume or it does not fit."""
     last = run_dir / "checkpoints" / "last.pth"
     if resume and not last.is_file():
-        raise UserError(f"nothing to resume in {run_dir}: {last} does not exist (start the run without --resume, "
-                        "or pass the --output of an existing run)")
-    if not resume and last.is_file():
-        raise UserError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
+        found = run_files(run_dir)
+        held = f" (it holds {_some(found)} of a run whose last checkpoint is gone)" if found else ""
+        raise UserError(f"nothing to resume in {run_dir}: {last} does not exist{held}; start a new run in another "
+                        "--output, or pass the --output of an existing run")
+    if not resume:
+        found = run_files(run_dir)
+        if last.is_file():
+            raise UserError(f"{run_dir} already holds a run ({last}); pass --resume to continue it or choose another --output")
+        if found:
+            raise UserError(f"{run_dir} holds the files of an earlier run ({_some(found)}) but no "
+                            "checkpoints/last.pth to continue from: choose another --output (hardreid will not replace "
+                            "that run's files)")
     path = last if resume else (Path(start_from) if start_from is not None else None)
     if path is None:
         return None
@@ -90,11 +115,33 @@ def checkpoint_to_continue(run_dir: Path, cfg: Config, dataset: ReidDataset, res
     return Continuation(path, state, resume, cfg.train.epochs, notes)
 
 
+CONTENT_SAMPLE = 64  # training images whose bytes are hashed (evenly spaced in name order)
+
+
 def training_data_identity(dataset: ReidDataset) -> dict[str, Any]:
-    """Name, number and a hash of the sorted file names (relative to the data set root) of the training images."""
-    names = sorted(os.path.relpath(s.path, dataset.root) for s in dataset.train)
-    digest = hashlib.sha1("\n".join(names).encode("utf-8")).hexdigest()
-    return {"name": dataset.name, "train_images": len(names), "train_names_sha1": digest}
+    """Name, number and hashes of the training images: of the sorted file names (relative to the data set root),
+    of every file's size, and of the bytes of an evenly spaced sample of CONTENT_SAMPLE files. Other pixels under
+    the same names change the sizes or the sample's hash (checked when a run resumes); at 100k images this
+    costs one ``stat`` per file and 64 small reads."""
+    paths = sorted((os.path.relpath(s.path, dataset.root), s.path) for s in dataset.train)
+    return {"name": dataset.name, "train_images": len(paths), **_fingerprint(tuple(paths))}
+
+
+@functools.lru_cache(maxsize=4)
+def _fingerprint(paths: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    names = hashlib.sha1("\n".join(name for name, _ in paths).encode("utf-8"))
+    sizes, content = hashlib.sha1(), hashlib.sha1()
+    step = max(1, -(-len(paths) // CONTENT_SAMPLE))
+    try:
+        for index, (_, path) in enumerate(paths):
+            sizes.update(f"{os.stat(path).st_size}\n".encode())
+            if index % step == 0:
+                with open(path, "rb") as handle:
+                    content.update(hashlib.sha1(handle.read()).digest())
+    except OSError as exc:
+        raise UserError(f"cannot read training image {exc.filename}: {exc.strerror or exc}") from None
+    return {"train_names_sha1": names.hexdigest(), "train_sizes_sha1": sizes.hexdigest(),
+            "train_content_sha1": content.hexdigest()}
 
 
 def trained_on(cfg: Config, dataset: ReidDataset) -> dict[str, Any]:
@@ -140,14 +187,18 @@ def check_resume(state: dict[str, Any], cfg: Config, dataset: ReidDataset, path:
                         f"'{recorded['name']}', but {dataset.root} holds {ours['train_images']} training images "
                         f"of '{ours['name']}'{' with other file names' if recorded['train_images'] == ours['train_images'] else ''}; "
                         "pass the --data-root the run was trained on")
+    if "train_content_sha1" not in recorded:
+        return [f"{path} records the names of its training images but not their contents (an older checkpoint): "
+                "the pixels were not checked"]
+    if (recorded["train_sizes_sha1"], recorded["train_content_sha1"]) != (ours["train_sizes_sha1"], ours["train_content_sha1"]):
+        raise UserError(f"checkpoint {path} was trained on other pixels: {dataset.root} holds training images with the "
+                        "same names but other contents (file sizes or sampled bytes differ). Resuming would mix two data "
+                        "sets; start a new run with another --output")
     return []
 
 
 def same_batchnorm_groups(saved: Config, cfg: Config, state: dict[str, Any]) -> bool:
     """With this run's number of processes, ``cfg`` normalises BatchNorm over the groups the checkpoint's run did."""
-    from .. import distributed
-    from .trainer import batchnorm_group  # (the trainer imports this module)
-
     return batchnorm_group(saved, int(state.get("world_size", 1))) == batchnorm_group(cfg, distributed.world_size())
 
 

@@ -1,4 +1,4 @@
-"""The epoch loop (DESIGN.md section 1, ACFL Algorithm 1), readable top to bottom:
+"""The epoch loop (docs/architecture.md, "One epoch"; ACFL Algorithm 1), readable top to bottom:
 
 extract features -> pseudo labels (k-reciprocal Jaccard -> DBSCAN, pseudo_labels.cluster_epoch) -> method memory
 -> P x K steps (loss, optimiser step, memory update) -> evaluate -> log -> checkpoint.
@@ -15,16 +15,16 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .. import distributed
-from ..config import Config, OptimConfig, config_from_dict, dump_config, validate_config
+from ..config import Config, OptimConfig, dump_config, validate_config
 from ..data.loaders import InfiniteIdentityLoader, check_batch_split
 from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
@@ -33,14 +33,13 @@ from ..errors import UserError
 from ..files import atomic_write_text
 from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
 from ..evaluation.pipeline import evaluate_model
-from ..export.info import write_model_info
-from ..models import ReidModel, build_model
+from ..methods import Batch, EpochData, Method, StepOutput, build_method
+from ..models import ReidModel, model_from_config
 from ..precision import training_precision
 from ..pseudo_labels import check_cluster_config, cluster_epoch
 from ..pseudo_labels.diagnostics import score_decline_warning
+from ..runtime import batchnorm_group
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .methods import Batch, EpochData, Method, StepOutput, build_method
-from ..viz.curves import plot_training_curves
 from .preflight import check_before_training, require_training_images
 from .resume import Continuation, checkpoint_to_continue, trained_on
 from .rng import rng_state, set_rng_state
@@ -58,17 +57,16 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` for one process."""
-    return distributed.single_device(name)
+@dataclass
+class RunHooks:
+    """Work around a run that is not training, handed to the trainer by its caller: the run's reports and pictures
+    (``hardreid.runs`` hands in model_info.json and curves.png for the command line, the demo and ``hr.train``), so
+    that the trainer imports neither ``export/`` nor ``viz/`` (docs/architecture.md, "Layers"). Run on rank 0 only."""
 
-
-def batchnorm_group(cfg: Config, world: int) -> int:
-    """How many images each BatchNorm normalises together in training mode (the setting results depend on)."""
-    if cfg.train.sync_bn and world > 1:
-        return cfg.data.batch_size
-    share = cfg.data.batch_size // world
-    return cfg.train.bn_chunk if 0 < cfg.train.bn_chunk < share else share
+    model_built: Sequence[Callable[[ReidModel, Config, Path], Any]] = field(default_factory=tuple)
+    """``hook(model, cfg, run_dir)`` once the model is built, before a checkpoint is resumed (``train``)."""
+    trained: Sequence[Callable[[Path], Any]] = field(default_factory=tuple)
+    """``hook(run_dir)`` after the last epoch, when the run trained an epoch (``Trainer.fit``)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -77,26 +75,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
-    """The configured model; ``initial_weights=False`` skips model.weights / model.pretrained (a checkpoint
-    will provide every weight)."""
-    m = cfg.model
-    model = build_model(m.backbone, weights=(m.weights or None) if initial_weights else None,
-                        pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
-                        pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
-                        img_size=(cfg.data.height, cfg.data.width), gem_learnable=m.gem_learnable)
-    return model.use_channels_last(cfg.train.channels_last)
-
-
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     if o.name == "adam":
         optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    elif o.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9)
     else:
-        raise UserError(f"unknown optim.name '{o.name}'; choose adam or sgd")
+        assert o.name == "sgd", o.name  # the config allows nothing else (OptimConfig.name)
+        optimizer = torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=0.9)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(o, epoch))
 
 
@@ -107,9 +93,7 @@ def lr_factor(o: OptimConfig, epoch: int) -> float:
     gamma ** (epoch // step_size). Warm-up as ICE's WarmupMultiStepLR: warmup_factor * (1 - a) + a
     with a = epoch / warmup_epochs.
     """
-    if any(m <= 0 for m in o.milestones) or sorted(o.milestones) != list(o.milestones):
-        raise UserError(f"optim.milestones must be increasing positive epochs, not {o.milestones}")
-    if o.lr_schedule:
+    if o.lr_schedule:  # milestones (increasing, >= 1) and lr_schedule: checked with the config
         decay = piecewise_lr_factor(o.lr_schedule)(epoch)
     elif o.milestones:
         decay = o.gamma ** sum(epoch >= m for m in o.milestones)
@@ -155,9 +139,10 @@ class Trainer:
     """One run: holds model, optimiser, method and history; ``fit`` runs the remaining epochs."""
 
     def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None,
-                 initial_weights: bool = True) -> None:
+                 initial_weights: bool = True, hooks: RunHooks | None = None) -> None:
         require_training_images(dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
+        self.hooks = hooks or RunHooks()  # reports and pictures of the caller's choice (rank 0)
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
         self.device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # joins torchrun's processes
         check_batch_split(cfg.data.batch_size, cfg.data.num_instances, distributed.world_size())  # equal shares
@@ -252,7 +237,8 @@ class Trainer:
             decline = score_decline_warning(self.history, start=self.start_scores)
             if decline:
                 LOG.warning(decline)
-            plot_training_curves(self.run_dir)
+            for hook in self.hooks.trained:  # e.g. curves.png (hardreid.runs)
+                hook(self.run_dir)
         return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
 
     def log_world(self) -> None:
@@ -309,6 +295,10 @@ class Trainer:
         if self.should_evaluate(epoch):
             row.update(self.scores())
         row["seconds"] = time.time() - start
+        if row.get("loss") == 0:
+            LOG.warning("epoch %d/%d: the loss was 0 in every step: nothing was learned this epoch (one pseudo identity, "
+                        "or every sample an outlier of the memory); see the pseudo-label line above", epoch + 1,
+                        cfg.train.epochs)
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
         return row
@@ -456,13 +446,16 @@ class Trainer:
 
 
 def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidModel | None = None,
-          resume: bool = False, log_to_stderr: bool = True, start_from: str | Path | None = None) -> TrainResult:
+          resume: bool = False, log_to_stderr: bool = True, start_from: str | Path | None = None,
+          hooks: RunHooks | None = None) -> TrainResult:
     """Train ``cfg``'s method on ``dataset``, writing everything into ``output``.
 
     With ``resume`` the run continues from ``output/checkpoints/last.pth``; only the config keys of
     ``resume.RESUMABLE_KEYS`` may differ from the checkpoint's. ``start_from``: a checkpoint of another run to
     continue from as a new stage (any config key may differ; the training images must be the same). Config,
-    checkpoint, data and output folder are checked before anything is written or computed.
+    checkpoint, data and output folder are checked before anything is written or computed. ``hooks``: the run's
+    reports and pictures (none by default; ``hardreid.runs.train``, which the command line, the demo and
+    ``hr.train`` use, hands in model_info.json and curves.png).
     """
     validate_config(cfg)
     run_dir = Path(output)
@@ -470,8 +463,9 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
     previous = distributed.main_then_broadcast(
         lambda: prepare_run_dir(cfg, dataset, run_dir, resume, start_from, log_to_stderr))  # every process gets it
     setup_logging(run_dir / "train.log", verbose=log_to_stderr)  # rank 0 logs; the others report errors only
-    trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None)
-    distributed.main_only(write_model_info)(trainer.model, cfg, run_dir / "model_info.json")  # parameters, FLOPs
+    trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None, hooks=hooks)
+    for hook in trainer.hooks.model_built:  # e.g. model_info.json: parameters, FLOPs (hardreid.runs)
+        distributed.main_only(hook)(trainer.model, cfg, run_dir)
     if previous is not None:
         trainer.resume(previous.path, previous.state)
         distributed.main_only(previous.settle)(run_dir)  # logs notes; after a kill: best.pth back in step with the metrics
@@ -500,4 +494,16 @@ def flat_tensors(state: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["Trainer", "TrainResult", "train", "model_from_config", "config_from_dict", "resolve_device"]
+_MOVED = {"resolve_device": "hardreid.runtime", "config_from_dict": "hardreid.config"}
+
+
+def __getattr__(name: str) -> Any:
+    """Old import paths (``hardreid.training.trainer.resolve_device``): they work for one release, with a warning."""
+    if name in _MOVED:
+        from .._deprecated import moved
+
+        return moved(__name__, name, _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["RunHooks", "Trainer", "TrainResult", "train"]

@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
+from ..files import atomic_save_figure
+from ..errors import UserError
 
 DIAGNOSTICS = (("large_cluster_share", "images in large clusters", "purple"),
                ("single_camera_share", "one-camera clusters", "orange"),
@@ -27,16 +29,30 @@ def _points(history: list[dict], key: str) -> list[tuple[int, float]]:
     return [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
 
 
+def _read_rows(path: Path, many: bool) -> list[dict]:
+    """The epoch rows of ``metrics.json`` (a list) or the one row of ``start_scores.json``; a damaged file is a
+    UserError naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}. It is damaged; 'hardreid train --resume' rewrites it") from None
+    rows = value if many else [value]
+    if not isinstance(rows, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in rows):
+        raise UserError(f"{path} does not hold hardreid epoch rows (a list of objects with an 'epoch' number); "
+                        "'hardreid train --resume' rewrites it")
+    return rows
+
+
 def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None, diagnostics: bool = True) -> Path:
     """Accuracy (mAP, top-1), pseudo labels (clusters, outliers) and, when recorded, their diagnostics, per epoch.
 
     ``diagnostics=False``: the two panels of ACFL's Fig. 5a only.
     """
     run_dir = Path(run_dir)
-    history = json.loads((run_dir / "metrics.json").read_text())
+    history = _read_rows(run_dir / "metrics.json", many=True)
     epochs = [row["epoch"] for row in history]
     start_file = run_dir / "start_scores.json"
-    start = [json.loads(start_file.read_text())] if start_file.exists() else []
+    start = _read_rows(start_file, many=False) if start_file.exists() else []
     with_diagnostics = diagnostics and any(_points(history, key) for key, _, _ in DIAGNOSTICS)
     panels = 3 if with_diagnostics else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
@@ -70,6 +86,6 @@ def plot_training_curves(run_dir: str | Path, out_path: str | Path | None = None
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     out = Path(out_path) if out_path else run_dir / "curves.png"
-    fig.savefig(out, dpi=110)
+    atomic_save_figure(out, fig, dpi=110)
     plt.close(fig)
     return out

@@ -37,6 +37,7 @@ from ..models import ReidModel
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from ..files import atomic_save_figure, atomic_save_image
 
 # hard_positive_instances(model, anchor_features, positives, prototypes, steps, lr, temperature, loss) -> images
 HardPositiveFn = Callable[..., torch.Tensor]
@@ -67,7 +68,7 @@ class RunState:
 
 def load_run_model(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, ReidModel]:
     """The run's config (``config.yaml``) and the checkpoint's model (default ``checkpoints/last.pth``)."""
-    from ..training import model_from_config
+    from ..models import model_from_config
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     run_dir = Path(run_dir)
@@ -97,9 +98,9 @@ def run_state(cfg: Config, model: ReidModel, dataset: ReidDataset, device: torch
 # -- Fig. 4 --------------------------------------------------------------------------------------
 def _default_generator() -> HardPositiveFn:
     try:
-        from ..hard_samples.hpi import hard_positive_instances
+        from ..methods.generators.hpi import hard_positive_instances
     except ImportError as exc:
-        raise UserError(f"fig4 needs ACFL's hard positive generator (hardreid.hard_samples.hpi), which is not "
+        raise UserError(f"fig4 needs ACFL's hard positive generator (hardreid.methods.generators.hpi), which is not "
                         f"available here ({exc}); make only fig5a / fig5b with --which fig5a fig5b") from None
     return hard_positive_instances
 
@@ -181,7 +182,7 @@ def hard_positive_figure(state: RunState, dataset: ReidDataset, out_path: str | 
             draw.text((x, y + CELL[1] + 1), caption, fill="black")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
+    atomic_save_image(out_path, canvas)
     return out_path
 
 
@@ -230,7 +231,7 @@ def tsne_figure(features: torch.Tensor, identities: np.ndarray, out_path: str | 
     fig.subplots_adjust(left=0.03, right=0.97, bottom=0.03, top=0.94)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=TSNE_DPI)
+    atomic_save_figure(out_path, fig, dpi=TSNE_DPI)
     plt.close(fig)
     return TsneResult(out_path, chosen, identities[rows], colours, labelled_by)
 

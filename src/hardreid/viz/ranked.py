@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from ..data.images import read_image
 from ..data.types import ReidDataset
+from ..files import atomic_save_image
 
 CELL = (64, 128)  # width, height of one thumbnail
 BORDER = 4
@@ -62,5 +63,5 @@ def save_ranked_results(dist: torch.Tensor, dataset: ReidDataset, out_path: str 
             draw.text((x, y - label_h + 1), f"{rank + 1}: {float(dist[qi, gi]):.2f}", fill="black")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
+    atomic_save_image(out_path, canvas)
     return out_path

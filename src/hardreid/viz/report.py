@@ -25,6 +25,7 @@ from ..data.images import read_image
 from ..data.types import ReidDataset
 from ..errors import UserError
 from .ranked import CELL, GREEN, GREY, RED, ranked_gallery
+from ..files import atomic_write_text
 
 BLUE = (40, 90, 200)
 COLOURS = {"query": BLUE, "match": GREEN, "wrong": RED, "unknown": GREY}
@@ -129,7 +130,7 @@ def write_report(rows: Sequence[Row], path: str | Path, title: str, summary: Seq
             f'<div id="rows">\n' + "\n".join(body) + f'\n</div><script>{SCRIPT}</script></body></html>\n')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    atomic_write_text(path, page)
     if thumbs.missing:
         print(f"warning: {thumbs.missing} image(s) of the report could not be read; shown as 'missing'", file=sys.stderr)
     return path

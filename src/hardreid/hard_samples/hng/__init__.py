@@ -1,8 +1,9 @@
-"""Self-guided hard negative generation (SHNG, IJCAI 2022): ``method.hard_samples: [hng]``."""
+"""Moved to ``hardreid.methods.generators.hng``; this old path works for one release (a DeprecationWarning)."""
 
-from ...training.methods import HARD_SAMPLES
-from .component import HardNegativeGeneration
+from ..._deprecated import warn_module
 
-HARD_SAMPLES["hng"] = HardNegativeGeneration
+warn_module(__name__, "hardreid.methods.generators.hng")
+
+from ...methods.generators.hng import HardNegativeGeneration  # noqa: E402
 
 __all__ = ["HardNegativeGeneration"]

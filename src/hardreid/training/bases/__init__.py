@@ -1,3 +1,7 @@
-"""Base methods beyond Cluster Contrast; each module registers itself in ``methods.BASES``."""
+"""Moved to ``hardreid.methods.bases``; this old path works for one release (a DeprecationWarning)."""
 
-from . import ice, spcl, strong_baseline  # noqa: F401 - imported for their side effect: registering the bases
+from ..._deprecated import warn_module
+
+warn_module(__name__, "hardreid.methods.bases")
+
+from . import ice, spcl, strong_baseline  # noqa: E402, F401 - the moved modules, as the old package held them
