@@ -17,6 +17,7 @@ import fractions
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -282,8 +283,8 @@ def test_converted_and_wrapped_backbone_files_load(name, make, tmp_path):
 def test_a_fine_tuned_unsupervised_model_evaluates_as_its_own_code(name, make, fusion, tmp_path, caplog):
     """Their cluster_contrast_train_usl.py saves {"state_dict": DataParallel(TransReID).state_dict(), "epoch", ...}:
     the backbone under module., the single neck as module.bottleneck.*; the neck goes into ReidModel's neck, so the
-    feature is their Evaluator's (eval mode: normalize(bottleneck(feature))). (Their files also hold best_mAP as a
-    numpy.float64, which hardreid's safe loader refuses today: here a Python float.)"""
+    feature is their Evaluator's (eval mode: normalize(bottleneck(feature))). Their files hold best_mAP as a
+    numpy.float64: the safe loader reads numpy numbers in weights files."""
     source = make(11)
     width = 768 if fusion == "cat" else DIM
     gen = torch.Generator().manual_seed(12)
@@ -291,7 +292,7 @@ def test_a_fine_tuned_unsupervised_model_evaluates_as_its_own_code(name, make, f
             "running_mean": 0.1 * torch.randn(width, generator=gen), "running_var": 1 + torch.rand(width, generator=gen),
             "num_batches_tracked": torch.tensor(10000)}
     state = {f"module.{k}": v for k, v in source.items()} | {f"module.bottleneck.{k}": v for k, v in neck.items()}
-    torch.save({"state_dict": state, "epoch": 50, "best_mAP": 0.887}, tmp_path / "model_best.pth.tar")
+    torch.save({"state_dict": state, "epoch": 50, "best_mAP": np.float64(0.887)}, tmp_path / "model_best.pth.tar")
     with caplog.at_level(logging.INFO, logger="hardreid"):
         model = build_model(name, weights=tmp_path / "model_best.pth.tar", img_size=(256, 128)).eval()
     assert "bottleneck.* (5 tensors) loaded into the BatchNorm neck" in caplog.text

@@ -10,7 +10,8 @@ Every file hardreid reads with torch (checkpoints, backbone weights) goes throug
 
 Errors are one line and never suggest switching the weights-only mode off.
 
-Backbone weights files may hold one class more, :data:`WEIGHTS_FILE_GLOBALS`: the ``argparse.Namespace`` of the
+Backbone weights files may hold a few globals more, :data:`WEIGHTS_FILE_GLOBALS`: numpy numbers and arrays
+(:data:`NUMPY_GLOBALS`; published fine-tuned models store ``best_mAP`` as one) and the ``argparse.Namespace`` of the
 training command that DINO-style pre-training checkpoints pickle as ``args`` (PASS, TransReID-SSL: ``main_dino.py``
 saves ``{"student", "teacher", "optimizer", "epoch", "args", ...}``). It is a plain attribute container; the
 values it holds are pickled objects of their own and scanned like any other. hardreid's checkpoints allow no
@@ -30,12 +31,21 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .errors import UserError
 
+_NUMPY_CORE = np._core.multiarray  # numpy >= 2; files written with numpy 1 name numpy.core.multiarray
+#: numpy arrays and scalars, as pickled by numpy (``_reconstruct``, ``scalar``, the dtypes of numbers): hardreid's
+#: v1 checkpoints hold them, and so do published re-ID models (e.g. ``best_mAP`` as a numpy float). Rebuilding an
+#: array or a number runs no code of the file's choosing.
+NUMPY_GLOBALS: list[Any] = [np.ndarray, np.dtype, _NUMPY_CORE._reconstruct, _NUMPY_CORE.scalar,
+                            (_NUMPY_CORE._reconstruct, "numpy.core.multiarray._reconstruct"),
+                            (_NUMPY_CORE.scalar, "numpy.core.multiarray.scalar"),
+                            *(type(np.dtype(code)) for code in ("u4", "i4", "i8", "f4", "f8", "?"))]
 #: The only globals a backbone weights file may hold beyond tensors and containers (see the module doc).
-WEIGHTS_FILE_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
+WEIGHTS_FILE_GLOBALS: tuple[Any, ...] = (argparse.Namespace, *NUMPY_GLOBALS)
 SCALARS = (str, bytes, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
 _TORCH_ADVICE = re.compile(r"weights.only|trusted source|torch\.load|WeightsUnpickler|pytorch\.org|file an issue|"
                            r"In PyTorch 2\.6|add_safe_globals|safe_globals", re.IGNORECASE)

@@ -17,17 +17,12 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..serialization import check_plain, load_pth
+from ..serialization import NUMPY_GLOBALS, check_plain, load_pth
 from .run_files import atomic_save
 
 FORMAT = "hardreid-checkpoint-v2"
 FORMAT_V1 = "hardreid-checkpoint-v1"
-_NUMPY_CORE = np._core.multiarray  # numpy >= 2; v1 files written with numpy 1 name numpy.core.multiarray
-V1_NUMPY_GLOBALS = [np.ndarray, np.dtype, _NUMPY_CORE._reconstruct, _NUMPY_CORE.scalar,
-                    (_NUMPY_CORE._reconstruct, "numpy.core.multiarray._reconstruct"),
-                    (_NUMPY_CORE.scalar, "numpy.core.multiarray.scalar"),
-                    # the dtypes of numpy's RNG keys and of numbers in the metrics history
-                    *(type(np.dtype(code)) for code in ("u4", "i4", "i8", "f4", "f8", "?"))]
+V1_NUMPY_GLOBALS = NUMPY_GLOBALS  # the dtypes of numpy's RNG keys and of numbers in the metrics history among them
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
