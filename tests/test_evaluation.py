@@ -329,8 +329,10 @@ def labels(rng, num_q, num_g, num_ids, num_cams):
                                                             (120, 1500, 60, 256), (33, 2000, 5, 7)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("as_torch", [False, True])
+@pytest.mark.parametrize("dense_share", [-1.0, 2.0])  # every block located at once / candidate by candidate
 def test_counting_is_identical_to_the_previous_ranking_and_a_full_sort(monkeypatch, num_q, num_g, num_ids,
-                                                                       block_size, dtype, as_torch):
+                                                                       block_size, dtype, as_torch, dense_share):
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", dense_share)
     rng = np.random.default_rng(num_q * 1000 + num_g)
     qp, gp, qc, gc = labels(rng, num_q, num_g, num_ids, 3)
     qp[0] = max(qp[0], 0)
@@ -378,11 +380,24 @@ def test_counting_is_identical_on_adversarial_ties(monkeypatch):
 def test_candidates_located_in_small_chunks(monkeypatch):
     """The candidates are located in chunks of ``_CHUNK_ELEMENTS // h_max`` (memory bound): any chunk size
     gives the same numbers."""
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", 2.0)  # candidate by candidate
     args = continuous_case()
     ref = evaluate_ranking(*args, block_size=16)
     for chunk in (1, 37):
         monkeypatch.setattr(ranking, "_CHUNK_ELEMENTS", chunk)
         assert_identical(evaluate_ranking(*args, block_size=16), ref)
+
+
+@pytest.mark.parametrize("dense_share", [-1.0, 2.0])  # every block located at once / candidate by candidate
+def test_both_counting_paths_are_identical(monkeypatch, dense_share):
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", dense_share)
+    args = continuous_case()
+    same_as_references(monkeypatch, *args, block_size=16)
+    for dist, qp, gp, qc, gc in adversarial_cases():
+        try:
+            same_as_references(monkeypatch, dist, qp, gp, qc, gc, max_rank=5, block_size=3)
+        except UserError:
+            pass
 
 
 class _TiesTheOtherWay:
@@ -396,7 +411,8 @@ class _TiesTheOtherWay:
         return torch.searchsorted(sorted_sequence, values, right=True)
 
 
-def test_a_counting_rule_breaking_ties_the_other_way_is_caught(monkeypatch):
+@pytest.mark.parametrize("dense_share", [-1.0, 2.0])
+def test_a_counting_rule_breaking_ties_the_other_way_is_caught(monkeypatch, dense_share):
     """Negative twin: with ties broken the other way (non-hits tied with a hit ranked after it), the comparison of
     test_counting_is_identical_on_adversarial_ties fails, while continuous distances (no ties) do not notice."""
     cases, ref = [], []
@@ -406,6 +422,7 @@ def test_a_counting_rule_breaking_ties_the_other_way_is_caught(monkeypatch):
             cases.append(case)
         except UserError:  # no valid query
             pass
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", dense_share)
     monkeypatch.setattr(ranking, "torch", _TiesTheOtherWay())
     caught = 0
     for case, expected in zip(cases, ref):
