@@ -190,7 +190,8 @@ def _rank_block(
     number of kept non-hits ranked before it. Only the hits are sorted (a few per query); the kept non-hits that
     can precede a hit at all (distance <= the query's last hit's: usually a small share of the row) are picked
     with one comparison, located between consecutive hits with ``searchsorted`` (ties with a hit: by gallery
-    index) and counted. Precision at each hit, AP and the CMC first-hit rank then equal those of a full stable
+    index; candidate by candidate, or the whole block at once when they are over ``_DENSE_SHARE`` of it) and
+    counted. Precision at each hit, AP and the CMC first-hit rank then equal those of a full stable
     sort, bit for bit (the precisions are the same quotients of the same integers, added in the same order).
     """
     nb, num_g = block.shape
