@@ -8,7 +8,14 @@ features (as ``hardreid.evaluation.pipeline`` computes them).  Then, each in
 a fresh subprocess (peak memory = that process's peak RSS, ``VmHWM``, inputs and
 imports included):
 
-* ``evaluate_ranking`` (CMC up to rank 50 and mAP), timed;
+* ``evaluate_ranking`` (CMC up to rank 50 and mAP), timed, and the distance
+  matrix it ranks (as the pipeline computes it), timed in the same process;
+* in the same process, one after the other (``--no-references`` skips them):
+  the same metrics by a full stable sort of every gallery row (blockwise,
+  vectorised torch: what ranking costs with a sort, the ranking before
+  issue 25 counted instead) -- CMC and every AP identical bit for bit -- and,
+  where torchreid is installed, its ``evaluate_rank`` (Cython if built) and its
+  Euclidean ``compute_distance_matrix``, timed (``not installed`` otherwise);
 * the same numbers from a plain per-query reference (torchreid's
   ``eval_market1501`` algorithm in numpy, stable sort) on a subset of the
   queries: the CMC and every AP must be identical;
@@ -136,6 +143,71 @@ def plain_market_eval(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarra
     return cmc, float(np.mean(all_ap)), np.asarray(all_ap)
 
 
+
+def full_sort_ranking(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                      g_camids: np.ndarray, max_rank: int, block_size: int = 256) -> tuple[np.ndarray, float, np.ndarray]:
+    """CMC (percent), mAP and per-query AP (percent) by a full stable sort of each gallery row, blockwise.
+
+    The same quotients as ``evaluate_ranking`` (hits / kept rank, float64), added one by one in rank order: the
+    numbers must be identical bit for bit, only the work differs (a sort of all 15,913 entries per query)."""
+    import torch
+
+    d = torch.from_numpy(np.ascontiguousarray(distmat))
+    gp, gc = torch.from_numpy(g_pids).long(), torch.from_numpy(g_camids).long()
+    qp_all, qc_all = torch.from_numpy(q_pids).long(), torch.from_numpy(q_camids).long()
+    first, aps = [], []
+    for start in range(0, d.shape[0], block_size):
+        block = d[start:start + block_size]
+        qp, qc = qp_all[start:start + block_size, None], qc_all[start:start + block_size, None]
+        order = torch.sort(block, dim=1, stable=True).indices
+        g_p, g_c = gp[order], gc[order]
+        match = g_p == qp
+        kept = (g_p >= 0) & ~(match & (g_c == qc))
+        hit = match & kept
+        kept_rank = torch.cumsum(kept.long(), dim=1)
+        nh = hit.sum(dim=1)
+        h_max = max(int(nh.max()), 1)
+        rows, cols = hit.nonzero(as_tuple=True)
+        slot = torch.arange(len(rows)) - (torch.cumsum(nh, 0) - nh)[rows]
+        ranks = torch.ones(len(qp), h_max, dtype=torch.long)
+        ranks[rows, slot] = kept_rank[rows, cols]
+        k = torch.arange(1, h_max + 1)[None, :]
+        prec = torch.where(k <= nh[:, None], k.to(torch.float64) / ranks.to(torch.float64), 0.0)
+        ap = prec.cumsum(dim=1)[:, -1] / nh.clamp_min(1).to(torch.float64)  # one by one, in rank order
+        valid = nh > 0
+        first.append(ranks[valid, 0])
+        aps.append(ap[valid])
+    fh, all_ap = torch.cat(first), torch.cat(aps).numpy()
+    cmc = (fh[None, :] <= torch.arange(1, max_rank + 1)[:, None]).sum(dim=1).to(torch.float64) / len(fh)
+    return 100.0 * cmc.numpy(), 100.0 * float(all_ap.mean()), 100.0 * all_ap
+
+
+def torchreid_ranking(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
+                      g_camids: np.ndarray, max_rank: int) -> dict[str, Any]:
+    """torchreid's ``evaluate_rank`` (its Cython extension when built), timed; or why it did not run."""
+    try:
+        from torchreid.metrics import rank as tr_rank
+    except Exception as exc:  # noqa: BLE001 - any import failure: not available here
+        return {"available": False, "reason": f"not installed ({type(exc).__name__}: {exc})"}
+    cython = bool(getattr(tr_rank, "IS_CYTHON_AVAI", False))
+    t = time.perf_counter()
+    cmc, m_ap = tr_rank.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                                      use_metric_cuhk03=False, use_cython=cython)
+    return {"available": True, "cython": cython, "seconds": time.perf_counter() - t,
+            "mAP": 100.0 * float(m_ap), "cmc": (100.0 * np.asarray(cmc)).tolist()}
+
+
+def torchreid_distance(qf: np.ndarray, gf: np.ndarray) -> dict[str, Any]:
+    """torchreid's Euclidean ``compute_distance_matrix``, timed; or why it did not run."""
+    try:
+        import torch
+        from torchreid.metrics import compute_distance_matrix
+    except Exception as exc:  # noqa: BLE001
+        return {"available": False, "reason": f"not installed ({type(exc).__name__}: {exc})"}
+    t = time.perf_counter()
+    compute_distance_matrix(torch.from_numpy(qf), torch.from_numpy(gf), metric="euclidean")
+    return {"available": True, "seconds": time.perf_counter() - t}
+
 def dense_re_ranking(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
     """The original re-ranking with dense (Q+G)^2 matrices, V in float64 and a stable sort (small inputs only)."""
     num_q = q_g.shape[0]
@@ -190,7 +262,8 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int, threads: int | None = None) -> dict[str, Any]:
+def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int, threads: int | None = None,
+                references: bool = True) -> dict[str, Any]:
     _set_threads(threads)
     from hardreid.evaluation import evaluate_ranking
 
@@ -202,6 +275,22 @@ def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int, threa
     peak_eval = common.peak_rss_mb()
     out: dict[str, Any] = {"seconds": seconds, "rss_start_mb": rss0, "peak_rss_after_eval_mb": peak_eval,
                            "result": res.to_dict()}
+    if references:
+        qf, gf = _load(folder, "qf", "gf")
+        t = time.perf_counter()
+        squared_distance(qf, gf)
+        out["distance_seconds"] = time.perf_counter() - t
+        t = time.perf_counter()
+        cmc, m_ap, aps = full_sort_ranking(dist, qp, gp, qc, gc, max_rank)
+        out["full_sort"] = {
+            "seconds": time.perf_counter() - t,
+            "identical": bool(np.array_equal(cmc, res.cmc) and np.array_equal(aps, res.all_ap) and m_ap == res.mAP),
+        }
+        tr = torchreid_ranking(dist, qp, gp, qc, gc, max_rank)
+        if tr.get("available"):
+            tr["max_abs_diff_cmc"] = float(np.abs(np.asarray(tr["cmc"]) - res.cmc).max())
+            tr["abs_diff_mAP"] = abs(tr["mAP"] - res.mAP)
+        out["torchreid"] = {"ranking": tr, "distance": torchreid_distance(qf, gf)}
     # identical numbers: plain per-query reference on a subset of the queries
     rng = np.random.default_rng(seed)
     sub = np.arange(dist.shape[0]) if check_queries < 0 or check_queries >= dist.shape[0] else \
@@ -270,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-rank", type=int, default=50)
     ap.add_argument("--check-queries", type=int, default=500,
                     help="queries checked against the plain reference (-1: all)")
+    ap.add_argument("--no-references", action="store_true",
+                    help="skip the full-sort ranking and torchreid (when installed) timed beside evaluate_ranking")
     ap.add_argument("--no-rerank", action="store_true", help="skip re-ranking")
     ap.add_argument("--rerank-check", type=int, nargs=2, default=[300, 1500], metavar=("Q", "G"),
                     help="subset size for the dense re-ranking check (0 0: skip)")
@@ -286,6 +377,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="hardreid_eval_")
     folder = tmp.name
     np.save(os.path.join(folder, "q_g.npy"), squared_distance(split["qf"], split["gf"]))
+    if not args.no_references:
+        np.save(os.path.join(folder, "qf.npy"), split["qf"])
+        np.save(os.path.join(folder, "gf.npy"), split["gf"])
     for key in ("q_pids", "g_pids", "q_camids", "g_camids"):
         np.save(os.path.join(folder, f"{key}.npy"), split[key])
     if not args.no_rerank or args.rerank_check[0] > 0:
@@ -315,7 +409,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: " + (f"{sec:.2f}s, " if sec is not None else "") + f"peak RSS {out['peak_rss_mb']:.0f} MB, "
               f"load {load}", flush=True)
 
-    isolated("evaluate_ranking", run_ranking, folder, args.max_rank, args.check_queries, args.seed, args.threads)
+    isolated("evaluate_ranking", run_ranking, folder, args.max_rank, args.check_queries, args.seed, args.threads,
+             not args.no_references)
     if not args.no_rerank:
         isolated("re_ranking", run_rerank, folder, args.k1, args.k2, args.lambda_value, False, args.threads)
         isolated("re_ranking_traced", run_rerank, folder, args.k1, args.k2, args.lambda_value, True, args.threads)
@@ -328,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         **common.result_header("evaluation", argv),
         "params": {"max_rank": args.max_rank, "k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value,
-                   "threads": args.threads},
+                   "threads": args.threads, "references": not args.no_references},
         "data": data,
         "input_mb": {"q_g": nq * ng * 4 / 2**20, "q_q": nq * nq * 4 / 2**20, "g_g": ng * ng * 4 / 2**20},
         "dense_joint_matrix_float32_mb": n * n * 4 / 2**20,
@@ -348,6 +443,16 @@ def _print_summary(p: dict[str, Any]) -> None:
           f"peak RSS {ev['peak_rss_mb']:.0f} MB (start {ev['rss_start_mb']:.0f} MB); mAP {ev['result']['mAP']:.2f} "
           f"rank-1 {ev['result']['cmc']['1']:.2f}; identical to the plain reference on "
           f"{ev['check']['queries']} queries: {ev['check']['identical']}")
+    if "full_sort" in ev:
+        fs, tr = ev["full_sort"], ev["torchreid"]
+        line = (f"  distances {ev['distance_seconds']:.2f}s; full stable sort of every row {fs['seconds']:.2f}s "
+                f"({fs['seconds'] / ev['seconds']:.1f}x evaluate_ranking), identical: {fs['identical']}")
+        if tr["ranking"].get("available"):
+            line += (f"; torchreid evaluate_rank ({'Cython' if tr['ranking']['cython'] else 'python'}) "
+                     f"{tr['ranking']['seconds']:.2f}s + its distances {tr['distance']['seconds']:.2f}s")
+        else:
+            line += f"; torchreid: {tr['ranking']['reason']}"
+        print(line)
     if "re_ranking" in r:
         rr = r["re_ranking"]
         tr = r["re_ranking_traced"]

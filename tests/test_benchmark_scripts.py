@@ -184,6 +184,10 @@ def test_evaluation(tmp_path):
     assert set(runs) == {"evaluate_ranking", "re_ranking", "re_ranking_traced"}
     assert runs["evaluate_ranking"]["check"]["identical"] and runs["evaluate_ranking"]["check"]["queries"] == 20
     assert 0 < runs["evaluate_ranking"]["result"]["mAP"] <= 100 and 0 < runs["re_ranking"]["result"]["mAP"] <= 100
+    # the references timed beside it: a full stable sort (bit for bit the same numbers), torchreid where installed
+    ev = runs["evaluate_ranking"]
+    assert ev["full_sort"]["identical"] and ev["full_sort"]["seconds"] > 0 and ev["distance_seconds"] > 0
+    assert {"ranking", "distance"} <= set(ev["torchreid"]) and "available" in ev["torchreid"]["ranking"]
     assert runs["re_ranking_traced"]["traced_numpy_peak_mb"] > 0
 
 
@@ -191,9 +195,10 @@ def test_evaluation(tmp_path):
 def test_evaluation_with_rerank_check(tmp_path):
     out = tmp_path / "evaluation.json"
     script("evaluation", "--num-query", 40, "--num-gallery", 200, "--ids", 20, "--dim", 32, "--check-queries", 20,
-           "--no-rerank", "--rerank-check", 20, 80, "--out", out)
+           "--no-rerank", "--rerank-check", 20, 80, "--no-references", "--out", out)
     runs = read_json(out, HEADER | {"params", "data", "runs"})["runs"]
     assert set(runs) == {"evaluate_ranking", "re_ranking_check"} and runs["re_ranking_check"]["max_abs_diff"] < 1e-4
+    assert "full_sort" not in runs["evaluate_ranking"]  # --no-references
 
 
 def test_acfl_ablation(tiny_root, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import hardreid.evaluation.ranking as ranking
 from hardreid.errors import UserError
 from hardreid.evaluation import RankingResult, evaluate_ranking, re_ranking
 
@@ -211,6 +212,237 @@ def test_to_dict_reports_percent():
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="gallery columns"):
         evaluate_ranking(np.zeros((1, 3)), [1], [1, 2], [0], [1, 1])
+
+
+# ---------------------------------------------------------------------------
+# Counting (issue 25) against the previous implementation and a full sort, bit for bit
+# ---------------------------------------------------------------------------
+
+
+def previous_rank_block(
+    block: torch.Tensor, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_rank_block`` before issue 25 (hits sorted, every gallery entry located with ``searchsorted``)."""
+    nb, num_g = block.shape
+    device = block.device
+    match = gp[None, :] == qp[:, None]
+    junk = (gp < 0)[None, :] | (match & (gc[None, :] == qc[:, None]))
+    hit = match & ~junk
+    other = ~(match | junk)  # kept entries that are not true matches
+    del match, junk
+    nh = hit.sum(dim=1)
+    ok = nh > 0
+    h_max = int(nh.max()) if nb > 0 and num_g > 0 else 0
+    if h_max == 0:
+        return (torch.zeros(nb, dtype=torch.long, device=device),
+                torch.zeros(nb, dtype=torch.float64, device=device), ok)
+
+    # Hits of each query, padded to h_max: distance +inf and index >= num_g,
+    # so pads sort after every real entry (also after real +inf distances).
+    rows, cols = hit.nonzero(as_tuple=True)  # row-major: gallery-index order within a row
+    del hit
+    offsets = torch.cumsum(nh, 0) - nh
+    slot = torch.arange(len(rows), device=device) - offsets[rows]
+    hd = torch.full((nb, h_max), float("inf"), dtype=block.dtype, device=device)
+    hd[rows, slot] = block[rows, cols]
+    hidx = (num_g + torch.arange(h_max, device=device)).expand(nb, h_max).clone()
+    hidx[rows, slot] = cols
+    hd, perm = torch.sort(hd, dim=1, stable=True)  # by (distance, index)
+    hidx = torch.gather(hidx, 1, perm)
+
+    # b[j] = number of hits ranked before gallery entry j under (distance, index).
+    b = torch.searchsorted(hd, block, right=False)
+    # Entry j ties with some hit iff the hit at position b[j] has the same
+    # distance; then the tied hits with a smaller gallery index also precede j.
+    # Ties are rare, so they are fixed on the (few) tied entries only.
+    tie_r, tie_j = ((torch.gather(hd, 1, b.clamp_max(h_max - 1)) == block) & other).nonzero(as_tuple=True)
+    if len(tie_r) > 0:
+        span = num_g + h_max + 1
+        group = torch.searchsorted(hd, hd, right=False)  # start of each hit's tie group
+        key_h = group * span + hidx  # sorted within each row
+        b_t = b[tie_r, tie_j]
+        key_j = (b_t * span + tie_j)[:, None]
+        b[tie_r, tie_j] = torch.searchsorted(key_h[tie_r], key_j, right=False)[:, 0]
+    counts = torch.zeros(nb, h_max + 1, dtype=torch.long, device=device)
+    counts.scatter_add_(1, b, other.long())
+    del b, other
+    before = torch.cumsum(counts, dim=1)[:, :h_max]  # kept non-hits ranked before hit k
+    k = torch.arange(h_max, device=device)[None, :]
+    rank = before + k + 1  # kept rank (1-based) of hit k
+    is_real = k < nh[:, None]
+    prec = torch.where(is_real, (k + 1).to(torch.float64) / rank.to(torch.float64), 0.0)
+    ap = ranking._sum_in_rank_order(prec) / nh.clamp_min(1).to(torch.float64)
+    return rank[:, 0], ap, ok
+
+
+def full_sort_rank_block(block, qp, qc, gp, gc):
+    """Every row fully sorted by (distance, index) (a stable sort), the kept list walked in rank order: the
+    precisions at the hits, added one by one with ``_sum_in_rank_order`` as ``evaluate_ranking`` does."""
+    nb, num_g = block.shape
+    order = torch.sort(block, dim=1, stable=True).indices
+    g_p, g_c = gp[order], gc[order]
+    match = g_p == qp[:, None]
+    junk = (g_p < 0) | (match & (g_c == qc[:, None]))
+    kept_hit = (match & ~junk).long()
+    kept_rank = torch.cumsum((~junk).long(), dim=1)  # kept rank of every position (valid where kept)
+    nh = kept_hit.sum(dim=1)
+    h_max = int(nh.max()) if nb > 0 and num_g > 0 else 0
+    first = torch.zeros(nb, dtype=torch.long)
+    prec = torch.zeros(nb, max(h_max, 1), dtype=torch.float64)
+    for i in range(nb):
+        ranks = kept_rank[i][kept_hit[i].bool()]
+        if len(ranks):
+            first[i] = ranks[0]
+            k = torch.arange(1, len(ranks) + 1)
+            prec[i, : len(ranks)] = k.to(torch.float64) / ranks.to(torch.float64)
+    ap = ranking._sum_in_rank_order(prec) / nh.clamp_min(1).to(torch.float64)
+    return first, ap, nh > 0
+
+
+def evaluate_with(monkeypatch, rank_block, *args, **kwargs):
+    with monkeypatch.context() as m:
+        m.setattr(ranking, "_rank_block", rank_block)
+        return evaluate_ranking(*args, **kwargs)
+
+
+def assert_identical(a, b):
+    np.testing.assert_array_equal(a.valid_query, b.valid_query)
+    np.testing.assert_array_equal(a.cmc, b.cmc)
+    np.testing.assert_array_equal(a.all_ap, b.all_ap)
+    assert a.mAP == b.mAP and a.num_valid_queries == b.num_valid_queries
+
+
+def same_as_references(monkeypatch, *args, **kwargs):
+    """``evaluate_ranking`` (counting) against the previous implementation and the full sort, bit for bit."""
+    ours = evaluate_ranking(*args, **kwargs)
+    for reference in (previous_rank_block, full_sort_rank_block):
+        assert_identical(ours, evaluate_with(monkeypatch, reference, *args, **kwargs))
+    return ours
+
+
+def labels(rng, num_q, num_g, num_ids, num_cams):
+    return (rng.integers(-1, num_ids, num_q), rng.integers(-1, num_ids, num_g), rng.integers(0, num_cams, num_q),
+            rng.integers(0, num_cams, num_g))
+
+
+@pytest.mark.parametrize("num_q,num_g,num_ids,block_size", [(1, 1, 1, 1), (7, 30, 3, 2), (50, 400, 12, 16),
+                                                            (120, 1500, 60, 256), (33, 2000, 5, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("as_torch", [False, True])
+@pytest.mark.parametrize("dense_share", [-1.0, 2.0])  # every block located at once / candidate by candidate
+def test_counting_is_identical_to_the_previous_ranking_and_a_full_sort(monkeypatch, num_q, num_g, num_ids,
+                                                                       block_size, dtype, as_torch, dense_share):
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", dense_share)
+    rng = np.random.default_rng(num_q * 1000 + num_g)
+    qp, gp, qc, gc = labels(rng, num_q, num_g, num_ids, 3)
+    qp[0] = max(qp[0], 0)
+    gp[0], gc[0] = qp[0], (qc[0] + 1) % 3  # at least one valid query
+    dist = rng.random((num_q, num_g)).astype(dtype)
+    if as_torch:
+        dist, qp, gp = torch.from_numpy(dist), torch.from_numpy(qp), torch.from_numpy(gp)
+    same_as_references(monkeypatch, dist, qp, gp, qc, gc, max_rank=int(min(50, num_g + 3)), block_size=block_size)
+
+
+def adversarial_cases():
+    """Ties everywhere: few distinct values (hits tied with non-hits, junk and same-camera entries tied with both),
+    all-equal rows, +-inf, -0.0 next to 0.0 (equal: ordered by index), queries without a valid match."""
+    rng = np.random.default_rng(11)
+    for case in range(60):
+        num_q, num_g = int(rng.integers(1, 25)), int(rng.integers(1, 120))
+        qp, gp, qc, gc = labels(rng, num_q, num_g, int(rng.integers(1, 6)), int(rng.integers(1, 4)))
+        dist = rng.integers(-2, 3, (num_q, num_g)).astype(np.float64)
+        kind = case % 4
+        if kind == 1:
+            dist[rng.random(num_q) < 0.5] = 1.0  # all-equal rows
+        elif kind == 2:
+            dist[rng.random((num_q, num_g)) < 0.2] = np.inf
+            dist[rng.random((num_q, num_g)) < 0.1] = -np.inf
+        elif kind == 3:
+            dist = np.where(rng.random((num_q, num_g)) < 0.5, -0.0, 0.0)
+        yield dist.astype(np.float32 if case % 2 else np.float64), qp, gp, qc, gc
+
+
+def test_counting_is_identical_on_adversarial_ties(monkeypatch):
+    checked = 0
+    for dist, qp, gp, qc, gc in adversarial_cases():
+        try:
+            ref = evaluate_with(monkeypatch, full_sort_rank_block, dist, qp, gp, qc, gc, max_rank=5, block_size=4)
+        except UserError:
+            with pytest.raises(UserError, match="cross-camera match"):
+                evaluate_ranking(dist, qp, gp, qc, gc, max_rank=5, block_size=4)
+            continue
+        ours = same_as_references(monkeypatch, dist, qp, gp, qc, gc, max_rank=5, block_size=4)
+        assert_identical(ours, ref)
+        checked += 1
+    assert checked > 30
+
+
+def test_candidates_located_in_small_chunks(monkeypatch):
+    """The candidates are located in chunks of ``_CHUNK_ELEMENTS // h_max`` (memory bound): any chunk size
+    gives the same numbers."""
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", 2.0)  # candidate by candidate
+    args = continuous_case()
+    ref = evaluate_ranking(*args, block_size=16)
+    for chunk in (1, 37):
+        monkeypatch.setattr(ranking, "_CHUNK_ELEMENTS", chunk)
+        assert_identical(evaluate_ranking(*args, block_size=16), ref)
+
+
+@pytest.mark.parametrize("dense_share", [-1.0, 2.0])  # every block located at once / candidate by candidate
+def test_both_counting_paths_are_identical(monkeypatch, dense_share):
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", dense_share)
+    args = continuous_case()
+    same_as_references(monkeypatch, *args, block_size=16)
+    for dist, qp, gp, qc, gc in adversarial_cases():
+        try:
+            same_as_references(monkeypatch, dist, qp, gp, qc, gc, max_rank=5, block_size=3)
+        except UserError:
+            pass
+
+
+class _TiesTheOtherWay:
+    """``torch`` for ranking.py, except that ``searchsorted`` puts an entry tied with a hit after it."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def searchsorted(sorted_sequence, values, right=False):
+        return torch.searchsorted(sorted_sequence, values, right=True)
+
+
+@pytest.mark.parametrize("dense_share", [-1.0, 2.0])
+def test_a_counting_rule_breaking_ties_the_other_way_is_caught(monkeypatch, dense_share):
+    """Negative twin: with ties broken the other way (non-hits tied with a hit ranked after it), the comparison of
+    test_counting_is_identical_on_adversarial_ties fails, while continuous distances (no ties) do not notice."""
+    cases, ref = [], []
+    for case in adversarial_cases():
+        try:
+            ref.append(evaluate_with(monkeypatch, full_sort_rank_block, *case, max_rank=5, block_size=4))
+            cases.append(case)
+        except UserError:  # no valid query
+            pass
+    monkeypatch.setattr(ranking, "_DENSE_SHARE", dense_share)
+    monkeypatch.setattr(ranking, "torch", _TiesTheOtherWay())
+    caught = 0
+    for case, expected in zip(cases, ref):
+        try:
+            assert_identical(evaluate_ranking(*case, max_rank=5, block_size=4), expected)
+        except AssertionError:
+            caught += 1
+    assert caught > len(cases) // 4, (caught, len(cases))
+    args = continuous_case()
+    with monkeypatch.context() as m:
+        m.setattr(ranking, "torch", torch)
+        no_ties = evaluate_ranking(*args)
+    assert_identical(evaluate_ranking(*args), no_ties)
+
+
+def test_nan_anywhere_in_a_large_block_is_reported():
+    dist = np.random.default_rng(5).random((40, 300))
+    dist[17, 123] = np.nan
+    with pytest.raises(UserError, match="NaN"):
+        evaluate_ranking(dist, np.arange(40), np.arange(300), np.zeros(40), np.ones(300), block_size=8)
 
 
 # ---------------------------------------------------------------------------
