@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hardreid.config import Config, config_from_dict, dump_config, load_config, parse_overrides
+from hardreid.config import Config, config_from_dict, dump_config, load_config, parse_overrides, validate_config
 from hardreid.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -224,3 +224,27 @@ def test_code_takes_the_names_of_a_choice_from_the_config():
                                         r"method.base=strong_baseline, got 1.5"):
         load_config(None, ["method.base=strong_baseline", "strong_baseline.triplet_margin=1.5"])
     assert load_config(None, ["strong_baseline.triplet_margin=1.5"]).strong_baseline.triplet_margin == 1.5
+
+
+# -- property test: any value given on the command line ---------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)  # the same examples on every run (CI)
+@given(key=st.sampled_from(["train.epochs", "cluster.eps", "cluster.k1", "optim.lr", "data.height", "method.base",
+                            "memory.kind", "optim.milestones", "acfl.hpf_steps", "train.seed"]),
+       value=st.one_of(st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(str),
+                       st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0\n\r"), max_size=20)))
+def test_any_override_loads_or_fails_in_one_line_naming_its_key(key, value):
+    """Hypothesis: every value for these keys either gives a config that validates again, or a UserError of one line
+    that names the key (never a traceback from pydantic or YAML)."""
+    from hardreid.errors import UserError
+
+    try:
+        cfg = load_config(None, [f"{key}={value}"])
+    except UserError as err:
+        message = str(err)
+        assert "\n" not in message and key in message, message
+        return
+    validate_config(cfg)

@@ -129,3 +129,47 @@ def test_remove_never_follows_a_listed_symlink_into_user_files(tmp_path):
     os.symlink(user, out.path / "shards")
     assert out.remove("shards")
     assert (user / "precious").read_text() == "keep"
+
+
+# -- property tests: any file name, any folder content ---------------------------------------------------------------
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"), min_size=1, max_size=40) \
+    .filter(lambda n: n not in (".", "..") and len(n.encode("utf-8")) < 200)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(existing=st.lists(_NAMES, min_size=1, max_size=4, unique=True), target=_NAMES, overwrite=st.booleans())
+@example(existing=["\n"], target="0", overwrite=False)  # found by hypothesis: a file named by a newline broke the line
+def test_claims_never_change_or_delete_an_existing_file(tmp_path_factory, existing, target, overwrite):
+    """Whatever the names: claiming a foreign folder (without --overwrite) or an existing file refuses in one line
+    and leaves every byte; with --overwrite the claim itself still writes nothing but the marker."""
+    folder = tmp_path_factory.mktemp("user")
+    for index, name in enumerate(existing):
+        (folder / name).write_bytes(f"user file {index}".encode())
+    before = _tree_hashes(folder)
+    if overwrite:
+        claim_folder(folder, "extract", overwrite=True)
+        assert _tree_hashes(folder) == {**before, MARKER: _tree_hashes(folder)[MARKER]}
+    else:
+        with pytest.raises(UserError) as err:
+            claim_folder(folder, "extract")
+        assert "\n" not in str(err.value) and _tree_hashes(folder) == before
+    path = folder / target
+    if path.is_file() and not overwrite:
+        with pytest.raises(UserError, match="already exists"):
+            claim_file(path, "--json")
+    elif not path.is_dir():
+        claim_file(path, "--json", overwrite=overwrite)
+    assert {k: v for k, v in _tree_hashes(folder).items() if k != MARKER} == before
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(_NAMES, min_size=1, max_size=3))
+def test_an_output_anywhere_inside_an_input_is_refused(tmp_path_factory, parts):
+    images = tmp_path_factory.mktemp("images")
+    output = images.joinpath(*parts)
+    with pytest.raises(UserError, match="never writes (over|into) what it reads"):
+        claim_folder(output, "extract", inputs={"--images": images}, overwrite=True)
+    assert not output.exists() or output == images

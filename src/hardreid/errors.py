@@ -30,3 +30,12 @@ def one_line(text: object, limit: int = 300) -> str:
     space, and a longer text is cut with a note of how much was left out."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else f"{flat[:limit]}... ({len(flat) - limit} more characters)"
+
+
+def printable(text: object) -> str:
+    """A path or name as it goes into a one-line message: as it is, or quoted with escapes when it holds a newline
+    or another character a terminal would not print (a file may be named so)."""
+    import os
+
+    text = os.fspath(text) if isinstance(text, os.PathLike) else str(text)
+    return text if text.isprintable() else repr(text)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 if TYPE_CHECKING:
     import numpy as np
 
-from .errors import UserError
+from .errors import UserError, printable
 
 TEMP_SUFFIX = ".hardreid-tmp"
 PAUSE_ENV = "HARDREID_TEST_PAUSE_WRITE"
@@ -183,9 +183,9 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
     path = Path(text).expanduser()
     existing = _nearest_existing(path)
     if not existing.is_dir():
-        raise UserError(f"{what} {path}: {existing} is a file, not a folder")
+        raise UserError(f"{what} {printable(path)}: {printable(existing)} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path}: no permission to write in {existing}")
+        raise UserError(f"{what} {printable(path)}: no permission to write in {printable(existing)}")
 
 
 def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
@@ -195,7 +195,7 @@ def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
         raise UserError(f"{what} is empty: give a file name")
     path = Path(text).expanduser()
     if path.is_dir():
-        raise UserError(f"{what} {path} is a folder: give a file name")
+        raise UserError(f"{what} {printable(path)} is a folder: give a file name")
     if path.exists() and not os.access(path, os.W_OK):
-        raise UserError(f"{what} {path}: no permission to write this file")
+        raise UserError(f"{what} {printable(path)}: no permission to write this file")
     check_writable_dir(path.parent, what)

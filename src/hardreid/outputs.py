@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .errors import UserError
+from .errors import UserError, printable
 from .files import atomic_write_text, check_writable_dir, check_writable_file
 from .version import __version__
 
@@ -55,14 +55,14 @@ def refuse_input_overlap(output: str | os.PathLike[str], option: str, inputs: Ma
             continue
         source = _real(path)
         if out == source:
-            raise UserError(f"{option} {output} is the same path as {name} {path}: hardreid never writes over what it "
+            raise UserError(f"{option} {printable(output)} is the same path as {name} {printable(path)}: hardreid never writes over what it "
                             f"reads; choose another {option}")
         if source.is_dir() and _is_within(out, source):
-            raise UserError(f"{option} {output} lies inside {name} {path}: hardreid never writes into what it reads; "
-                            f"choose an {option} outside {path}")
+            raise UserError(f"{option} {printable(output)} lies inside {name} {printable(path)}: hardreid never writes into what it reads; "
+                            f"choose an {option} outside {printable(path)}")
         if containing and _is_within(source, out):
-            raise UserError(f"{name} {path} lies inside {option} {output}: hardreid never writes into a folder around what "
-                            f"it reads; choose an {option} beside {path}, not above it")
+            raise UserError(f"{name} {printable(path)} lies inside {option} {printable(output)}: hardreid never writes into a folder around what "
+                            f"it reads; choose an {option} beside {printable(path)}, not above it")
 
 
 def claim_file(path: str | os.PathLike[str], option: str, *, inputs: Mapping[str, str | os.PathLike[str] | None] = {},
@@ -76,7 +76,7 @@ def claim_file(path: str | os.PathLike[str], option: str, *, inputs: Mapping[str
     refuse_input_overlap(path, option, inputs)
     target = Path(path).expanduser()
     if target.is_file() and not overwrite:
-        raise UserError(f"{option} {path} already exists: pass --overwrite to replace it, or choose another file name")
+        raise UserError(f"{option} {printable(path)} already exists: pass --overwrite to replace it, or choose another file name")
     return target
 
 
@@ -134,11 +134,11 @@ def read_marker(folder: str | os.PathLike[str]) -> dict | None:
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}. It marks a folder hardreid wrote; delete it only if you are sure "
+        raise UserError(f"cannot read {printable(path)}: {exc}. It marks a folder hardreid wrote; delete it only if you are sure "
                         "the folder's other files are yours") from None
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT or not isinstance(marker.get("command"), str) \
             or not isinstance(marker.get("files"), list) or not all(isinstance(f, str) for f in marker["files"]):
-        raise UserError(f"{path} is not a hardreid output marker (expected format {MARKER_FORMAT} with command and files)")
+        raise UserError(f"{printable(path)} is not a hardreid output marker (expected format {MARKER_FORMAT} with command and files)")
     return marker
 
 
@@ -167,7 +167,7 @@ def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--ou
         if marker["command"] == command:
             return OutputFolder(folder, command, list(marker["files"]))
         if not overwrite:
-            raise UserError(f"{option} {path} holds the output of 'hardreid {marker['command']}', not of "
+            raise UserError(f"{option} {printable(path)} holds the output of 'hardreid {marker['command']}', not of "
                             f"'hardreid {command}': choose another {option}, or pass --overwrite to write into it "
                             "(hardreid then replaces only the files it writes)")
         _refuse_foreign_work_names(folder, command, work_names, [])
@@ -179,8 +179,8 @@ def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--ou
     if earlier:
         return _marked(folder, command, earlier)
     if not overwrite:
-        shown = ", ".join(entries[:_SHOWN]) + (f" and {len(entries) - _SHOWN} more" if len(entries) > _SHOWN else "")
-        raise UserError(f"{option} {path} is a folder hardreid did not write ({len(entries)} entries: {shown}): choose a "
+        shown = ", ".join(printable(e) for e in entries[:_SHOWN]) + (f" and {len(entries) - _SHOWN} more" if len(entries) > _SHOWN else "")
+        raise UserError(f"{option} {printable(path)} is a folder hardreid did not write ({len(entries)} entries: {shown}): choose a "
                         f"new or empty folder, or pass --overwrite to write into it (hardreid then replaces only the "
                         "files it writes and deletes nothing)")
     _refuse_foreign_work_names(folder, command, work_names, [])
@@ -190,7 +190,7 @@ def claim_folder(path: str | os.PathLike[str], command: str, option: str = "--ou
 def _refuse_foreign_work_names(folder: Path, command: str, names: tuple[str, ...], owned: list[str]) -> None:
     for name in names:
         if (folder / name).exists() and name not in owned:
-            raise UserError(f"{folder / name} exists and was not written by 'hardreid {command}', which needs that name "
+            raise UserError(f"{printable(folder / name)} exists and was not written by 'hardreid {command}', which needs that name "
                             "for its work files: move it away or choose another --output")
 
 
