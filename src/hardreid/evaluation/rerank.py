@@ -31,6 +31,20 @@ def _to_numpy(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     return a
 
 
+def _row_normalised_weights(sets: sp.csr_matrix, rows_of, n: int, num_q: int, block_size: int) -> sp.csr_matrix:
+    """V of the re-ranking: exp(-d(i, j)) over the columns j of row i of ``sets`` (sorted), normalised per row;
+    the distances come from ``rows_of(a, b)`` one block of rows at a time."""
+    indptr, indices = sets.indptr, sets.indices
+    weights = np.empty(len(indices), dtype=np.float64)
+    for a, b in _row_blocks(n, num_q, block_size):
+        block = rows_of(a, b)
+        r = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))
+        weights[indptr[a]:indptr[b]] = np.exp(-block[r, indices[indptr[a]:indptr[b]]].astype(np.float64))
+    row_ids = np.repeat(np.arange(n), np.diff(indptr))
+    weights /= np.bincount(row_ids, weights=weights, minlength=n)[row_ids]
+    return sp.csr_matrix((weights, indices.copy(), indptr.copy()), shape=(n, n))
+
+
 def _row_blocks(n: int, q: int, block_size: int) -> Iterator[tuple[int, int]]:
     """Row ranges of at most ``block_size`` rows that never straddle the query/gallery split."""
     for lo, hi in ((0, q), (q, n)):
@@ -172,15 +186,7 @@ def re_ranking(
     expanded.sort_indices()
 
     # 3. V: exp(-d) over the expanded set, normalised per row.
-    indptr, indices = expanded.indptr, expanded.indices
-    weights = np.empty(len(indices), dtype=np.float64)
-    for a, b in _row_blocks(n, num_q, block_size):
-        block = rows_of(a, b)
-        r = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))
-        weights[indptr[a]:indptr[b]] = np.exp(-block[r, indices[indptr[a]:indptr[b]]].astype(np.float64))
-    row_ids = np.repeat(np.arange(n), np.diff(indptr))
-    weights /= np.bincount(row_ids, weights=weights, minlength=n)[row_ids]
-    v = sp.csr_matrix((weights, indices.copy(), indptr.copy()), shape=(n, n))
+    v = _row_normalised_weights(expanded, rows_of, n, num_q, block_size)
 
     # 4. Local query expansion: mean of V over the k2 nearest neighbours.
     if k2 != 1:
@@ -326,15 +332,7 @@ def camera_aware_re_ranking(
     chosen.sort_indices()
 
     # 3. V: exp(-d) over R(i), normalised per row.
-    indptr, indices = chosen.indptr, chosen.indices
-    weights = np.empty(len(indices), dtype=np.float64)
-    for a, b in _row_blocks(n, num_q, block_size):
-        block = rows_of(a, b)
-        r = np.repeat(np.arange(b - a), np.diff(indptr[a:b + 1]))
-        weights[indptr[a]:indptr[b]] = np.exp(-block[r, indices[indptr[a]:indptr[b]]].astype(np.float64))
-    row_ids = np.repeat(np.arange(n), np.diff(indptr))
-    weights /= np.bincount(row_ids, weights=weights, minlength=n)[row_ids]
-    v = sp.csr_matrix((weights, indices.copy(), indptr.copy()), shape=(n, n))
+    v = _row_normalised_weights(chosen, rows_of, n, num_q, block_size)
 
     # 4. CLQE: the mean of V over the first k2_intra intra-camera and k2_inter inter-camera neighbours.
     cols = np.concatenate([intra[:, :k2_intra], inter[:, :k2_inter]], axis=1)
