@@ -347,9 +347,11 @@ def test_checkpoints_keep_per_camera_statistics_and_load_into_a_plain_model(tiny
         assert all(torch.equal(resumed.camera_stats.stats[cam][k], v) for k, v in values.items())
 
 
-def test_extract_and_search_recalibrate_per_camera(tiny_root, tmp_path):
+def test_extract_and_search_recalibrate_per_camera(tiny_root, tmp_path, caplog):
     """``hardreid extract`` / ``search`` with a camera-BN checkpoint: features are camera-based BatchNorm's (each
-    camera's statistics from that camera's images in the folder), and the manifest records it."""
+    camera's statistics from that camera's images in the whole folder, across shards; an image without a camera
+    in its name with the global statistics, said once), and the manifest records it."""
+    import shutil
     from hardreid.retrieval.features import camera_samples, extract_folder, list_images
     from hardreid.retrieval.model import load_feature_model
     from hardreid.retrieval.search import queries_from_images
@@ -359,12 +361,22 @@ def test_extract_and_search_recalibrate_per_camera(tiny_root, tmp_path):
     train(cfg, load_dataset("market", tiny_root), tmp_path / "run", log_to_stderr=False)
     fm = load_feature_model(tmp_path / "run" / "checkpoints" / "last.pth")
     assert fm.model.camera_bn_images == 5
-    folder = tiny_root / "query"
-    fs = extract_folder(fm, folder, tmp_path / "feats", batch_size=4, workers=0, shard_size=3, progress=False)
+    folder = tmp_path / "images"
+    shutil.copytree(tiny_root / "query", folder)
+    for name in ("000_no_camera.jpg", "zz_no_camera.jpg"):  # in the first shard and in the last
+        shutil.copy(next(folder.glob("0*.jpg")), folder / name)
+    logger = logging.getLogger("hardreid")
+    logger.addHandler(caplog.handler)  # train's logging setup may have stopped propagation
+    try:
+        fs = extract_folder(fm, folder, tmp_path / "feats", batch_size=4, workers=0, shard_size=3, progress=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert sum("no camera" in r.getMessage() for r in caplog.records) == 1
     assert fs.manifest["model"]["camera_bn"] == 5
     root, paths = list_images(folder)
     samples = camera_samples(root, paths)
-    assert len({s.camid for s in samples}) >= 2 and min(s.camid for s in samples) >= 0
+    assert len({s.camid for s in samples}) >= 2 and [s.camid for s in samples].count(-1) == 2
+    assert samples[0].camid == samples[-1].camid == -1
     expected = extract_features_camera_bn(fm.model, samples, eval_transform(fm.cfg.data), 4, 0, max_images=5)
     torch.testing.assert_close(torch.from_numpy(fs.features.copy()), expected)
     plain = extract_features(fm.model, samples, eval_transform(fm.cfg.data), 4, 0)

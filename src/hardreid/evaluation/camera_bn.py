@@ -8,7 +8,7 @@ in eval mode; query and gallery are recalibrated separately. Here the statistics
 ``model.camera_bn_images`` images of the camera (``calibrate_batchnorm``: cumulative average, our reading of "the
 camera's statistics"; the official code keeps its layers' momentum and also runs the flipped images), and the
 model's own statistics are restored afterwards. Images without a camera (camera id < 0), and a camera with a
-single image, are extracted with the model's own (global) statistics, and a log line says so once per extraction.
+single image, are extracted with the model's own (global) statistics, and a warning says so once per extraction.
 
 ``extract_model_features`` is what clustering and evaluation call: ``extract_features_sharded``, or this step when
 the model was built with ``model.camera_bn`` (``ReidModel.camera_bn_images``). Several processes: rank 0
@@ -30,7 +30,7 @@ from ..data.types import Sample
 from .features import calibrate_batchnorm, extract_features, extract_features_sharded
 
 __all__ = ["camera_statistics", "extract_features_camera_bn", "extract_model_features",
-           "extract_with_camera_statistics"]
+           "extract_with_camera_statistics", "without_statistics_warning"]
 
 _LOG = logging.getLogger("hardreid")
 
@@ -76,15 +76,23 @@ def camera_statistics(model: nn.Module, samples: Sequence[Sample], transform, ba
     return out
 
 
-def _jobs(samples: Sequence[Sample], statistics: CameraStats) -> list[tuple[int | None, list[int]]]:
+def without_statistics_warning(count: int, total: int) -> None:
+    """The one line that says how many images take the model's global statistics (a warning: the run asked for
+    camera-based BatchNorm, and the command line shows warnings)."""
+    _LOG.warning("camera-based BatchNorm: %d of %d images have no camera (or are alone in theirs): extracted with "
+                 "the model's global statistics", count, total)
+
+
+def _jobs(samples: Sequence[Sample], statistics: CameraStats,
+          quiet: bool = False) -> list[tuple[int | None, list[int]]]:
     """(camera, its rows) for every camera of ``statistics`` in increasing order, then (None, every other row),
-    with a log line saying how many rows take the model's own statistics."""
+    with a warning saying how many rows take the model's own statistics (unless ``quiet``)."""
     groups = _by_camera(samples)
     jobs: list[tuple[int | None, list[int]]] = [(c, rows) for c, rows in sorted(groups.items()) if c in statistics]
     rest = [i for cam, rows in groups.items() if cam not in statistics for i in rows]
     if rest:
-        _LOG.info("camera-based BatchNorm: %d of %d images have no camera (or too few images of theirs): extracted "
-                  "with the model's global statistics", len(rest), len(samples))
+        if not quiet:
+            without_statistics_warning(len(rest), len(samples))
         jobs.append((None, sorted(rest)))
     return jobs
 
@@ -119,13 +127,13 @@ def _assemble(count: int, rows: torch.Tensor, feats: torch.Tensor) -> torch.Tens
 @torch.no_grad()
 def extract_with_camera_statistics(model: nn.Module, samples: Sequence[Sample], statistics: CameraStats, transform,
                                    batch_size: int = 128, workers: int = 2, device: torch.device | str = "cpu",
-                                   flip: bool = False, desc: str = "features") -> torch.Tensor:
+                                   flip: bool = False, desc: str = "features", quiet: bool = False) -> torch.Tensor:
     """L2-normalised features (N x D, CPU) of ``samples`` in their order: each camera of ``statistics`` with its
     statistics in the model's buffers, the other images (no camera, or one without statistics) with the model's
-    own, said in one log line. The model's buffers are restored."""
+    own, said in one warning (``quiet``: the caller says it). The model's buffers are restored."""
     samples = list(samples)
-    done = _run_jobs(model, samples, statistics, _jobs(samples, statistics), transform, batch_size, workers, device,
-                     flip, desc)
+    done = _run_jobs(model, samples, statistics, _jobs(samples, statistics, quiet), transform, batch_size, workers,
+                     device, flip, desc)
     if not done:
         return torch.zeros(0, getattr(model, "feat_dim", 0))
     return _assemble(len(samples), torch.tensor([i for rows, _ in done for i in rows], dtype=torch.long),

@@ -117,7 +117,7 @@ class CameraStatistics:
                          for c, w in self.weights.items())
             buffers[mean_key].copy_(mean)
             buffers[var_key].copy_((second - mean ** 2).clamp(min=0))
-            buffers[count_key].copy_(max(self.stats[c][count_key] for c in self.weights))
+            buffers[count_key].copy_(torch.stack([self.stats[c][count_key] for c in self.weights]).max())
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": dict(self.weights), "names": list(self.names),

@@ -33,7 +33,7 @@ with its test-time step: each camera's BatchNorm statistics are first
 recalibrated from up to ``model.camera_bn_images`` of that camera's images in
 the whole folder (the camera from a Market-style name), then every shard is
 extracted camera by camera with them; images without a camera in their name use
-the model's global statistics (a log line says how many). The manifest's model
+the model's global statistics (a warning says how many, once). The manifest's model
 records ``camera_bn`` (the number of images, or null).
 """
 
@@ -57,7 +57,7 @@ from ..data.images import is_image_name
 from ..data.transforms import eval_transform
 from ..data.types import Sample
 from ..errors import UserError
-from ..evaluation.camera_bn import camera_statistics, extract_with_camera_statistics
+from ..evaluation.camera_bn import camera_statistics, extract_with_camera_statistics, without_statistics_warning
 from ..evaluation.features import extract_features
 from .model import FeatureModel, identity_differences
 from ..files import atomic_save_npy, atomic_write_json, atomic_write_path, atomic_write_text
@@ -350,8 +350,12 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
     done = sum(len(part) for index, part in shards if index in finished)
     statistics = None  # camera-based BatchNorm: every camera's statistics, from the whole folder (module docstring)
     if fm.model.camera_bn_images is not None and len(finished) < len(shards):
-        statistics = camera_statistics(model, camera_samples(root, paths), transform, batch_size, workers, device,
+        everything = camera_samples(root, paths)
+        statistics = camera_statistics(model, everything, transform, batch_size, workers, device,
                                        fm.model.camera_bn_images)
+        alone = sum(s.camid not in statistics for s in everything)
+        if alone:  # said once for the folder, not once per shard
+            without_statistics_warning(alone, len(everything))
     bar = tqdm(total=len(paths), initial=done, desc="extract", unit="img", disable=not progress or None, smoothing=0.1)
     for index, part in shards:
         if index in finished:
@@ -362,7 +366,7 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
                                      workers, device, flip=fm.cfg.eval.flip, desc=desc)
         else:
             feats = extract_with_camera_statistics(model, camera_samples(root, part), statistics, transform,
-                                                   batch_size, workers, device, fm.cfg.eval.flip, desc)
+                                                   batch_size, workers, device, fm.cfg.eval.flip, desc, quiet=True)
         _save_atomic(feats.numpy().astype(np.float32, copy=False), _shard_path(output, index))
         bar.update(len(part))
     bar.close()

@@ -10,7 +10,7 @@ Query images of a checkpoint trained with ``model.camera_bn`` take camera-based
 BatchNorm's test-time step on the query images themselves (each camera's
 statistics from that camera's query images, as the official evaluator treats the
 query split); a camera with a single query image, and images without a camera in
-their name, use the model's global statistics (a log line says so).
+their name, use the model's global statistics (a warning says so).
 """
 
 from __future__ import annotations

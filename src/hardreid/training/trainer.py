@@ -155,6 +155,8 @@ class Trainer:
         self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
         # model.camera_bn: per-camera running statistics, and a step forward that normalises each camera apart
         self.camera_stats = CameraStatistics(self.model, camera_shares(dataset)) if cfg.model.camera_bn else None
+        if cfg.model.camera_bn:  # a model handed in (hr.train) extracts with the test-time step too
+            self.model.camera_bn_images = cfg.model.camera_bn_images
         forward = "pool_and_embed" if self.camera_stats is None else \
             functools.partial(per_camera_pool_and_embed, statistics=self.camera_stats)
         # the step's forward, through which DDP averages the gradients over the processes (one process: the method)
