@@ -311,6 +311,10 @@ def test_every_base_and_generator_trains_with_camera_bn(tiny_root, tmp_path, nam
     result = train(tiny_config(**settings), load_dataset("market", tiny_root), tmp_path / name, log_to_stderr=False)
     row = result.history[0]
     assert math.isfinite(row["loss"]) and "mAP" in row
+    state = torch.load(tmp_path / name / "checkpoints" / "last.pth", weights_only=False)
+    saved = state["camera_bn"]  # the model's own statistics are the cameras' mixture after the step, whatever
+    mixture = sum(w * saved["statistics"][c]["neck.running_mean"] for c, w in saved["weights"].items())
+    torch.testing.assert_close(state["model"]["neck.running_mean"], mixture)  # other forwards (hpi, hng) did
     assert calls["forward"] == (1 + 3 if name == "ice" else 1)  # the student's step (+ ICE's teacher: 3 passes)
     # per-camera calibration at the start, then clustering, query and gallery extraction recalibrate per camera
     assert calls["statistics"] == 4

@@ -449,6 +449,8 @@ class Trainer:
             self.scaler.update()
             if self.scaler.get_scale() < scale:  # float16 gradients overflowed: the scaler skipped this step
                 out.logs["amp_skipped_steps"] = 1.0
+        if self.camera_stats is not None:  # the global statistics: the cameras' mixture, whatever other forwards
+            self.camera_stats.write_global(self.model)  # of the step (hard positives, generated images) moved
         distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, as DataParallel keeps the first GPU's
         if self.camera_stats is not None:  # and rank 0's per-camera ones
             distributed.broadcast_tensors(self.camera_stats.tensors())
