@@ -63,6 +63,8 @@ RUNS = {
     # far from zero, its direction not set by rounding; and a positive is always in its anchor's process's share.
     "acfl_step": ("acfl", {**ONE_STEP, "cluster": {"min_samples": 4, "eps": 0.7, "k1": 10}}),
     "ice_step": ("ice", ONE_STEP),
+    # camera-based BatchNorm: per camera within each process's share (one process: within each bn_chunk chunk of 8)
+    "cc_camera_bn_step": ("cluster_contrast", {**ONE_STEP, "model": {"camera_bn": True}}),
     "cluster_contrast": ("cluster_contrast", {"train": {"iters": 1}}),
     "ice": ("ice", {}),
     "hng": ("hng", {"hng": {"warmup_epochs": 1, "ngf": 8, "ndf": 8, "pictures": 2}}),  # warm-up, then joint
@@ -131,8 +133,11 @@ def run(name: str, data_root: Path, out: Path) -> Path:
         trainer.fit()
     path = out / f"{name}.rank{distributed.rank()}.of{distributed.world_size()}.pt"
     grads = {key: p.grad for key, p in trainer.model.named_parameters() if p.grad is not None}  # the last step's
+    shared = trainer.method.shared_state()
+    if trainer.camera_stats is not None:  # model.camera_bn: the per-camera running statistics, compared bit for bit
+        shared = {**shared, "camera_bn": trainer.camera_stats.state_dict()["statistics"]}
     torch.save({"model": trainer.model.state_dict(), "before": before, "optimizer_before": optimizer_before,
-                "shared": trainer.method.shared_state(), "grads": grads, "history": trainer.history,
+                "shared": shared, "grads": grads, "history": trainer.history,
                 "lr": trainer.optimizer.param_groups[0]["lr"]}, path)
     return path
 
