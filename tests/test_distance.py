@@ -17,6 +17,12 @@ def unit_features(n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
+def numpy_product(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """numpy's product in one single-threaded call (what a single tile of ``_numpy_product`` is)."""
+    with distance._blas_threads(1):
+        return torch.from_numpy(q.numpy() @ g.numpy().T)
+
+
 def plain(prod: torch.Tensor) -> torch.Tensor:
     """The formula as it was written before: ``(2 - 2 * prod).clamp(min=0)``, new tensors each step."""
     return (2.0 - 2.0 * prod).clamp(min=0.0)
@@ -33,7 +39,7 @@ def test_in_place_form_equals_the_plain_formula(numpy_path):
     feature against itself) and negative products (distances above 2)."""
     q, g = unit_features(37, 64, 0), unit_features(91, 64, 1)
     g = torch.cat([g, q[:5], -q[5:8]])
-    prod = torch.from_numpy(q.numpy() @ g.numpy().T) if numpy_path else q @ g.t()
+    prod = numpy_product(q, g) if numpy_path else q @ g.t()
     d = distance.squared_distance(q, g)
     assert d.dtype == torch.float32 and d.shape == (37, 99)
     assert torch.equal(d, plain(prod))
@@ -48,9 +54,11 @@ def test_both_products_agree_with_float64(numpy_path):
 
 
 def test_numpy_product_does_not_depend_on_the_thread_count(monkeypatch):
-    """Each library splits the rows and columns over its threads, never the sum: the same distances with 1 and 2
-    threads; numpy's BLAS is limited to torch's thread count while it runs."""
+    """The same distances with 1 and 2 threads: fixed tiles (small here, so that there are several), each by one
+    single-threaded BLAS call, spread over torch's thread count (OpenBLAS's AVX2 kernels, threaded themselves,
+    change last bits with the thread count)."""
     monkeypatch.setattr(distance, "numpy_blas_preferred", lambda: True)
+    monkeypatch.setattr(distance, "_TILE", (128, 256))
     q, g = unit_features(300, 512, 4), unit_features(700, 512, 5)
     before = torch.get_num_threads()
     seen = []
@@ -68,7 +76,8 @@ def test_numpy_product_does_not_depend_on_the_thread_count(monkeypatch):
         two = distance.squared_distance(q, g)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(one, two) and seen == [1, 2]
+    assert torch.equal(one, two) and seen == [1, 1]  # each tile by one BLAS thread
+    assert float((one.double() - plain(q.double() @ g.double().t())).abs().max()) < 1e-5
     controller = distance._thread_controller()
     if controller is not None and controller.select(user_api="blas").lib_controllers:
         with distance._blas_threads(1):
@@ -85,7 +94,7 @@ def test_gradients_other_dtypes_and_devices_take_torch_product(monkeypatch):
     d.sum().backward()
     assert torch.equal(d.detach(), plain(q @ g.t())) and qg.grad is not None
     with torch.no_grad():  # no gradient needed: numpy's product even for a tensor that requires one
-        assert torch.equal(distance.squared_distance(qg, g), plain(torch.from_numpy(q.numpy() @ g.numpy().T)))
+        assert torch.equal(distance.squared_distance(qg, g), plain(numpy_product(q, g)))
 
 
 @pytest.mark.parametrize("machine, vendor, torch_mkl, numpy_blas, expected", [

@@ -2,10 +2,10 @@
 
 The product dominates the evaluation's cost (Market-1501 test size: 3,368 x 15,913 x 2,048, 0.22 TFLOP). torch's
 CPU product is MKL's ``sgemm`` in the usual x86 builds, and MKL runs it at about 60 % of the speed of OpenBLAS
-(numpy's BLAS in its wheels) on AMD CPUs (one thread, AMD EPYC, AVX-512 and AVX2 kernels alike: 58-59 against
-95-102 GFLOP/s, ``benchmarks/README.md``). There, CPU float32 products are numpy's; everywhere else torch's. The
-choice depends on the machine only (not on the sizes), and each library's result does not depend on the number of
-threads, so a machine always gives the same distances.
+(numpy's BLAS in its wheels) on AMD CPUs (one thread, AMD EPYC, AVX-512 and AVX2 kernels alike: about 55 against
+95-104 GFLOP/s, ``benchmarks/README.md``). There, CPU float32 products are numpy's; everywhere else torch's. The
+choice depends on the machine only (not on the sizes), and the distances do not depend on the number of threads
+(numpy's product is computed in fixed single-threaded tiles: :func:`_numpy_product`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,36 @@ def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return prod.mul_(-2.0).add_(2.0).clamp_(min=0.0)
 
 
+#: Tile of the product computed by one single-threaded BLAS call (rows of ``a`` x rows of ``b``).
+_TILE = (1024, 4096)
+
+
 def _numpy_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.T`` by numpy's BLAS, on as many threads as torch uses (``torch.get_num_threads()``)."""
-    out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
-    with _blas_threads(torch.get_num_threads()):
-        np.matmul(a.detach().numpy(), b.detach().numpy().T, out=out)
+    """``a @ b.T`` by numpy's BLAS, in fixed tiles, each by one single-threaded call, the tiles spread over as many
+    threads as torch uses (``torch.get_num_threads()``). OpenBLAS's AVX2 (Haswell/Zen) kernels give an entry
+    different last bits depending on how a call splits the matrix over its threads; fixed single-threaded tiles
+    make the distances independent of the thread count (and cost no speed: 2 x 1024 x 4096 x 2048 flops a call)."""
+    an, bn = a.detach().numpy(), b.detach().numpy()
+    out = np.empty((an.shape[0], bn.shape[0]), dtype=np.float32)
+    rows, cols = _TILE
+    tiles = [(r, c) for r in range(0, an.shape[0], rows) for c in range(0, bn.shape[0], cols)]
+
+    def tile(rc: tuple[int, int]) -> None:
+        r, c = rc
+        np.matmul(an[r:r + rows], bn[c:c + cols].T, out=out[r:r + rows, c:c + cols])
+
+    workers = min(torch.get_num_threads(), len(tiles))
+    with _blas_threads(1):
+        if workers <= 1:
+            for rc in tiles:
+                tile(rc)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(tile, tiles))
+    if an.shape[1] == 0:  # no features: every product is 0 (numpy's matmul of empty tiles leaves them unset)
+        out.fill(0.0)
     return torch.from_numpy(out)
 
 
