@@ -110,10 +110,12 @@ def market_split(num_query: int, num_gallery: int, num_ids: int, dim: int, seed:
 
 
 def squared_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """2 - 2 a.b, clamped at 0 (float32), computed by torch like the evaluation pipeline."""
+    """2 - 2 a.b, clamped at 0 (float32): the evaluation pipeline's own function."""
     import torch
 
-    return (2.0 - 2.0 * (torch.from_numpy(a) @ torch.from_numpy(b).T)).clamp_(min=0.0).numpy()
+    from hardreid.evaluation.pipeline import squared_distance as pipeline_distance
+
+    return pipeline_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 # --------------------------------------------------------------------------- simple references
@@ -182,31 +184,103 @@ def full_sort_ranking(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarra
     return 100.0 * cmc.numpy(), 100.0 * float(all_ap.mean()), 100.0 * all_ap
 
 
-def torchreid_ranking(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray,
-                      g_camids: np.ndarray, max_rank: int) -> dict[str, Any]:
-    """torchreid's ``evaluate_rank`` (its Cython extension when built), timed; or why it did not run."""
+def torchreid_metrics() -> tuple[Any, Any] | str:
+    """torchreid's ``metrics.rank`` module and ``compute_distance_matrix``, or why they cannot be imported.
+
+    torchreid is a reference here, never a dependency: put a built copy on ``PYTHONPATH`` (see
+    ``benchmarks/README.md``).  Importing ``torchreid`` runs its ``__init__``, which imports all of torchreid
+    (data sets, models, OpenCV, ...); where that fails, only the metrics submodules are loaded, from the same
+    folder, without the package's ``__init__`` (they need numpy and torch only).  Its fallback to the Python
+    evaluator (Cython extension not built) is a warning at import: ``rank.IS_CYTHON_AVAI`` records it.
+    """
+    import importlib
+    import importlib.util
+    import types
+
     try:
-        from torchreid.metrics import rank as tr_rank
-    except Exception as exc:  # noqa: BLE001 - any import failure: not available here
-        return {"available": False, "reason": f"not installed ({type(exc).__name__}: {exc})"}
-    cython = bool(getattr(tr_rank, "IS_CYTHON_AVAI", False))
-    t = time.perf_counter()
-    cmc, m_ap = tr_rank.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
-                                      use_metric_cuhk03=False, use_cython=cython)
-    return {"available": True, "cython": cython, "seconds": time.perf_counter() - t,
-            "mAP": 100.0 * float(m_ap), "cmc": (100.0 * np.asarray(cmc)).tolist()}
+        from torchreid.metrics import compute_distance_matrix, rank
+
+        return rank, compute_distance_matrix
+    except Exception as exc:  # noqa: BLE001 - any import failure: try the metrics alone
+        reason = f"{type(exc).__name__}: {exc}"
+    for name in [m for m in sys.modules if m == "torchreid" or m.startswith("torchreid.")]:
+        del sys.modules[name]  # a half-imported package
+    try:
+        spec = importlib.util.find_spec("torchreid")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return f"not installed ({reason})"
+    package = types.ModuleType("torchreid")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["torchreid"] = package
+    try:
+        rank = importlib.import_module("torchreid.metrics.rank")
+        distance = importlib.import_module("torchreid.metrics.distance")
+    except Exception as exc2:  # noqa: BLE001
+        return f"not importable ({reason}; metrics alone: {type(exc2).__name__}: {exc2})"
+    return rank, distance.compute_distance_matrix
 
 
-def torchreid_distance(qf: np.ndarray, gf: np.ndarray) -> dict[str, Any]:
-    """torchreid's Euclidean ``compute_distance_matrix``, timed; or why it did not run."""
+def torchreid_ranking(rank: Any, distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
+                      q_camids: np.ndarray, g_camids: np.ndarray, max_rank: int) -> tuple[np.ndarray, float]:
+    """torchreid's ``evaluate_rank`` (its Cython extension when built): CMC and mAP in percent."""
+    cython = bool(getattr(rank, "IS_CYTHON_AVAI", False))
+    cmc, m_ap = rank.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                                   use_metric_cuhk03=False, use_cython=cython)
+    return 100.0 * np.asarray(cmc, dtype=np.float64), 100.0 * float(m_ap)
+
+
+def _timed(fn: Any, *args: Any) -> tuple[Any, float, float]:
+    """``fn(*args)``, its wall seconds and this process's CPU seconds (steadier on a busy machine)."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": float(np.min(values)), "median": float(np.median(values)), "all": [round(v, 4) for v in values]}
+
+
+def kernel_sets() -> dict[str, Any]:
+    """Which vector kernels torch and numpy dispatch to here, and the environment variables that limit them."""
+    import torch
+
     try:
-        import torch
-        from torchreid.metrics import compute_distance_matrix
-    except Exception as exc:  # noqa: BLE001
-        return {"available": False, "reason": f"not installed ({type(exc).__name__}: {exc})"}
-    t = time.perf_counter()
-    compute_distance_matrix(torch.from_numpy(qf), torch.from_numpy(gf), metric="euclidean")
-    return {"available": True, "seconds": time.perf_counter() - t}
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    names = ("ATEN_CPU_CAPABILITY", "NPY_DISABLE_CPU_FEATURES", "OPENBLAS_CORETYPE", "MKL_ENABLE_INSTRUCTIONS",
+             "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    try:
+        from hardreid.evaluation.distance import numpy_blas_preferred
+    except ImportError:  # a checkout from before hardreid.evaluation.distance: torch's product
+        def numpy_blas_preferred() -> bool:
+            return False
+
+    return {
+        "hardreid_cpu_product": "numpy's BLAS" if numpy_blas_preferred() else "torch's",
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "numpy_avx512f": bool(features.get("AVX512F")), "numpy_avx512_skx": bool(features.get("AVX512_SKX")),
+        "numpy_x86_v4": bool(features.get("X86_V4")), "numpy_avx2": bool(features.get("AVX2")),
+        "env": {k: os.environ.get(k) for k in names},
+    }
+
+
+def compare_with_torchreid(ours: Any, cmc: np.ndarray, m_ap: float) -> dict[str, Any]:
+    """torchreid's CMC and mAP (float32 arithmetic) against ours (float64): the CMC as counts of queries, exactly;
+    the mAP to float32's precision (torchreid adds the per-query APs in float32)."""
+    n = ours.num_valid_queries
+    counts_ours = np.rint(ours.cmc / 100.0 * n).astype(np.int64)
+    counts_tr = np.rint(cmc / 100.0 * n).astype(np.int64)
+    diff_map = abs(m_ap - ours.mAP)
+    return {
+        "max_abs_diff_cmc": float(np.abs(cmc - ours.cmc).max()),
+        "abs_diff_mAP": diff_map,
+        "cmc_counts_identical": bool(np.array_equal(counts_ours, counts_tr)),
+        "identical": bool(np.array_equal(counts_ours, counts_tr) and diff_map <= 1e-5 * max(ours.mAP, 1.0)),
+    }
+
 
 def dense_re_ranking(q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray, k1: int, k2: int, lam: float) -> np.ndarray:
     """The original re-ranking with dense (Q+G)^2 matrices, V in float64 and a stable sort (small inputs only)."""
@@ -263,9 +337,12 @@ def _set_threads(threads: int | None) -> None:
 
 
 def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int, threads: int | None = None,
-                references: bool = True) -> dict[str, Any]:
+                references: bool = True, rounds: int = 3) -> dict[str, Any]:
     _set_threads(threads)
+    import torch
+
     from hardreid.evaluation import evaluate_ranking
+    from hardreid.evaluation.pipeline import squared_distance as pipeline_distance
 
     dist, qp, gp, qc, gc = _load(folder, "q_g", "q_pids", "g_pids", "q_camids", "g_camids")
     rss0 = common.rss_mb()
@@ -274,23 +351,65 @@ def run_ranking(folder: str, max_rank: int, check_queries: int, seed: int, threa
     seconds = time.perf_counter() - t
     peak_eval = common.peak_rss_mb()
     out: dict[str, Any] = {"seconds": seconds, "rss_start_mb": rss0, "peak_rss_after_eval_mb": peak_eval,
-                           "result": res.to_dict()}
+                           "result": res.to_dict(), "kernels": kernel_sets()}
     if references:
         qf, gf = _load(folder, "qf", "gf")
-        t = time.perf_counter()
-        squared_distance(qf, gf)
-        out["distance_seconds"] = time.perf_counter() - t
+        tq, tg = torch.from_numpy(qf), torch.from_numpy(gf)
         t = time.perf_counter()
         cmc, m_ap, aps = full_sort_ranking(dist, qp, gp, qc, gc, max_rank)
         out["full_sort"] = {
             "seconds": time.perf_counter() - t,
             "identical": bool(np.array_equal(cmc, res.cmc) and np.array_equal(aps, res.all_ap) and m_ap == res.mAP),
         }
-        tr = torchreid_ranking(dist, qp, gp, qc, gc, max_rank)
-        if tr.get("available"):
-            tr["max_abs_diff_cmc"] = float(np.abs(np.asarray(tr["cmc"]) - res.cmc).max())
-            tr["abs_diff_mAP"] = abs(tr["mAP"] - res.mAP)
-        out["torchreid"] = {"ranking": tr, "distance": torchreid_distance(qf, gf)}
+        tr = torchreid_metrics()
+        tr_out: dict[str, Any] = {"available": not isinstance(tr, str)}
+        if isinstance(tr, str):
+            tr_out["reason"] = tr
+        else:
+            tr_out["cython"] = bool(getattr(tr[0], "IS_CYTHON_AVAI", False))
+            tr_out["rank_module"] = getattr(tr[0], "__file__", None)
+        # Alternating rounds in this one process (order swapped every round): each side's distance matrix from
+        # the features, then its ranking of the same matrix (the one ours computes, saved above).
+        wall: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
+
+        def record(name: str, fn: Any, *args: Any) -> Any:
+            value, w, c = _timed(fn, *args)
+            wall.setdefault(name, []).append(w)
+            cpu.setdefault(name, []).append(c)
+            return value
+
+        same_distances = True
+        for r in range(rounds):
+            sides = ["ours", "torchreid"] if r % 2 == 0 else ["torchreid", "ours"]
+            for side in sides:
+                if side == "ours":
+                    d = record("ours_distance", pipeline_distance, tq, tg)
+                    same_distances &= bool(np.array_equal(d.numpy(), dist))
+                    ours = record("ours_ranking", evaluate_ranking, d, qp, gp, qc, gc, max_rank)
+                    del d
+                elif not isinstance(tr, str):
+                    d_tr = record("torchreid_distance", tr[1], tq, tg, "euclidean")
+                    del d_tr
+                    tr_cmc, tr_map = record("torchreid_ranking", torchreid_ranking, tr[0], dist, qp, gp, qc, gc,
+                                            max_rank)
+        out["distance_seconds"] = float(np.min(wall["ours_distance"]))
+        out["ours_distance_identical_to_input"] = same_distances
+        out["ours_identical_across_rounds"] = bool(np.array_equal(ours.cmc, res.cmc)
+                                                   and np.array_equal(ours.all_ap, res.all_ap))
+        out["rounds"] = {"n": rounds, "wall_s": {k: _spread(v) for k, v in wall.items()},
+                         "cpu_s": {k: _spread(v) for k, v in cpu.items()}}
+        if not isinstance(tr, str):
+            tr_out.update(compare_with_torchreid(res, tr_cmc, tr_map))
+            tr_out["mAP"], tr_out["rank1"] = tr_map, float(tr_cmc[0])
+            for kind, src in (("wall_s", wall), ("cpu_s", cpu)):
+                ours_total = np.add(src["ours_distance"], src["ours_ranking"])
+                tr_total = np.add(src["torchreid_distance"], src["torchreid_ranking"])
+                out["rounds"][kind]["ours_total"] = _spread(list(ours_total))
+                out["rounds"][kind]["torchreid_total"] = _spread(list(tr_total))
+                out["rounds"][kind]["speedup_min"] = float(tr_total.min() / ours_total.min())
+                out["rounds"][kind]["speedup_median"] = float(np.median(tr_total) / np.median(ours_total))
+        out["torchreid"] = tr_out
     # identical numbers: plain per-query reference on a subset of the queries
     rng = np.random.default_rng(seed)
     sub = np.arange(dist.shape[0]) if check_queries < 0 or check_queries >= dist.shape[0] else \
@@ -361,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="queries checked against the plain reference (-1: all)")
     ap.add_argument("--no-references", action="store_true",
                     help="skip the full-sort ranking and torchreid (when installed) timed beside evaluate_ranking")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating rounds of ours and torchreid (distances + ranking) in one process (>= 1)")
     ap.add_argument("--no-rerank", action="store_true", help="skip re-ranking")
     ap.add_argument("--rerank-check", type=int, nargs=2, default=[300, 1500], metavar=("Q", "G"),
                     help="subset size for the dense re-ranking check (0 0: skip)")
@@ -371,6 +492,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     ap.add_argument("--out", metavar="JSON")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
 
     t = time.perf_counter()
     split = market_split(args.num_query, args.num_gallery, args.ids, args.dim, args.seed)
@@ -410,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"load {load}", flush=True)
 
     isolated("evaluate_ranking", run_ranking, folder, args.max_rank, args.check_queries, args.seed, args.threads,
-             not args.no_references)
+             not args.no_references, args.rounds)
     if not args.no_rerank:
         isolated("re_ranking", run_rerank, folder, args.k1, args.k2, args.lambda_value, False, args.threads)
         isolated("re_ranking_traced", run_rerank, folder, args.k1, args.k2, args.lambda_value, True, args.threads)
@@ -423,7 +546,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         **common.result_header("evaluation", argv),
         "params": {"max_rank": args.max_rank, "k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value,
-                   "threads": args.threads, "references": not args.no_references},
+                   "threads": args.threads, "references": not args.no_references,
+                   "rounds": args.rounds},
         "data": data,
         "input_mb": {"q_g": nq * ng * 4 / 2**20, "q_q": nq * nq * 4 / 2**20, "g_g": ng * ng * 4 / 2**20},
         "dense_joint_matrix_float32_mb": n * n * 4 / 2**20,
@@ -444,15 +568,25 @@ def _print_summary(p: dict[str, Any]) -> None:
           f"rank-1 {ev['result']['cmc']['1']:.2f}; identical to the plain reference on "
           f"{ev['check']['queries']} queries: {ev['check']['identical']}")
     if "full_sort" in ev:
-        fs, tr = ev["full_sort"], ev["torchreid"]
-        line = (f"  distances {ev['distance_seconds']:.2f}s; full stable sort of every row {fs['seconds']:.2f}s "
-                f"({fs['seconds'] / ev['seconds']:.1f}x evaluate_ranking), identical: {fs['identical']}")
-        if tr["ranking"].get("available"):
-            line += (f"; torchreid evaluate_rank ({'Cython' if tr['ranking']['cython'] else 'python'}) "
-                     f"{tr['ranking']['seconds']:.2f}s + its distances {tr['distance']['seconds']:.2f}s")
+        fs, tr, rounds = ev["full_sort"], ev["torchreid"], ev["rounds"]
+        print(f"  full stable sort of every row {fs['seconds']:.2f}s ({fs['seconds'] / ev['seconds']:.1f}x "
+              f"evaluate_ranking), identical: {fs['identical']}; kernels: torch {ev['kernels']['torch_cpu_capability']}"
+              f", numpy AVX-512 {ev['kernels']['numpy_avx512f'] and ev['kernels']['numpy_x86_v4']}")
+        if not tr.get("available"):
+            print(f"  torchreid: {tr['reason']}")
         else:
-            line += f"; torchreid: {tr['ranking']['reason']}"
-        print(line)
+            print(f"  torchreid ({'Cython' if tr['cython'] else 'python'} evaluate_rank) identical: {tr['identical']} "
+                  f"(CMC counts {tr['cmc_counts_identical']}, |mAP diff| {tr['abs_diff_mAP']:.1e})")
+        for kind in ("wall_s", "cpu_s"):
+            t = rounds[kind]
+            line = f"  {rounds['n']} rounds, {kind} min / median:"
+            for name in ("ours_distance", "ours_ranking", "ours_total", "torchreid_distance", "torchreid_ranking",
+                         "torchreid_total"):
+                if name in t:
+                    line += f" {name} {t[name]['min']:.2f} / {t[name]['median']:.2f};"
+            if "speedup_min" in t:
+                line += f" torchreid / ours {t['speedup_min']:.2f}x (min) {t['speedup_median']:.2f}x (median)"
+            print(line)
     if "re_ranking" in r:
         rr = r["re_ranking"]
         tr = r["re_ranking_traced"]

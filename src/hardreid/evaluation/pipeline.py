@@ -12,13 +12,9 @@ from ..data.transforms import eval_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
 from .camera_bn import extract_model_features
+from .distance import squared_distance
 from .ranking import RankingResult, evaluate_ranking
 from .rerank import RERANK_MODES, camera_aware_re_ranking, re_ranking
-
-
-def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distance of unit vectors, 2 - 2 a.b (same ranking as cosine distance)."""
-    return (2.0 - 2.0 * (a @ b.t())).clamp_(min=0.0)
 
 
 def check_evaluable(dataset: ReidDataset) -> int:
