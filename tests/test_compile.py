@@ -191,9 +191,13 @@ def test_a_deep_copy_runs_its_own_weights_and_compile_can_be_switched_off(counti
         assert C.compiled_embed(teacher).calls == calls  # the eager model did not call it
 
 
-def test_exporting_and_tracing_run_the_eager_function(counting):
+def test_exporting_tracing_and_counting_flops_run_the_eager_function(counting):
+    from hardreid.export.info import count_flops
+
     eager, model = _models()
     C.compile_model(model, True)
+    assert count_flops(model, 32, 16) == count_flops(eager, 32, 16) > 0  # a compiled kernel would hide its ops
+    assert C.compiled_embed(model) is not None
     model.eval(), eager.eval()
     traced = torch.jit.trace(model, torch.randn(2, 3, 32, 16), check_trace=False)  # the check runs it untraced
     x = torch.randn(3, 3, 32, 16)
@@ -357,3 +361,20 @@ def test_every_method_trains_compiled_with_inductor_resumes_eager_and_evaluates(
     resumed = train(apply_dict(cfg, {"train": {"epochs": 2, "compile": False}}, "test"), data, run, resume=True,
                     log_to_stderr=False)
     assert "mAP" in resumed.history[1] and C.compiled_embed(resumed.model) is None
+
+
+@pytest.mark.slow  # about a minute: torchrun, two processes, two runs
+def test_two_processes_train_the_compiled_forward_inside_ddp_as_eager(tiny_root, tmp_path, monkeypatch):
+    """DDP wraps the model's pool_and_embed, whose embed_chunk is compiled (the "compile the inner module" pattern):
+    with the traced graph run as it is (backend "eager"), the step's gradients, weights and memories are the
+    eager 2-process run's, bit for bit, on both processes."""
+    from test_distributed import WORKER, assert_identical, load_run, succeeded, torchrun
+
+    monkeypatch.setenv("HARDREID_TEST_COMPILE_BACKEND", "eager")  # the workers' torch.compile backend
+    assert succeeded(torchrun([str(WORKER), str(tiny_root), str(tmp_path), "cc_step", "cc_compiled_step"]))
+    for rank in (0, 1):
+        compiled, eager = load_run(tmp_path, "cc_compiled_step", rank), load_run(tmp_path, "cc_step", rank)
+        assert compiled["compiled_calls"] > 0 and eager["compiled_calls"] == 0
+        for part in ("before", "grads", "model", "shared"):
+            assert_identical(compiled[part], eager[part], f"rank {rank} {part}")
+        assert compiled["history"][0]["loss"] == eager["history"][0]["loss"]
