@@ -22,8 +22,10 @@ batches, equal ``bn_chunk`` groups), so they keep the graph specialised to it, w
 than a symbolic one; marking the batch dimension dynamic up front would give that up everywhere.
 Each distinct situation (train / eval mode, with / without gradients, autocast, a teacher's frozen weights, input
 pixels that require gradients, BatchNorm momentum 0 for the later ``bn_chunk`` groups) is an entry of its own in
-dynamo's cache of the one function: :data:`RECOMPILE_LIMIT` raises dynamo's limit of 8 entries, past which it
-would silently run new situations eager.
+dynamo's cache of the one function: ICE with hpf, hpi, hng and ``bn_chunk`` makes 9 on the tiny test set (its
+extraction's batch size and a symbolic one, the student's and the teacher's train-mode groups with and without
+gradients, the generator's images, ...), so :data:`RECOMPILE_LIMIT` raises dynamo's limit of 8 entries, past which
+it would silently run new situations eager.
 
 **Fallback, never a crash.** On a CPU, inductor needs a C++ compiler: when it would find none (it looks for
 ``$CXX``, else ``g++``: ``torch._inductor.config.cpp.cxx``) one warning line says so and the model runs eager. Any
