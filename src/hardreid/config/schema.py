@@ -170,8 +170,8 @@ class TrainConfig(Section):
     channels_last: Bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
     # torch.compile the re-ID network (training steps, feature extraction, evaluation; models/compiled.py): false |
     # true (= default) | default | reduce-overhead | max-autotune. Compiling takes minutes on a CPU (once per machine
-    # and setting: cached on disk, see compile_cache) and pays in a run of a few hundred steps or more (README,
-    # "Compiled training"); without a C++ compiler on a CPU, or if compiling fails, one warning and the run goes eager
+    # and setting: cached on disk, see compile_cache) and pays only in long runs where the compiled step is faster
+    # (README, "Compiled training"); without a C++ compiler on a CPU, or if compiling fails, one warning, eager
     compile: Annotated[Literal[False, "default", "reduce-overhead", "max-autotune"],
                        BeforeValidator(compile_mode)] = False
     # folder of inductor's on-disk cache of compiled kernels; "" = $TORCHINDUCTOR_CACHE_DIR when set, else
