@@ -221,7 +221,10 @@ def compile_model(model: torch.nn.Module, mode: bool | str, cache_dir: str | Pat
 
 
 def compile_from_config(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
-    """``compile_model`` with ``train.compile`` and ``train.compile_cache`` (eager when compile is false)."""
+    """``compile_model`` with ``train.compile`` and ``train.compile_cache``; with compile false the model is left as
+    it is (a model built from the config is eager; one the caller compiled stays compiled)."""
+    if not cfg.train.compile:
+        return model
     return compile_model(model, cfg.train.compile, cfg.train.compile_cache)
 
 
