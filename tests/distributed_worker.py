@@ -69,6 +69,8 @@ RUNS = {
     # cc_step with train.compile (tests/test_compile.py: DDP around the compiled inner forward); the backend comes
     # from $HARDREID_TEST_COMPILE_BACKEND ("eager": dynamo's graph run as traced, no C++ compiler)
     "cc_compiled_step": ("cluster_contrast", {"train": {"epochs": 1, "iters": 1, "compile": True}}),
+    # camera-based BatchNorm: per camera within each process's share (one process: within each bn_chunk chunk of 8)
+    "cc_camera_bn_step": ("cluster_contrast", {**ONE_STEP, "model": {"camera_bn": True}}),
     "cluster_contrast": ("cluster_contrast", {"train": {"iters": 1}}),
     "ice": ("ice", {}),
     "hng": ("hng", {"hng": {"warmup_epochs": 1, "ngf": 8, "ndf": 8, "pictures": 2}}),  # warm-up, then joint
@@ -137,8 +139,11 @@ def run(name: str, data_root: Path, out: Path) -> Path:
         trainer.fit()
     path = out / f"{name}.rank{distributed.rank()}.of{distributed.world_size()}.pt"
     grads = {key: p.grad for key, p in trainer.model.named_parameters() if p.grad is not None}  # the last step's
+    shared = trainer.method.shared_state()
+    if trainer.camera_stats is not None:  # model.camera_bn: the per-camera running statistics, compared bit for bit
+        shared = {**shared, "camera_bn": trainer.camera_stats.state_dict()["statistics"]}
     torch.save({"model": trainer.model.state_dict(), "before": before, "optimizer_before": optimizer_before,
-                "shared": trainer.method.shared_state(), "grads": grads, "history": trainer.history,
+                "shared": shared, "grads": grads, "history": trainer.history,
                 "lr": trainer.optimizer.param_groups[0]["lr"],
                 "compiled_calls": getattr(compiled_embed(trainer.model), "calls", 0)}, path)
     return path

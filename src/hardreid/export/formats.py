@@ -15,6 +15,15 @@ re-normalise.
   torch.export, kept for runtimes that load TorchScript, e.g. LibTorch).
 * ``pt2``: ``torch.export.save`` of the exported program
   (``torch.export.load(path).module()``).
+
+A model trained with ``model.camera_bn`` (camera-based BatchNorm) is exported
+with its **global** BatchNorm statistics: the checkpoint's ``model`` buffers,
+the mixture of the per-camera running statistics weighted by each training
+camera's share of the images (``models/camera_bn.py``). An exported graph has
+no camera input and no test-time recalibration, so its features are those of
+an image without a camera; the per-camera statistics stay in the checkpoint
+(``camera_bn``), and ``hardreid extract`` / ``evaluate`` apply the paper's
+per-camera step. The parity check compares with the same global statistics.
 """
 
 from __future__ import annotations

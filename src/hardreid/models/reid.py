@@ -121,6 +121,8 @@ class ReidModel(nn.Module):
         self.neck.bias.requires_grad_(False)
         self.bn_chunk = bn_chunk
         self.channels_last = False
+        # model.camera_bn: extraction recalibrates BatchNorm per camera from up to this many images (None: off)
+        self.camera_bn_images: int | None = None
 
     def use_channels_last(self, enable: bool = True) -> "ReidModel":
         """NHWC memory layout: about 2x faster convolutions on CPU (oneDNN); same numbers."""
