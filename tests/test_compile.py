@@ -159,13 +159,13 @@ def test_bn_chunk_camera_groups_and_input_gradients_go_through_the_compiled_forw
     x = torch.randn(8, 3, 32, 16)
     torch.testing.assert_close(model.pool_and_embed(x), eager.pool_and_embed(x))  # two groups of 4
     torch.testing.assert_close(model.state_dict(), eager.state_dict())  # the running statistics of the first only
-    cams = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])
+    cams = torch.tensor([0, 0, 1, 1, 1, 1, 0, 0])  # two of each camera in each bn_chunk group
     torch.testing.assert_close(per_camera_pool_and_embed(model, x, cams), per_camera_pool_and_embed(eager, x, cams))
     pixels, pixels_e = x.clone().requires_grad_(), x.clone().requires_grad_()  # HPI: gradients w.r.t. the input
     grad = torch.autograd.grad(model(pixels).sum(), pixels)[0]
     torch.testing.assert_close(grad, torch.autograd.grad(eager(pixels_e).sum(), pixels_e)[0])
     calls = C.compiled_embed(model).calls
-    assert calls == 2 + 2 + 2  # every group of each call went through the compiled function
+    assert calls == 2 + 4 + 2  # every group went through the compiled function (cameras within each bn_chunk group)
 
 
 def test_a_deep_copy_runs_its_own_weights_and_compile_can_be_switched_off(counting):
@@ -321,6 +321,22 @@ def test_a_compiled_run_whose_compiler_fails_trains_on_eager(tiny_root, tmp_path
         "compiling failed (BackendCompilerFailed: RuntimeError: no kernels today)")
     assert compiled.history[0]["loss"] == pytest.approx(plain.history[0]["loss"], rel=1e-5)  # the same run, eager
     torch.testing.assert_close(compiled.model.state_dict(), plain.model.state_dict())
+
+
+def test_camera_batchnorm_trains_compiled_as_eager(tiny_root, tmp_path, counting):
+    """model.camera_bn lends each camera's running statistics to the compiled forward (functional_call): the
+    compiled run's weights, statistics and losses are the eager run's."""
+    data = load_dataset("market", tiny_root)
+    cfg = _run_config(compile=True, eval_every=0)
+    cfg.model.camera_bn = True
+    compiled = train(cfg, data, tmp_path / "compiled", log_to_stderr=False)
+    cfg.train.compile = False
+    plain = train(cfg, data, tmp_path / "eager", log_to_stderr=False)
+    assert C.compiled_embed(compiled.model).calls > 0 and C.compiled_embed(plain.model) is None
+    assert compiled.history[0]["loss"] == plain.history[0]["loss"]
+    torch.testing.assert_close(compiled.model.state_dict(), plain.model.state_dict(), rtol=0, atol=0)
+    saved = [load_checkpoint(tmp_path / run / "checkpoints" / "last.pth") for run in ("compiled", "eager")]
+    torch.testing.assert_close(saved[0]["camera_bn"]["statistics"], saved[1]["camera_bn"]["statistics"], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- the real compiler (slow)
