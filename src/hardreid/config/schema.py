@@ -18,8 +18,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from .base import Section
-from .fields import (Bool, Float, Int, ListOf, Str, camera_regex, eps_value, from_registry, increasing, pairs_ok, rule,
-                     to_int, to_str)
+from .fields import (Bool, Float, Int, ListOf, Str, camera_regex, compile_mode, eps_value, from_registry, increasing,
+                     pairs_ok, rule, to_int, to_str)
 from .messages import SOURCE, user_error
 from .method_sections import AcflConfig, HngConfig, IceConfig, SpclConfig, StrongBaselineConfig
 
@@ -175,6 +175,15 @@ class TrainConfig(Section):
     # BatchNorm statistics before epoch 1: auto (only from random init) | always | never
     calibrate_bn: Annotated[Literal["auto", "always", "never"], TEXT] = "auto"
     channels_last: Bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
+    # torch.compile the re-ID network (training steps, feature extraction, evaluation; models/compiled.py): false |
+    # true (= default) | default | reduce-overhead | max-autotune. Compiling takes minutes on a CPU (once per machine
+    # and setting: cached on disk, see compile_cache) and pays only in long runs where the compiled step is faster
+    # (README, "Compiled training"); without a C++ compiler on a CPU, or if compiling fails, one warning, eager
+    compile: Annotated[Literal[False, "default", "reduce-overhead", "max-autotune"],
+                       BeforeValidator(compile_mode)] = False
+    # folder of inductor's on-disk cache of compiled kernels; "" = $TORCHINDUCTOR_CACHE_DIR when set, else
+    # ${XDG_CACHE_HOME:-~/.cache}/hardreid/inductor
+    compile_cache: Str = ""
     # >0: BatchNorm normalises chunks of this many images, the per-GPU share of an official multi-GPU batch
     # (Cluster Contrast 256 / 4 GPUs = 64, SpCL 64 / 4 = 16, ICE 32 / 4 = 8, ACFL 64 / 2 = 32; set in each base's configs)
     bn_chunk: Int = Field(0, ge=0)

@@ -43,6 +43,7 @@ from ..data.images import read_image
 from ..data.transforms import eval_transform
 from ..errors import UserError
 from ..models import ReidModel
+from ..models.compiled import compile_model
 from ..files import atomic_write_path
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -51,8 +52,8 @@ PARITY_TOLERANCE = 1e-4  # maximum absolute difference of any feature value
 
 
 def _plain(model: ReidModel) -> ReidModel:
-    """The model in eval mode on CPU with the usual memory layout (a plain graph)."""
-    return model.eval().cpu().use_channels_last(False)
+    """The model in eval mode on CPU with the usual memory layout, eager (a plain graph)."""
+    return compile_model(model, False).eval().cpu().use_channels_last(False)
 
 
 def _example(height: int, width: int) -> torch.Tensor:

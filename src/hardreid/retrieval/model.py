@@ -75,6 +75,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
     """
     from ..config import config_from_dict
     from ..models import model_from_config
+    from ..models.compiled import compile_from_config
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     if checkpoint:
@@ -87,6 +88,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
         cfg.model.weights, cfg.model.pretrained = "", False
         model = model_from_config(cfg)
         load_model_state(model, state, checkpoint, for_evaluation=True)
+        compile_from_config(model, cfg)  # a run trained with train.compile extracts compiled too
         _set_input(cfg, height, width)  # after building: a ViT keeps the position grid it was trained with
         path = str(Path(checkpoint).resolve())
         source, used = "checkpoint", "eval_model" if "eval_model" in state else "model"

@@ -38,6 +38,7 @@ from ..evaluation.pipeline import evaluate_model
 from ..methods import Batch, EpochData, Method, StepOutput, build_method
 from ..models import ReidModel, model_from_config
 from ..models.camera_bn import CameraStatistics, per_camera_pool_and_embed
+from ..models.compiled import compile_from_config, compiled_embed
 from ..precision import training_precision
 from ..pseudo_labels import check_cluster_config, cluster_epoch
 from ..pseudo_labels.diagnostics import score_decline_warning
@@ -152,7 +153,8 @@ class Trainer:
         check_batch_split(cfg.data.batch_size, cfg.data.num_instances, distributed.world_size())  # equal shares
         seed_everything(cfg.train.seed)
         model = (model or model_from_config(cfg, initial_weights)).to(self.device)
-        self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
+        model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
+        self.model = compile_from_config(model, cfg)  # train.compile: the model's own forward, so DDP wraps it as is
         # model.camera_bn: per-camera running statistics, and a step forward that normalises each camera apart
         self.camera_stats = CameraStatistics(self.model, camera_shares(dataset)) if cfg.model.camera_bn else None
         if cfg.model.camera_bn:  # a model handed in (hr.train) extracts with the test-time step too
@@ -336,6 +338,8 @@ class Trainer:
                         cfg.train.epochs)
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
+        if compiled_embed(self.model) is not None:
+            LOG.debug("epoch %d/%d: %s", epoch + 1, cfg.train.epochs, compiled_embed(self.model).summary())
         return row
 
     def pseudo_labels(self, features: torch.Tensor, camids: torch.Tensor) -> tuple[Any, dict[str, float]]:
