@@ -18,7 +18,8 @@ The verdict rule (written in the study file before the first run): for each gene
 and each metric (final mAP, final top-1, last-epoch pseudo-label ARI), over the seeds both have (3 needed):
 margin = max(floor, 2 x pooled sd), pooled sd = sqrt((sd_G^2 + sd_B^2) / 2); "helps" if mean_G - mean_B >=
 margin and G beats B in at least 2 of the 3 seed pairs, "hurts" by the mirror rule, otherwise "no measurable
-effect"; fewer than 3 seed pairs: "pending (n of 3)".
+effect"; fewer than 3 seed pairs: "pending (n of 3)". A study file may need fewer seeds (``verdict: seeds_needed``;
+the majority is then of the seeds there are, e.g. both of 2).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def verdict(generator: dict[int, float], base: dict[int, float], floor: float, n
     margin = max(floor, 2 * pooled)
     wins = sum(x > y for x, y in zip(g, b))
     losses = sum(x < y for x, y in zip(g, b))
-    majority = len(seeds) // 2 + 1  # 2 of 3
+    majority = len(seeds) // 2 + 1  # 2 of 3, 2 of 2
     if difference >= margin and wins >= majority:
         word = "helps"
     elif -difference >= margin and losses >= majority:
@@ -166,6 +167,7 @@ def aggregate(results: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
         rows[row["name"]] = entry
     bases = study.get("verdict", {}).get("base", {})
     floors = study.get("verdict", {}).get("floors", {"mAP": 1.0, "top1": 1.0, "label_ari": 0.01})
+    needed = int(study.get("verdict", {}).get("seeds_needed", SEEDS_NEEDED))  # the study file may ask for fewer
     for row in study["rows"]:
         base = bases.get(row.get("set_name", ""))
         if base is None or base == row["name"] or base not in rows:
@@ -174,7 +176,7 @@ def aggregate(results: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
         rows[row["name"]]["verdict"] = {"base": base, **{
             metric: verdict({s: r[metric] for s, r in by_seed[row["name"]].items() if r.get(metric) is not None},
                             {s: r[metric] for s, r in by_seed[base].items() if r.get(metric) is not None},
-                            floors[metric]) for metric in VERDICT_METRICS}}
+                            floors[metric], needed) for metric in VERDICT_METRICS}}
     return rows
 
 
@@ -191,7 +193,7 @@ def _cell(s: dict[str, Any], fmt: str, extremes: bool = False) -> str:
 def _verdict_cell(v: dict[str, Any], fmt: str) -> str:
     if "difference" not in v:
         return v["verdict"]
-    return f"**{v['verdict']}** ({format(v['difference'], '+' + fmt)}, margin {format(v['margin'], fmt)}, {v['wins']}/3 seeds better)"
+    return f"**{v['verdict']}** ({format(v['difference'], '+' + fmt)}, margin {format(v['margin'], fmt)}, {v['wins']}/{len(v['seeds'])} seeds better)"
 
 
 def markdown(rows: dict[str, Any], results: dict[str, Any]) -> str:

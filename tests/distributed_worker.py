@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +23,8 @@ import torch
 from hardreid import distributed
 from hardreid.config import Config, apply_dict, load_config
 from hardreid.data.datasets import load_dataset
+from hardreid.models import compiled
+from hardreid.models.compiled import compiled_embed
 from hardreid.training.run_files import setup_logging
 from hardreid.runs import train
 from hardreid.training.trainer import Trainer
@@ -63,6 +66,11 @@ RUNS = {
     # far from zero, its direction not set by rounding; and a positive is always in its anchor's process's share.
     "acfl_step": ("acfl", {**ONE_STEP, "cluster": {"min_samples": 4, "eps": 0.7, "k1": 10}}),
     "ice_step": ("ice", ONE_STEP),
+    # cc_step with train.compile (tests/test_compile.py: DDP around the compiled inner forward); the backend comes
+    # from $HARDREID_TEST_COMPILE_BACKEND ("eager": dynamo's graph run as traced, no C++ compiler)
+    "cc_compiled_step": ("cluster_contrast", {"train": {"epochs": 1, "iters": 1, "compile": True}}),
+    # camera-based BatchNorm: per camera within each process's share (one process: within each bn_chunk chunk of 8)
+    "cc_camera_bn_step": ("cluster_contrast", {**ONE_STEP, "model": {"camera_bn": True}}),
     "cluster_contrast": ("cluster_contrast", {"train": {"iters": 1}}),
     "ice": ("ice", {}),
     "hng": ("hng", {"hng": {"warmup_epochs": 1, "ngf": 8, "ndf": 8, "pictures": 2}}),  # warm-up, then joint
@@ -131,9 +139,13 @@ def run(name: str, data_root: Path, out: Path) -> Path:
         trainer.fit()
     path = out / f"{name}.rank{distributed.rank()}.of{distributed.world_size()}.pt"
     grads = {key: p.grad for key, p in trainer.model.named_parameters() if p.grad is not None}  # the last step's
+    shared = trainer.method.shared_state()
+    if trainer.camera_stats is not None:  # model.camera_bn: the per-camera running statistics, compared bit for bit
+        shared = {**shared, "camera_bn": trainer.camera_stats.state_dict()["statistics"]}
     torch.save({"model": trainer.model.state_dict(), "before": before, "optimizer_before": optimizer_before,
-                "shared": trainer.method.shared_state(), "grads": grads, "history": trainer.history,
-                "lr": trainer.optimizer.param_groups[0]["lr"]}, path)
+                "shared": shared, "grads": grads, "history": trainer.history,
+                "lr": trainer.optimizer.param_groups[0]["lr"],
+                "compiled_calls": getattr(compiled_embed(trainer.model), "calls", 0)}, path)
     return path
 
 
@@ -148,6 +160,8 @@ def split_run(data_root: Path, out: Path) -> Path:
 
 def main(data_root: str, out: str, *names: str) -> None:
     torch.set_num_threads(1)
+    if os.environ.get("HARDREID_TEST_COMPILE_BACKEND"):
+        compiled.BACKEND = os.environ["HARDREID_TEST_COMPILE_BACKEND"]
     for name in names:
         if name == "split":
             split_run(Path(data_root), Path(out))

@@ -99,7 +99,7 @@ def test_spcl_moves_the_radius_of_the_labels(monkeypatch):
 def test_a_bad_cluster_key_fails_before_any_work(tiny_root, tmp_path, monkeypatch):
     import hardreid.training.trainer as trainer
 
-    monkeypatch.setattr(trainer, "extract_features_sharded", lambda *a, **k: pytest.fail("extracted features first"))
+    monkeypatch.setattr(trainer, "extract_model_features", lambda *a, **k: pytest.fail("extracted features first"))
     cfg = tiny_config()
     cfg.cluster.camera_normalize = "per_camera"  # set in Python: not checked by apply_dict, so train must check it
     with pytest.raises(UserError, match="'cluster.camera_normalize' must be one of none, mean, standardize"):

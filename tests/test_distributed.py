@@ -172,7 +172,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
 FEATURE_DIM, TAU, UNIT_ROUNDOFF = 1280, 0.05, 2.0 ** -24  # MobileNetV2's features; the methods' smallest tau
 GRADIENT_TOLERANCE = 2 * FEATURE_DIM * UNIT_ROUNDOFF / TAU
-STEP_RUNS = ["cc_step", "spcl_step", "acfl_step"]
+STEP_RUNS = ["cc_step", "spcl_step", "acfl_step", "cc_camera_bn_step"]
 PLANTED = {"cc_step+no_allreduce": "gradient", "cc_step+own_share": "shared", "cc_step+gather_order": "shared",
            "acfl_step+no_allreduce": "gradient"}
 

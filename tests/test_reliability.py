@@ -37,7 +37,8 @@ def _forbid_work(monkeypatch) -> None:
         raise AssertionError("work started before the start-up checks failed")
 
     monkeypatch.setattr(trainer_module, "calibrate_batchnorm", forbidden)
-    monkeypatch.setattr(trainer_module, "extract_features_sharded", forbidden)
+    monkeypatch.setattr(trainer_module, "extract_model_features", forbidden)
+    monkeypatch.setattr(trainer_module, "camera_statistics", forbidden)
 
 
 @pytest.fixture

@@ -34,6 +34,21 @@ def test_verdict_rule(sv):
     assert sv.verdict({1: 12.0, 2: 12.5}, base, 1.0)["verdict"] == "pending (2 of 3 seeds)"
 
 
+def test_a_study_may_need_two_seeds_and_then_both_must_agree(sv):
+    base = {1: 10.0, 2: 11.0}  # sd 0.71
+    assert sv.verdict({1: 7.0, 2: 8.0}, base, 1.0, needed=2)["verdict"] == "hurts"  # -3.0, margin max(1, 1.41)
+    split = sv.verdict({1: 5.0, 2: 11.5}, base, 1.0, needed=2)  # -2.25 on the mean, but one of the two seeds better
+    assert split["verdict"] == "no measurable effect" and split["losses"] == 1
+    assert sv.verdict({1: 7.0}, base, 1.0, needed=2)["verdict"] == "pending (1 of 2 seeds)"
+    study = {"rows": [{"name": "b", "set_name": "S"}, {"name": "g", "set_name": "S"}],
+             "verdict": {"base": {"S": "b"}, "seeds_needed": 2}}
+    runs = {f"{row}/seed{s}": {"row": row, "seed": s, "commit": "c", "mAP": v, "top1": v, "label_ari": 0.3, "curve": {}}
+            for row, values in (("b", base), ("g", {1: 7.0, 2: 8.0})) for s, v in values.items()}
+    rows = sv.aggregate({"runs": runs}, study)
+    assert rows["g"]["verdict"]["mAP"]["verdict"] == "hurts"
+    assert "**hurts** (-3.0, margin 1.4, 0/2 seeds better)" in sv.markdown(rows, {"runs": runs})
+
+
 def write_run(folder: Path, epochs: int, maps: list[float], start: float = 2.0) -> None:
     folder.mkdir(parents=True)
     history = [{"epoch": e, "label_ari": 0.3, "single_camera_share": 0.9, "seconds_per_step": 0.5,

@@ -309,20 +309,23 @@ def rank_block(matrix: torch.Tensor) -> torch.Tensor:
 
 # -- models ---------------------------------------------------------------------------------------------
 class _MethodAsForward(nn.Module):
-    """``module.<name>(x)`` as a module's forward: DistributedDataParallel averages the gradients of passes
-    made through its own ``forward`` only."""
+    """``module.<name>(x)`` (or ``name(module, x)`` for a function) as a module's forward: DistributedDataParallel
+    averages the gradients of passes made through its own ``forward`` only."""
 
-    def __init__(self, module: nn.Module, name: str) -> None:
+    def __init__(self, module: nn.Module, name: str | Callable[..., Any]) -> None:
         super().__init__()
         self.module = module
         self.name = name
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if callable(self.name):
+            return self.name(self.module, *args, **kwargs)
         return getattr(self.module, self.name)(*args, **kwargs)
 
 
-def data_parallel(model: nn.Module, method: str = "forward") -> Callable[..., Any]:
-    """``model.<method>`` as a callable whose gradients are averaged over the ranks after backward.
+def data_parallel(model: nn.Module, method: str | Callable[..., Any] = "forward") -> Callable[..., Any]:
+    """``model.<method>`` as a callable whose gradients are averaged over the ranks after backward; ``method`` may
+    also be a function, called as ``method(model, *args)`` (camera-based BatchNorm's forward).
 
     Several processes: DistributedDataParallel around it (parameters and buffers broadcast from rank 0 now,
     gradients all-reduced bucket by bucket while backward runs). The training step must make one pass
@@ -331,7 +334,7 @@ def data_parallel(model: nn.Module, method: str = "forward") -> Callable[..., An
     are not synced here: call ``broadcast_buffers`` after the optimiser step. One process: ``model.<method>``.
     """
     if not active():
-        return getattr(model, method)
+        return functools.partial(method, model) if callable(method) else getattr(model, method)
     device = next(model.parameters()).device
     wrapper = model if method == "forward" else _MethodAsForward(model, method)
     return nn.parallel.DistributedDataParallel(wrapper, device_ids=[device] if device.type == "cuda" else None,
@@ -363,6 +366,11 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Every rank takes rank ``src``'s buffers (BatchNorm running statistics), in place."""
     _broadcast_tensors(list(module.buffers()), src)
+
+
+def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Every rank takes rank ``src``'s values of ``tensors`` (the same shapes in the same order everywhere), in place."""
+    _broadcast_tensors(list(tensors), src)
 
 
 def _broadcast_tensors(tensors: list[torch.Tensor], src: int) -> None:

@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     opset = f", opset {ONNX_OPSET}" if args.format == "onnx" else ""
     print(f"exported {fm.model.backbone_name} ({fm.weights_used} weights) as {args.format}{opset}, input B x 3 x "
           f"{d.height} x {d.width} (dynamic batch) -> {path} ({path.stat().st_size / 2**20:.1f} MB, {time.time() - start:.0f}s)")
+    if fm.model.camera_bn_images is not None:
+        print("note: trained with model.camera_bn: the exported model carries the global BatchNorm statistics (the "
+              "mixture of the cameras'), without the per-camera recalibration that extract and evaluate apply")
     if args.no_check:
         return 0
     if args.images:

@@ -143,6 +143,24 @@ def camera_regex(value: str) -> bool:
         return False
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
+
+
+def compile_mode(value: Any) -> bool | str:
+    """train.compile: false (eager), true (= ``default``) or a mode of torch.compile; the text true/false, yes/no,
+    on/off, 1/0 as for ``Bool``."""
+    if isinstance(value, bool):
+        return "default" if value else False
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE + _FALSE:
+            return "default" if text in _TRUE else False
+        if text in COMPILE_MODES:
+            return text
+    raise refuse(RULE_ERROR, f"be false, true or a torch.compile mode ({', '.join(COMPILE_MODES)})",
+                 did_you_mean(value, COMPILE_MODES), got=value)
+
+
 def eps_value(value: Any) -> float | str:
     """cluster.eps: a DBSCAN radius in (0, 1) on Jaccard distances, or ``auto`` (set each epoch)."""
     must = "be a number in (0, 1) or auto"

@@ -18,8 +18,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from .base import Section
-from .fields import (Bool, Float, Int, ListOf, Str, camera_regex, eps_value, from_registry, increasing, pairs_ok, rule,
-                     to_int, to_str)
+from .fields import (Bool, Float, Int, ListOf, Str, camera_regex, compile_mode, eps_value, from_registry, increasing,
+                     pairs_ok, rule, to_int, to_str)
 from .messages import SOURCE, user_error
 from .method_sections import AcflConfig, HngConfig, IceConfig, SpclConfig, StrongBaselineConfig
 
@@ -75,6 +75,13 @@ class ModelConfig(Section):
     gem_learnable: Bool = True
     weights: Str = ""  # local torchvision-layout state dict (timm layout for vit_small); "" = random init
     pretrained: Bool = False  # torchvision download (fails offline with a clear message)
+    # camera-based BatchNorm (Zhuang et al., ECCV 2020; models/camera_bn.py): in training each camera's images of a
+    # batch are normalised with that camera's statistics (images drawn in same-camera pairs), and before every
+    # extraction each camera's statistics are recalibrated from its own images; false = the papers' plain BatchNorm
+    camera_bn: Bool = False
+    # camera_bn: images of a camera its test-time statistics are averaged over; the official 50 batches of 64
+    # (batch_num_bn_estimatation x test_batch in its config.py); a camera with fewer uses all of its images
+    camera_bn_images: Int = Field(3200, ge=2)
 
 
 class ClusterConfig(Section):
@@ -168,6 +175,15 @@ class TrainConfig(Section):
     # BatchNorm statistics before epoch 1: auto (only from random init) | always | never
     calibrate_bn: Annotated[Literal["auto", "always", "never"], TEXT] = "auto"
     channels_last: Bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
+    # torch.compile the re-ID network (training steps, feature extraction, evaluation; models/compiled.py): false |
+    # true (= default) | default | reduce-overhead | max-autotune. Compiling takes minutes on a CPU (once per machine
+    # and setting: cached on disk, see compile_cache) and pays only in long runs where the compiled step is faster
+    # (README, "Compiled training"); without a C++ compiler on a CPU, or if compiling fails, one warning, eager
+    compile: Annotated[Literal[False, "default", "reduce-overhead", "max-autotune"],
+                       BeforeValidator(compile_mode)] = False
+    # folder of inductor's on-disk cache of compiled kernels; "" = $TORCHINDUCTOR_CACHE_DIR when set, else
+    # ${XDG_CACHE_HOME:-~/.cache}/hardreid/inductor
+    compile_cache: Str = ""
     # >0: BatchNorm normalises chunks of this many images, the per-GPU share of an official multi-GPU batch
     # (Cluster Contrast 256 / 4 GPUs = 64, SpCL 64 / 4 = 16, ICE 32 / 4 = 8, ACFL 64 / 2 = 32; set in each base's configs)
     bn_chunk: Int = Field(0, ge=0)
@@ -246,6 +262,15 @@ class Config(BaseModel):
         need(not (t.sync_bn and t.bn_chunk > 0),
              f"train.sync_bn normalises over the global batch and train.bn_chunk={t.bn_chunk} over chunks of it: "
              "choose one (train.bn_chunk=0 with train.sync_bn=true)")
+        if self.model.camera_bn:  # each camera's images of every BatchNorm group come in same-camera pairs
+            need(d.num_instances % 2 == 0,
+                 f"model.camera_bn draws each identity's images in same-camera pairs (so that every camera has at least "
+                 f"2 images in each BatchNorm group): data.num_instances must be even, got {d.num_instances}")
+            need(t.bn_chunk % 2 == 0, f"model.camera_bn normalises each camera's images within each train.bn_chunk "
+                                      f"chunk, which must then hold whole same-camera pairs: use an even train.bn_chunk, "
+                                      f"got {t.bn_chunk}")
+            need(not t.sync_bn, "model.camera_bn normalises each camera's images of each process's share, which "
+                                "differ between processes; train.sync_bn cannot synchronise them: set train.sync_bn=false")
         if self.method.base == "spcl" and c.eps != "auto":
             need(self.spcl.eps_gap < c.eps, f"spcl.eps_gap ({self.spcl.eps_gap}) must be smaller than cluster.eps "
                                             f"({c.eps}): SpCL clusters again with eps - eps_gap")

@@ -104,16 +104,18 @@ class InfiniteIdentityLoader:
     image's companion sample under ``transform``. ``singletons_once``: see ``IdentitySampler``.
     ``batch_size`` is the global batch: with ``parts`` > 1 processes, process ``part`` loads its contiguous
     share of each one (``GlobalBatches``). Every image's augmentation is drawn from a seed of its own, the
-    same at any number of processes or workers.
+    same at any number of processes or workers. ``camera_pairs``: images in same-camera pairs (camera-based
+    BatchNorm, ``IdentitySampler``).
     """
 
     def __init__(self, samples: Sequence[Sample], labels: Sequence[int], transform: Callable, batch_size: int,
                  num_instances: int, workers: int, seed: int, num_views: int = 1, weak_transform: Callable | None = None,
                  singletons_once: bool = False, sampler: str = "pk", companions: Sequence[Sample] | None = None,
-                 part: int = 0, parts: int = 1) -> None:
+                 part: int = 0, parts: int = 1, camera_pairs: bool = False) -> None:
         check_batch_split(batch_size, num_instances, parts)
         self.sampler = sampler_class(sampler)(labels, num_instances, seed=seed, min_length=batch_size,
-                                              singletons_once=singletons_once, camids=[s.camid for s in samples])
+                                              singletons_once=singletons_once, camids=[s.camid for s in samples],
+                                              camera_pairs=camera_pairs)
         self.batches = GlobalBatches(self.sampler, batch_size, seed, part, parts)
         self.loader = DataLoader(ImageDataset(samples, transform, labels, num_views, weak_transform, companions),
                                  batch_sampler=self.batches, num_workers=workers, worker_init_fn=_worker_init,

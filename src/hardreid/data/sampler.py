@@ -17,6 +17,13 @@ identities several passes are chained to reach ``min_length``.
 
 The draws follow the official code's rules (including when it samples with replacement), with
 their own seeded generator instead of the global random streams.
+
+``camera_pairs`` (``model.camera_bn``, camera-based BatchNorm): every sampler's group is turned into
+same-camera pairs: its images at even positions are kept (the sampler's choice of cameras) and each is
+followed by another image of the same identity and camera (drawn at random; the image itself again
+when it is the only one), an odd group getting one more. Every group then has an even length, so
+in any batch, process share or ``train.bn_chunk`` chunk of even size each camera has an even
+number of images, at least 2: what a per-camera BatchNorm needs.
 """
 
 from __future__ import annotations
@@ -36,12 +43,15 @@ class IdentitySampler(Sampler[int]):
     ``len`` is the number of indices in a pass (a multiple of the group sizes; several passes chained to
     reach ``min_length``). ``singletons_once``: a label with a single image yields it once, not K times
     (SpCL's un-clustered instances under the plain P x K sampler). ``camids``: one camera per label
-    entry (used by the camera-aware subclasses; may be omitted here).
+    entry (used by the camera-aware subclasses and ``camera_pairs``; may be omitted here). ``camera_pairs``:
+    groups of same-camera pairs (module docstring).
     """
 
     def __init__(self, labels: Sequence[int], num_instances: int, seed: int = 0, min_length: int = 0,
-                 singletons_once: bool = False, camids: Sequence[int] | None = None) -> None:
+                 singletons_once: bool = False, camids: Sequence[int] | None = None,
+                 camera_pairs: bool = False) -> None:
         self.num_instances = num_instances
+        self.camera_pairs = camera_pairs
         self.min_length = min_length
         self.singletons_once = singletons_once
         self.camids = list(camids) if camids is not None else [0] * len(labels)
@@ -61,8 +71,13 @@ class IdentitySampler(Sampler[int]):
         """How many indices ``label`` gives per pass (fixed for every sampler, so ``len`` is exact)."""
         return 1 if self.singletons_once and len(self.index_by_label[label]) == 1 else self.num_instances
 
+    def _group_size(self, label: int) -> int:
+        """The length of ``label``'s group in a pass (its draws, made even under ``camera_pairs``)."""
+        draws = self._draws(label)
+        return draws + draws % 2 if self.camera_pairs else draws
+
     def _per_pass(self) -> int:
-        return sum(self._draws(label) for label in self.labels)
+        return sum(self._group_size(label) for label in self.labels)
 
     def _passes(self) -> int:
         """Whole shuffled passes needed to give at least ``min_length`` indices (few clusters)."""
@@ -77,7 +92,18 @@ class IdentitySampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = np.concatenate([self.rng.permutation(len(self.labels)) for _ in range(self._passes())])
         for position in order:
-            yield from self.group(self.labels[position])
+            label = self.labels[position]
+            group = self.group(label)
+            yield from self.paired(label, group) if self.camera_pairs else group
+
+    def paired(self, label: int, group: list[int]) -> list[int]:
+        """``group`` as same-camera pairs: each image at an even position, then a random other image of the same
+        identity and camera (itself when it is the only one)."""
+        out: list[int] = []
+        for first in group[::2]:
+            mates = [m for m in self.index_by_label[label] if m != first and self.camids[m] == self.camids[first]]
+            out += [first, int(self.rng.choice(mates)) if mates else first]
+        return out
 
     def _choose(self, pool: list[int], size: int, enough: int) -> list[int]:
         """``size`` of ``pool``, without replacement when ``len(pool) >= enough`` (the official threshold)."""

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..data.loaders import eval_loader
 from ..data.types import Sample
+from ..models.compiled import eager
 
 
 @torch.no_grad()
@@ -68,10 +69,11 @@ def calibrate_batchnorm(model: nn.Module, samples: Sequence[Sample], transform, 
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
-    for images, *_ in tqdm(eval_loader(subset, transform, batch_size, workers), desc="BatchNorm calibration",
-                           leave=False, disable=distributed.progress_disabled(), unit="batch"):
-        if images.shape[0] > 1:  # BatchNorm1d needs two values per channel in train mode
-            model(images.to(device, non_blocking=True))
+    with eager(model):  # train.compile: not for one pass (models/compiled.py, eager)
+        for images, *_ in tqdm(eval_loader(subset, transform, batch_size, workers), desc="BatchNorm calibration",
+                               leave=False, disable=distributed.progress_disabled(), unit="batch"):
+            if images.shape[0] > 1:  # BatchNorm1d needs two values per channel in train mode
+                model(images.to(device, non_blocking=True))
     for m, momentum in saved:
         m.momentum = momentum
     model.train(was_training)

@@ -11,7 +11,7 @@ from ..config import ClusterConfig, DataConfig, EvalConfig
 from ..data.transforms import eval_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
-from .features import extract_features_sharded
+from .camera_bn import extract_model_features
 from .ranking import RankingResult, evaluate_ranking
 from .rerank import RERANK_MODES, camera_aware_re_ranking, re_ranking
 
@@ -44,8 +44,8 @@ def query_gallery_features(model: nn.Module, dataset: ReidDataset, data_cfg: Dat
     check_evaluable(dataset)
     transform = eval_transform(data_cfg)
     kwargs = dict(batch_size=eval_cfg.batch_size, workers=data_cfg.workers, device=device, flip=eval_cfg.flip)
-    qf = extract_features_sharded(model, dataset.query, transform, desc="query features", **kwargs)
-    gf = extract_features_sharded(model, dataset.gallery, transform, desc="gallery features", **kwargs)
+    qf = extract_model_features(model, dataset.query, transform, desc="query features", **kwargs)
+    gf = extract_model_features(model, dataset.gallery, transform, desc="gallery features", **kwargs)
     return qf, gf
 
 

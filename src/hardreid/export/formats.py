@@ -15,6 +15,15 @@ re-normalise.
   torch.export, kept for runtimes that load TorchScript, e.g. LibTorch).
 * ``pt2``: ``torch.export.save`` of the exported program
   (``torch.export.load(path).module()``).
+
+A model trained with ``model.camera_bn`` (camera-based BatchNorm) is exported
+with its **global** BatchNorm statistics: the checkpoint's ``model`` buffers,
+the mixture of the per-camera running statistics weighted by each training
+camera's share of the images (``models/camera_bn.py``). An exported graph has
+no camera input and no test-time recalibration, so its features are those of
+an image without a camera; the per-camera statistics stay in the checkpoint
+(``camera_bn``), and ``hardreid extract`` / ``evaluate`` apply the paper's
+per-camera step. The parity check compares with the same global statistics.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from ..data.images import read_image
 from ..data.transforms import eval_transform
 from ..errors import UserError
 from ..models import ReidModel
+from ..models.compiled import compile_model
 from ..files import atomic_write_path
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -42,8 +52,8 @@ PARITY_TOLERANCE = 1e-4  # maximum absolute difference of any feature value
 
 
 def _plain(model: ReidModel) -> ReidModel:
-    """The model in eval mode on CPU with the usual memory layout (a plain graph)."""
-    return model.eval().cpu().use_channels_last(False)
+    """The model in eval mode on CPU with the usual memory layout, eager (a plain graph)."""
+    return compile_model(model, False).eval().cpu().use_channels_last(False)
 
 
 def _example(height: int, width: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..config import Config
 from ..errors import UserError
 from ..models import BACKBONES, ReidModel, model_from_config
+from ..models.compiled import eager
 from ..files import atomic_write_json
 
 
@@ -30,13 +31,14 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def count_flops(model: torch.nn.Module, height: int, width: int) -> int:
-    """FLOPs of one forward pass of one image (eval mode; the mode is restored)."""
+    """FLOPs of one forward pass of one image (eval mode; the mode is restored; eager: a compiled model's kernels
+    would hide their operations from the counter)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     try:
-        with counter:
+        with counter, eager(model):
             model(torch.zeros(1, 3, height, width, device=device))
     finally:
         model.train(was_training)

@@ -1,5 +1,5 @@
 """Building the configured model: the one place that turns ``model.*`` (and the input size, ``train.bn_chunk``,
-``train.channels_last``) into a ``ReidModel``. Training, evaluation, retrieval, export, the figures and the demo
+``train.channels_last``, ``model.camera_bn``'s test-time setting) into a ``ReidModel``. Training, evaluation, retrieval, export, the figures and the demo
 all build their model here."""
 
 from __future__ import annotations
@@ -16,4 +16,5 @@ def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
                         pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
                         img_size=(cfg.data.height, cfg.data.width), gem_learnable=m.gem_learnable)
+    model.camera_bn_images = m.camera_bn_images if m.camera_bn else None  # the test-time step (evaluation/camera_bn.py)
     return model.use_channels_last(cfg.train.channels_last)

@@ -121,6 +121,8 @@ class ReidModel(nn.Module):
         self.neck.bias.requires_grad_(False)
         self.bn_chunk = bn_chunk
         self.channels_last = False
+        # model.camera_bn: extraction recalibrates BatchNorm per camera from up to this many images (None: off)
+        self.camera_bn_images: int | None = None
 
     def use_channels_last(self, enable: bool = True) -> "ReidModel":
         """NHWC memory layout: about 2x faster convolutions on CPU (oneDNN); same numbers."""
@@ -147,6 +149,14 @@ class ReidModel(nn.Module):
         return self.embed_chunk(x)
 
     def embed_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features and neck outputs of one BatchNorm group; compiled when ``models.compiled.compile_model``
+        was applied (``train.compile``), else :meth:`embed_chunk_eager`."""
+        compiled = self.__dict__.get("compiled_embed")
+        if compiled is not None:
+            return compiled(self, x)
+        return self.embed_chunk_eager(x)
+
+    def embed_chunk_eager(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.pool(self.backbone(x)).flatten(1)
         return pooled, self.neck(pooled)
 

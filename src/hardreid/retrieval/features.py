@@ -27,6 +27,14 @@ to ``shards/plan.json``; an interrupted run started again with the same
 model and images skips the finished shards. At the end the shards are joined
 into ``features.npy`` one at a time (never more than one shard in memory)
 and removed.
+
+A checkpoint trained with ``model.camera_bn`` (camera-based BatchNorm) extracts
+with its test-time step: each camera's BatchNorm statistics are first
+recalibrated from up to ``model.camera_bn_images`` of that camera's images in
+the whole folder (the camera from a Market-style name), then every shard is
+extracted camera by camera with them; images without a camera in their name use
+the model's global statistics (a warning says how many, once). The manifest's model
+records ``camera_bn`` (the number of images, or null).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from ..data.images import is_image_name
 from ..data.transforms import eval_transform
 from ..data.types import Sample
 from ..errors import UserError
+from ..evaluation.camera_bn import camera_statistics, extract_with_camera_statistics, without_statistics_warning
 from ..evaluation.features import extract_features
 from .model import FeatureModel, identity_differences
 from ..files import atomic_save_npy, atomic_write_json, atomic_write_path, atomic_write_text
@@ -73,6 +82,15 @@ def describe_image(relative: str) -> ImageRecord:
     if sample is None:
         return ImageRecord(relative, None, None)
     return ImageRecord(relative, sample.camid + 1, sample.pid)
+
+
+def camera_samples(root: Path, paths: Sequence[str]) -> list[Sample]:
+    """Samples of images under ``root`` with the camera of their Market-style name (camid 0-based; -1 without one)."""
+    out = []
+    for p in paths:
+        camera = describe_image(p).camera
+        out.append(Sample(str(root / p), -1, -1 if camera is None else camera - 1))
+    return out
 
 
 def list_images(path: str | Path) -> tuple[Path, list[str]]:
@@ -330,13 +348,25 @@ def extract_folder(fm: FeatureModel, images: str | Path, output: str | Path, *, 
     dim = int(fm.model.feat_dim)
     finished = {index for index, part in shards if _shard_is_complete(_shard_path(output, index), len(part), dim)}
     done = sum(len(part) for index, part in shards if index in finished)
+    statistics = None  # camera-based BatchNorm: every camera's statistics, from the whole folder (module docstring)
+    if fm.model.camera_bn_images is not None and len(finished) < len(shards):
+        everything = camera_samples(root, paths)
+        statistics = camera_statistics(model, everything, transform, batch_size, workers, device,
+                                       fm.model.camera_bn_images)
+        alone = sum(s.camid not in statistics for s in everything)
+        if alone:  # said once for the folder, not once per shard
+            without_statistics_warning(alone, len(everything))
     bar = tqdm(total=len(paths), initial=done, desc="extract", unit="img", disable=not progress or None, smoothing=0.1)
     for index, part in shards:
         if index in finished:
             continue
-        samples = [Sample(str(root / p), -1, 0) for p in part]
-        feats = extract_features(model, samples, transform, batch_size, workers, device, flip=fm.cfg.eval.flip,
-                                 desc=f"shard {index + 1}/{len(shards)}")
+        desc = f"shard {index + 1}/{len(shards)}"
+        if statistics is None:
+            feats = extract_features(model, [Sample(str(root / p), -1, 0) for p in part], transform, batch_size,
+                                     workers, device, flip=fm.cfg.eval.flip, desc=desc)
+        else:
+            feats = extract_with_camera_statistics(model, camera_samples(root, part), statistics, transform,
+                                                   batch_size, workers, device, fm.cfg.eval.flip, desc, quiet=True)
         _save_atomic(feats.numpy().astype(np.float32, copy=False), _shard_path(output, index))
         bar.update(len(part))
     bar.close()

@@ -24,7 +24,7 @@ from ..models import ReidModel
 from ..models.vit_person import MEAN_STD, PERSON_VITS
 
 # Identity entries that must agree for two feature sets to be comparable.
-IDENTITY_KEYS = ("backbone", "feat_dim", "sha256", "weights_used", "height", "width", "mean", "std", "flip")
+IDENTITY_KEYS = ("backbone", "feat_dim", "sha256", "weights_used", "height", "width", "mean", "std", "flip", "camera_bn")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -56,7 +56,8 @@ class FeatureModel:
         d = self.cfg.data
         return {"source": self.source, "file": self.file, "sha256": self.sha256, "weights_used": self.weights_used,
                 "backbone": self.model.backbone_name, "feat_dim": int(self.model.feat_dim), "height": d.height,
-                "width": d.width, "mean": list(d.mean), "std": list(d.std), "flip": bool(self.cfg.eval.flip)}
+                "width": d.width, "mean": list(d.mean), "std": list(d.std), "flip": bool(self.cfg.eval.flip),
+                "camera_bn": self.model.camera_bn_images}  # camera-based BatchNorm's test-time images (None: off)
 
 
 def identity_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -74,6 +75,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
     """
     from ..config import config_from_dict
     from ..models import model_from_config
+    from ..models.compiled import compile_from_config
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     if checkpoint:
@@ -86,6 +88,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
         cfg.model.weights, cfg.model.pretrained = "", False
         model = model_from_config(cfg)
         load_model_state(model, state, checkpoint, for_evaluation=True)
+        compile_from_config(model, cfg)  # a run trained with train.compile extracts compiled too
         _set_input(cfg, height, width)  # after building: a ViT keeps the position grid it was trained with
         path = str(Path(checkpoint).resolve())
         source, used = "checkpoint", "eval_model" if "eval_model" in state else "model"

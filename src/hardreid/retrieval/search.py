@@ -5,6 +5,12 @@ higher = more similar. A hit is a **match** when the query's and the hit's
 identities are both known from Market-style names (``0002_c1...``) and equal,
 **wrong** when both are known and differ, and unknown otherwise (junk, -1, is
 unknown).
+
+Query images of a checkpoint trained with ``model.camera_bn`` take camera-based
+BatchNorm's test-time step on the query images themselves (each camera's
+statistics from that camera's query images, as the official evaluator treats the
+query split); a camera with a single query image, and images without a camera in
+their name, use the model's global statistics (a warning says so).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import torch
 from ..data.transforms import eval_transform
 from ..data.types import Sample
 from ..errors import UserError
+from ..evaluation.camera_bn import extract_features_camera_bn
 from ..evaluation.features import extract_features
-from .features import FeatureSet, ImageRecord, describe_image, list_images, load_features
+from .features import FeatureSet, ImageRecord, camera_samples, describe_image, list_images, load_features
 from .index import GalleryIndex
 from .model import FeatureModel, identity_differences
 from ..files import atomic_write_json, atomic_write_text
@@ -73,9 +80,13 @@ def queries_from_images(fm: FeatureModel, path: str | Path, batch_size: int = 12
                         device: torch.device | str = "cpu") -> Queries:
     """Features of one query image or of every image under a folder (held in memory: queries are few)."""
     root, paths = list_images(path)
-    samples = [Sample(str(root / p), -1, 0) for p in paths]
-    feats = extract_features(fm.model.to(device), samples, eval_transform(fm.cfg.data), batch_size, workers, device,
-                             flip=fm.cfg.eval.flip, desc="query features")
+    model, transform = fm.model.to(device), eval_transform(fm.cfg.data)
+    if model.camera_bn_images is None:
+        feats = extract_features(model, [Sample(str(root / p), -1, 0) for p in paths], transform, batch_size, workers,
+                                 device, flip=fm.cfg.eval.flip, desc="query features")
+    else:  # camera-based BatchNorm: each camera's statistics from the query images of that camera (module docstring)
+        feats = extract_features_camera_bn(model, camera_samples(root, paths), transform, batch_size, workers, device,
+                                           fm.cfg.eval.flip, model.camera_bn_images, "query features")
     return Queries(feats.numpy(), [describe_image(p) for p in paths], root, fm.identity())
 
 

@@ -20,6 +20,20 @@ def require_training_images(dataset: ReidDataset) -> None:
                         "empty): train needs them; a test-only folder works with evaluate and extract")
 
 
+def require_cameras(cfg: Config, dataset: ReidDataset) -> None:
+    """``model.camera_bn`` normalises each camera's images apart: the training images need 2 cameras or more, each
+    image its camera. Refused rather than run as plain BatchNorm: a run asked to be camera-based must not be one
+    silently."""
+    if not cfg.model.camera_bn:
+        return
+    cams = {s.camid for s in dataset.train}
+    if min(cams) < 0 or len(cams) < 2:
+        what = "some have no camera" if min(cams) < 0 else f"all come from {len(cams)} camera"
+        raise UserError(f"model.camera_bn normalises each camera's images apart, but the training images of "
+                        f"{dataset.root} do not say their cameras ({what}): set model.camera_bn=false, or name the "
+                        "cameras (a folder: data.camera_pattern)")
+
+
 def check_before_training(cfg: Config, dataset: ReidDataset, run_dir: Path) -> None:
     """The device exists; the output folder is writable; the training split can fill a P x K batch and a k1
     neighbourhood; when the data set has query and gallery images, at least one query can be scored."""
@@ -27,6 +41,7 @@ def check_before_training(cfg: Config, dataset: ReidDataset, run_dir: Path) -> N
     check_writable_dir(run_dir, "output folder")
     refuse_input_overlap(run_dir, "--output", {"--data-root": dataset.root})
     require_training_images(dataset)
+    require_cameras(cfg, dataset)
     n, d, c = len(dataset.train), cfg.data, cfg.cluster
     if n < d.batch_size:
         raise UserError(f"the training split of {dataset.root} has {n} images, fewer than one batch of data.batch_size="

@@ -18,6 +18,8 @@ evaluated and saved, where and with how many resources:
 * ``model.weights``, ``model.pretrained``: they only initialise epoch 1; a resumed run takes every weight
   from the checkpoint (so a moved ImageNet file does not block resuming);
 * ``train.dist_timeout``, ``train.check_ranks``: how long processes wait for each other, a debugging check;
+* ``train.compile``, ``train.compile_cache``: how the same network is run (compiled or eager, the same numbers up
+  to rounding) and where compiled kernels are cached;
 * ``train.bn_chunk`` when the run continues with another number of processes (torchrun) and the new value
   keeps the BatchNorm groups of the checkpoint's (the global batch, its images and random streams are the
   same at any number of processes; see ``Trainer.check_world_change``).
@@ -45,7 +47,7 @@ from .run_files import LOG, write_metrics
 
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.eval_every", "train.eval_at_start", "train.save_every",
                             "train.device", "data.workers", "eval.batch_size", "model.weights", "model.pretrained",
-                            "train.dist_timeout", "train.check_ranks"})
+                            "train.dist_timeout", "train.check_ranks", "train.compile", "train.compile_cache"})
 SHOWN_CHANGES = 6
 
 

@@ -10,6 +10,7 @@ share of the global batch (gradients averaged), rank 0 scores and writes. One pr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -31,16 +32,19 @@ from ..data.transforms import eval_transform, train_transform
 from ..data.types import ReidDataset
 from ..errors import UserError
 from ..files import atomic_write_text
-from ..evaluation.features import calibrate_batchnorm, extract_features_sharded
+from ..evaluation.camera_bn import camera_statistics, extract_model_features
+from ..evaluation.features import calibrate_batchnorm
 from ..evaluation.pipeline import evaluate_model
 from ..methods import Batch, EpochData, Method, StepOutput, build_method
 from ..models import ReidModel, model_from_config
+from ..models.camera_bn import CameraStatistics, per_camera_pool_and_embed
+from ..models.compiled import compile_from_config, compiled_embed
 from ..precision import training_precision
 from ..pseudo_labels import check_cluster_config, cluster_epoch
 from ..pseudo_labels.diagnostics import score_decline_warning
 from ..runtime import batchnorm_group
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .preflight import check_before_training, require_training_images
+from .preflight import check_before_training, require_cameras, require_training_images
 from .resume import Continuation, checkpoint_to_continue, trained_on
 from .rng import rng_state, set_rng_state
 from .run_files import LOG, TensorBoardLog, open_run_dir, setup_logging, write_metrics
@@ -141,6 +145,7 @@ class Trainer:
     def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None,
                  initial_weights: bool = True, hooks: RunHooks | None = None) -> None:
         require_training_images(dataset)
+        require_cameras(cfg, dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         self.hooks = hooks or RunHooks()  # reports and pictures of the caller's choice (rank 0)
         check_cluster_config(cfg.cluster)  # before any work, not after the first feature extraction
@@ -148,9 +153,16 @@ class Trainer:
         check_batch_split(cfg.data.batch_size, cfg.data.num_instances, distributed.world_size())  # equal shares
         seed_everything(cfg.train.seed)
         model = (model or model_from_config(cfg, initial_weights)).to(self.device)
-        self.model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
+        model = distributed.sync_batchnorm(model) if cfg.train.sync_bn else model
+        self.model = compile_from_config(model, cfg)  # train.compile: the model's own forward, so DDP wraps it as is
+        # model.camera_bn: per-camera running statistics, and a step forward that normalises each camera apart
+        self.camera_stats = CameraStatistics(self.model, camera_shares(dataset)) if cfg.model.camera_bn else None
+        if cfg.model.camera_bn:  # a model handed in (hr.train) extracts with the test-time step too
+            self.model.camera_bn_images = cfg.model.camera_bn_images
+        forward = "pool_and_embed" if self.camera_stats is None else \
+            functools.partial(per_camera_pool_and_embed, statistics=self.camera_stats)
         # the step's forward, through which DDP averages the gradients over the processes (one process: the method)
-        self.pool_and_embed = distributed.data_parallel(self.model, "pool_and_embed")
+        self.pool_and_embed = distributed.data_parallel(self.model, forward)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.model)
         self.method: Method = build_method(cfg, self.device)
         sampler_class(self.method.sampler(cfg))  # unknown data.sampler / bad erasing settings: fail before epoch 1
@@ -173,6 +185,8 @@ class Trainer:
     def state(self, epoch: int) -> dict[str, Any]:
         evaluated = self.method.evaluation_model(self.model)
         extra = {} if evaluated is self.model else {"eval_model": evaluated.state_dict()}
+        if self.camera_stats is not None:  # per-camera running statistics; "model" holds their mixture
+            extra["camera_bn"] = self.camera_stats.state_dict()
         return {"epoch": epoch, "config": self.cfg.to_dict(), "model": self.model.state_dict(), **extra,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
@@ -192,6 +206,11 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state.get("method", {}))
+        if self.camera_stats is not None:  # a checkpoint without them (camera_bn was off): the model's own per camera
+            if state.get("camera_bn"):
+                self.camera_stats.load_state_dict(state["camera_bn"])
+            else:
+                self.camera_stats.reset_from(self.model)
         self.history, self.best_map = state["history"], state["best_map"]
         self.start_scores = state.get("start_scores")
         self.start_epoch = state["epoch"]
@@ -221,7 +240,9 @@ class Trainer:
         self.log_world()
         LOG.info("training %s on %s: %d images, %d cameras, device %s", cfg.method.base, self.dataset.name,
                  len(self.dataset.train), self.dataset.num_train_cams, self.device)
-        if self.start_epoch == 0 and self.wants_bn_calibration():
+        if self.start_epoch == 0 and self.camera_stats is not None:
+            self.start_camera_statistics()
+        elif self.start_epoch == 0 and self.wants_bn_calibration():
             LOG.info("calibrating BatchNorm statistics on the training images (train.calibrate_bn=%s)", cfg.train.calibrate_bn)
             distributed.main_then_broadcast(lambda: calibrate_batchnorm(  # on rank 0, then its statistics everywhere
                 self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
@@ -240,6 +261,22 @@ class Trainer:
             for hook in self.hooks.trained:  # e.g. curves.png (hardreid.runs)
                 hook(self.run_dir)
         return TrainResult(self.method.evaluation_model(self.model), self.history, self.run_dir)
+
+    def start_camera_statistics(self) -> None:
+        """``model.camera_bn``, first epoch: each camera's running statistics start from the model's, or, when
+        BatchNorm is calibrated (``train.calibrate_bn``), from that camera's training images (the model's own are
+        then their mixture)."""
+        if not self.wants_bn_calibration():
+            self.camera_stats.reset_from(self.model)
+            return
+        cfg = self.cfg
+        LOG.info("calibrating BatchNorm statistics per camera on the training images (train.calibrate_bn=%s, "
+                 "model.camera_bn)", cfg.train.calibrate_bn)
+        per_camera = distributed.main_then_broadcast(lambda: camera_statistics(  # rank 0's, then everywhere
+            self.model, self.dataset.train, eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
+            self.device, max_images=4096))
+        self.camera_stats.reset_from(self.model, per_camera)
+        self.camera_stats.write_global(self.model)
 
     def log_world(self) -> None:
         """The log's first line: processes, how the batch is shared, what BatchNorm normalises."""
@@ -266,9 +303,9 @@ class Trainer:
         cfg, start = self.cfg, time.time()
         features = self.method.clustering_features()  # SpCL clusters its instance memory
         if features is None:  # each process extracts a share, every one gets all features
-            features = extract_features_sharded(self.method.clustering_model(self.model), self.dataset.train,
-                                                eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
-                                                self.device, desc=f"epoch {epoch + 1} features")
+            features = extract_model_features(self.method.clustering_model(self.model), self.dataset.train,
+                                              eval_transform(cfg.data), cfg.eval.batch_size, cfg.data.workers,
+                                              self.device, desc=f"epoch {epoch + 1} features")  # camera_bn: per camera
         features = features.cpu()
         if not torch.isfinite(features).all():
             raise UserError(f"epoch {epoch + 1}: the model produced NaN/inf features; lower optim.lr or check the weights")
@@ -301,6 +338,8 @@ class Trainer:
                         cfg.train.epochs)
         LOG.info("epoch %d/%d done in %.0fs: %s", epoch + 1, cfg.train.epochs, row["seconds"],
                  ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "mAP", "top1", "top5") if k in row))
+        if compiled_embed(self.model) is not None:
+            LOG.debug("epoch %d/%d: %s", epoch + 1, cfg.train.epochs, compiled_embed(self.model).summary())
         return row
 
     def pseudo_labels(self, features: torch.Tensor, camids: torch.Tensor) -> tuple[Any, dict[str, float]]:
@@ -311,7 +350,8 @@ class Trainer:
     def check_ranks(self, epoch: int) -> None:
         """``train.check_ranks``: weights, optimiser state and the method's memories are identical on every process."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()["state"],
-                 "method": self.method.shared_state()}
+                 "method": self.method.shared_state(),
+                 "camera_bn": self.camera_stats.state_dict() if self.camera_stats is not None else {}}
         count = distributed.check_identical(flat_tensors(state), f"epoch {epoch + 1}")
         LOG.info("epoch %d: %d tensors (weights, optimiser, memories) identical on all %d processes", epoch + 1,
                  count, distributed.world_size())
@@ -357,7 +397,7 @@ class Trainer:
                                         num_views=self.method.num_views,
                                         weak_transform=eval_transform(cfg.data) if self.method.weak_view else None,
                                         singletons_once=self.method.singletons_once, sampler=self.method.sampler(cfg),
-                                        companions=companions,
+                                        companions=companions, camera_pairs=cfg.model.camera_bn,
                                         part=distributed.rank(), parts=distributed.world_size())  # this process's share
         iters = cfg.train.iters or max(1, math.ceil(len(samples) / cfg.data.batch_size))
         keep_index = torch.as_tensor(keep)  # loader position -> row of the training list (moves with the batch)
@@ -393,8 +433,10 @@ class Trainer:
     def train_step(self, batch: Batch, epoch: int, step: int) -> StepOutput:
         """One optimiser step on a batch already on the device: the method's losses under the run's autocast
         (``train.amp*``), backward (loss scaled for float16), optimiser step, then the method's state updates."""
+        forward = self.pool_and_embed if self.camera_stats is None else \
+            functools.partial(self.pool_and_embed, camids=batch.camids)  # model.camera_bn: the batch's cameras
         with self.precision.autocast():
-            out = self.method.training_step(self.model, batch, epoch, step, pool_and_embed=self.pool_and_embed)
+            out = self.method.training_step(self.model, batch, epoch, step, pool_and_embed=forward)
         if not torch.isfinite(out.loss):
             raise UserError(f"epoch {epoch + 1} step {step + 1}: the loss is {out.loss.item()}; "
                             f"lower optim.lr (now {self.cfg.optim.lr}) or check the data")
@@ -411,7 +453,11 @@ class Trainer:
             self.scaler.update()
             if self.scaler.get_scale() < scale:  # float16 gradients overflowed: the scaler skipped this step
                 out.logs["amp_skipped_steps"] = 1.0
+        if self.camera_stats is not None:  # the global statistics: the cameras' mixture, whatever other forwards
+            self.camera_stats.write_global(self.model)  # of the step (hard positives, generated images) moved
         distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics, as DataParallel keeps the first GPU's
+        if self.camera_stats is not None:  # and rank 0's per-camera ones
+            distributed.broadcast_tensors(self.camera_stats.tensors())
         self.method.after_step(out)  # memories and teachers, from the global batch on every process
         return out
 
@@ -481,6 +527,14 @@ def prepare_run_dir(cfg: Config, dataset: ReidDataset, run_dir: Path, resume: bo
     open_run_dir(run_dir, verbose=log_to_stderr)
     dump_config(cfg, run_dir / "config.yaml")
     return previous
+
+
+def camera_shares(dataset: ReidDataset) -> dict[int, float]:
+    """Each training camera's share of the training images (the weights of camera BN's global statistics)."""
+    counts: dict[int, int] = {}
+    for s in dataset.train:
+        counts[s.camid] = counts.get(s.camid, 0) + 1
+    return {cam: n / len(dataset.train) for cam, n in sorted(counts.items())}
 
 
 def flat_tensors(state: Any, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -29,7 +29,8 @@ identities; it changes nothing without chunks. Several processes (torchrun) shuf
 batch across them, and both instance losses compare each process's images with the whole batch's
 teacher features, as the official loss does on the outputs of every GPU. The evaluated and saved network is the teacher
 (``ice.evaluate_teacher``, as the official ``evaluator_1_ema``). The sampler is ICE's
-MoreCameraSampler (``data.sampler: auto``).
+MoreCameraSampler (``data.sampler: auto``). With ``model.camera_bn`` the teacher's train-mode passes normalise
+each camera apart as the student's do, without ShuffleBN (``teacher_features``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ... import distributed
+from ...models.camera_bn import per_camera_pool_and_embed
 from ...models.ema import LazyTeacher, TeacherHooks
 from ...precision import float32
 from ..addons.camera_proxy import CameraProxyLoss
@@ -119,12 +121,19 @@ class ICE(TeacherHooks, BaseMethod):
         return self.centres
 
     @torch.no_grad()
-    def teacher_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def teacher_features(self, model: nn.Module, images: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's features in train mode (batch statistics, as the official teacher), with ShuffleBN, of the
         whole batch: several processes each run the teacher on their share and gather every process's features (in
-        global batch order), as the official loss sees every GPU's outputs."""
+        global batch order), as the official loss sees every GPU's outputs.
+
+        ``model.camera_bn`` (``camids`` given): the teacher normalises each camera's images of the share (and of
+        each bn_chunk chunk) apart, as the student, and ShuffleBN is not applied: the camera groups decide what
+        each BatchNorm sees, and shuffling would break the sampler's same-camera pairs. Its running statistics stay
+        global (updated by each camera's group in turn); extraction recalibrates them per camera anyway."""
         teacher = self.teacher.get(model).module
         teacher.train()
+        if camids is not None:
+            return distributed.all_gather_rows(F.normalize(per_camera_pool_and_embed(teacher, images, camids)[1], dim=1))
         if not self.cfg.ice.shuffle_bn:
             return distributed.all_gather_rows(teacher(images))
         everyone = distributed.all_gather_rows(images)  # ShuffleBN shuffles the global batch across the GPUs
@@ -142,10 +151,11 @@ class ICE(TeacherHooks, BaseMethod):
         terms = {"ice_agnostic": label_smoothed_cross_entropy(self.cluster_logits(raw, batch.labels), batch.labels,
                                                               cfg.label_smoothing)}
         terms.update(self.camera.losses(ctx))
+        camids = batch.camids if self.cfg.model.camera_bn else None  # camera-based BatchNorm in the teacher too
         if cfg.teacher_on_view1:  # official f_out_t1_ema: no loss uses it, but it moves the teacher's BN statistics
-            self.teacher_features(ctx.model, batch.images)
-        teacher_view2 = self.teacher_features(ctx.model, batch.views[0])  # the whole batch's
-        teacher_weak = self.teacher_features(ctx.model, batch.weak)
+            self.teacher_features(ctx.model, batch.images, camids)
+        teacher_view2 = self.teacher_features(ctx.model, batch.views[0], camids)  # the whole batch's
+        teacher_weak = self.teacher_features(ctx.model, batch.weak, camids)
         terms["ice_hard_instance"] = cfg.instance_weight * hard_instance_loss(
             ctx.features, teacher_view2, batch.labels, cfg.instance_temperature, distributed.all_gather_rows(batch.labels))
         terms["ice_soft_instance"] = cfg.consistency_weight * soft_instance_consistency(
