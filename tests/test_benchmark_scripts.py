@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 
 # every script of benchmarks/ and the test below that runs it (test_<name>); common.py is the scripts' library
-SCRIPTS = ("acfl_ablation", "device_run", "distributed", "evaluation", "golden_runs", "hard_sample_study", "hng_ablation",
+SCRIPTS = ("acfl_ablation", "compile", "device_run", "distributed", "evaluation", "golden_runs", "hard_sample_study", "hng_ablation",
            "pack_data", "pseudo_label_robustness", "pseudo_labels", "search", "study_verdict")
 LIBRARY = "common"
 
@@ -216,6 +216,28 @@ def test_acfl_ablation(tiny_root, tmp_path):
     assert row["row"] == "t2_base" and row["train_steps"] == 1 and row["step_ratio"] == 1.0 and row["mAP"] is not None
     assert (out / "runs" / "t2_base" / "metrics.json").is_file()
     assert (out / "results.md").read_text().startswith("| row | mAP |")
+
+
+def test_compile(tmp_path):
+    # README: python benchmarks/compile.py --parts floor,cc ...; backend "eager" (dynamo without inductor: no C++
+    # compilation) at toy size checks the script's plumbing: groups, alternating rounds, ratios, the JSON
+    out = tmp_path / "compile.json"
+    script("compile", "--smoke", "--parts", "floor,cc,extract", "--backend", "eager", "--rounds", 2, "--steps", 1, "--warmup", 1,
+           "--cache-dir", tmp_path / "cache", "--output", out)
+    data = read_json(out, HEADER | {"settings", "groups"})
+    groups = data["groups"]
+    assert list(groups) == ["floor", "cc", "extract"]
+    assert list(groups["cc"]["variants"]) == ["floor eager", "floor compiled", "cc eager", "cc compiled"]
+    for group in groups.values():
+        for name, v in group["variants"].items():
+            assert len(v["rounds_s"]) == 2 and len(v["rounds_cpu_s"]) == 2 and v["seconds_per_call"] > 0, name
+            assert len(v["warmup_calls_s"]) == 1
+    assert groups["cc"]["variants"]["cc compiled"]["compiled_via"] in ("train.compile", "fallback: torch.compile("
+                                                                       "model.embed_chunk) in the benchmark")
+    assert set(groups["cc"]["ratios"]) == {"floor compiled / floor eager", "cc compiled / cc eager",
+                                           "cc eager / floor eager", "cc compiled / floor compiled"}
+    assert groups["extract"]["variants"]["extract ours eager"]["seconds_per_1000_images"] > 0
+    assert data["settings"]["backend"] == "eager" and data["settings"]["threads"] == 1
 
 
 def test_hard_sample_study(tiny_root, tmp_path):
