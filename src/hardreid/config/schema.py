@@ -174,7 +174,7 @@ class TrainConfig(Section):
     amp_cpu: Bool = False  # autocast on CPU too (bfloat16): the mixed-precision path without a GPU (tests)
     # BatchNorm statistics before epoch 1: auto (only from random init) | always | never
     calibrate_bn: Annotated[Literal["auto", "always", "never"], TEXT] = "auto"
-    channels_last: Bool = True  # NHWC layout (about 2x faster on CPU, also good with CUDA AMP)
+    channels_last: Bool = True  # NHWC layout (~1.5x faster eager CPU steps: compile.py --parts layout; good with CUDA AMP)
     # torch.compile the re-ID network (training steps, feature extraction, evaluation; models/compiled.py): false |
     # true (= default) | default | reduce-overhead | max-autotune. Compiling takes minutes on a CPU (once per machine
     # and setting: cached on disk, see compile_cache) and pays only in long runs where the compiled step is faster
