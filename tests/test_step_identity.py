@@ -20,6 +20,7 @@ from hardreid.models import batchnorm
 from hardreid.models.batchnorm import biased_variance
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "hardreid" / "configs"
+FAST_BATCH_STATISTICS = batchnorm.batch_statistics  # the code under test (biased_variance)
 
 
 def reference_variance(value: torch.Tensor) -> torch.Tensor:
@@ -99,14 +100,14 @@ def test_batch_statistics_of_a_real_network_match_the_reference():
     assert all(same_bits(got[k], want[k]) for k in want)
 
 
-def one_acfl_step(reference: bool, monkeypatch) -> tuple[list[float], list[torch.Tensor], dict]:
-    """Two train_step calls of the full ACFL (HPF + HPI) on the momentum memory, fixed batches and seeds."""
+def acfl_steps(statistics, monkeypatch) -> tuple[list[float], list[torch.Tensor], dict]:
+    """Two train_step calls of the full ACFL (HPF + HPI) on the momentum memory, fixed batches and seeds, with
+    ``statistics`` as the frozen-batch statistics of the HPI ascent."""
     from hardreid.data.types import ReidDataset, Sample
     from hardreid.methods import Batch, EpochData
     from hardreid.training.trainer import Trainer
 
-    monkeypatch.setattr(batchnorm, "batch_statistics",
-                        reference_batch_statistics if reference else batchnorm.__dict__["_fast_batch_statistics"])
+    monkeypatch.setattr(batchnorm, "batch_statistics", statistics)
     clusters, images = 6, 48
     cfg = load_config(CONFIGS / "acfl" / "cpu_momentum_memory.yaml",
                       ["method.hard_samples=[hpf, hpi]", "train.device=cpu", "data.workers=0", "train.seed=0",
@@ -126,16 +127,27 @@ def one_acfl_step(reference: bool, monkeypatch) -> tuple[list[float], list[torch
         indices = torch.tensor([0, 6, 12, 18, 1, 7, 13, 19]) + step * 2
         batch = Batch(torch.randn(8, 3, 64, 32, generator=g), indices % clusters, indices % 2, indices)
         losses.append(trainer.train_step(batch, 0, step))
-    return ([float(o.loss) for o in losses], [p.detach().clone() for p in trainer.model.parameters()],
+    return ([o.loss.item() for o in losses], [p.detach().clone() for p in trainer.model.parameters()],
             {k: v.clone() for k, v in trainer.model.state_dict().items()})
 
 
+@torch.no_grad()
+def one_ulp_off_statistics(model, x):
+    """The negative twin: the reference statistics with every variance moved by one float32 ulp."""
+    stats = reference_batch_statistics(model, x)
+    return {k: torch.nextafter(v, torch.full_like(v, float("inf"))) if k.endswith("running_var") else v
+            for k, v in stats.items()}
+
+
 def test_full_acfl_step_is_bit_identical_to_the_reference_statistics(monkeypatch):
-    monkeypatch.setitem(batchnorm.__dict__, "_fast_batch_statistics", batchnorm.batch_statistics)
-    with monkeypatch.context() as m:
-        ref = one_acfl_step(True, m)
-    with monkeypatch.context() as m:
-        new = one_acfl_step(False, m)
+    runs = {}
+    for name, statistics in (("reference", reference_batch_statistics), ("new", FAST_BATCH_STATISTICS),
+                             ("one ulp off", one_ulp_off_statistics)):
+        with monkeypatch.context() as m:
+            runs[name] = acfl_steps(statistics, m)
+    ref, new, off = runs["reference"], runs["new"], runs["one ulp off"]
     assert ref[0] == new[0]  # the loss of both steps
     assert all(same_bits(a, b) for a, b in zip(ref[1], new[1]))  # the parameters after the optimiser steps
     assert all(torch.equal(ref[2][k], new[2][k]) for k in ref[2])  # and the BatchNorm buffers
+    # the check sees a one-ulp change of the statistics (the second step's loss or the parameters move)
+    assert ref[0] != off[0] or not all(same_bits(a, b) for a, b in zip(ref[1], off[1]))
