@@ -31,7 +31,7 @@ BENCHMARKS = ROOT / "benchmarks"
 
 # every script of benchmarks/ and the test below that runs it (test_<name>); common.py is the scripts' library
 SCRIPTS = ("acfl_ablation", "compile", "device_run", "distributed", "evaluation", "golden_runs", "hard_sample_study", "hng_ablation",
-           "pack_data", "pseudo_label_robustness", "pseudo_labels", "search", "study_verdict")
+           "pack_data", "pseudo_label_robustness", "pseudo_labels", "search", "step_profile", "study_verdict")
 LIBRARY = "common"
 
 # conftest.tiny_config's settings, as overrides of a packaged config (MobileNetV2 at 64x32, batch 8 = 2 x 4, CPU)
@@ -216,6 +216,21 @@ def test_acfl_ablation(tiny_root, tmp_path):
     assert row["row"] == "t2_base" and row["train_steps"] == 1 and row["step_ratio"] == 1.0 and row["mAP"] is not None
     assert (out / "runs" / "t2_base" / "metrics.json").is_file()
     assert (out / "results.md").read_text().startswith("| row | mAP |")
+
+
+def test_step_profile(tmp_path):
+    # README: python benchmarks/step_profile.py --parts full,hng; toy size: every phase of both steps is found
+    out = tmp_path / "profile.json"
+    result = script("step_profile", "--smoke", "--steps", 1, "--warmup", 1, "--output", out)
+    data = read_json(out, HEADER | {"full", "hng"})
+    full, hng = data["full"]["phases_median_cpu_s"], data["hng"]["phases_median_cpu_s"]
+    assert {"step/base forward", "step/hpi.losses/ascent/ascent backward", "backward", "re-ID adam"} <= set(full)
+    assert any(k.startswith("step/hpi.losses/ascent/batch statistics/") for k in full)
+    assert {"step/hng.before_step/generator forward", "step/hng.before_step/G step/backward",
+            "step/hng.before_step/D step/D forward"} <= set(hng)
+    for part in (data["full"], data["hng"]):  # exclusive times: the phases add up to (at most) the step
+        assert sum(v for k, v in part["phases_median_cpu_s"].items()) <= part["cpu_seconds_per_step"] * 1.0001
+    assert "| phase (exclusive) | CPU s | share |" in result.stdout
 
 
 def test_compile(tmp_path):

@@ -44,6 +44,38 @@ def scratch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: functional_call(model, buffers, (x,))
 
 
+UNIT_ROUNDOFF_64 = 2.0 ** -53
+
+
+@torch.no_grad()
+def biased_variance(value: torch.Tensor) -> torch.Tensor:
+    """``value.var(dim=dims, unbiased=False)`` over every dim but 1 (the channels), bit for bit, for float32 about
+    twice as fast on CPU.
+
+    ``torch.var`` accumulates float32 in float64 with Welford's algorithm, which on CPU runs element by element
+    (~8x a BatchNorm layer). Here a two-pass float64 variance is rounded to float32 instead: both float64 results
+    lie within a few ``n u kappa^2`` of the exact variance (n values per channel, u the float64 unit roundoff,
+    kappa^2 = 1 + mean^2 / var), far below float32's half-ulp, so they round to the same float32 unless the
+    exact value lies that close to a rounding boundary: those channels (a fraction of a percent; every channel
+    whose variance is zero or not finite) are recomputed with ``torch.var`` itself.
+    """
+    dims = [d for d in range(value.dim()) if d != 1]
+    if value.dtype != torch.float32 or value.numel() == 0:
+        return value.var(dim=dims, unbiased=False)
+    n = value.numel() // value.shape[1]
+    x = value.double()
+    mean = x.mean(dim=dims, keepdim=True)
+    x.sub_(mean).square_()
+    var64 = x.mean(dim=dims)
+    out = var64.float()
+    tol = 64.0 * n * UNIT_ROUNDOFF_64 * (1.0 + mean.flatten().square() / var64)
+    doubtful = ((var64 * (1.0 + tol)).float() != out) | ((var64 * (1.0 - tol)).float() != out) | ~torch.isfinite(tol)
+    if bool(doubtful.any()):
+        channels = doubtful.nonzero().flatten()
+        out[channels] = value.index_select(1, channels).var(dim=dims, unbiased=False)
+    return out
+
+
 @torch.no_grad()
 def batch_statistics(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean and biased variance that every BatchNorm layer of ``model`` normalises ``x`` with in train mode.
@@ -60,7 +92,7 @@ def batch_statistics(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tenso
                 value = inputs[0].float()
                 dims = [d for d in range(value.dim()) if d != 1]
                 stats[f"{prefix}.running_mean"] = value.mean(dim=dims)
-                stats[f"{prefix}.running_var"] = value.var(dim=dims, unbiased=False)
+                stats[f"{prefix}.running_var"] = biased_variance(value)
             hooks.append(module.register_forward_pre_hook(record))
     try:
         scratch_forward(model)(x)
