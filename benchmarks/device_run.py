@@ -39,6 +39,7 @@ Run from the repository root (nothing needs installing; ``src/`` is put on the p
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import signal
@@ -134,6 +135,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, deadline: float, log, work
     """Run one stage in a subprocess with its time limit; its (possibly partial) results and status."""
     left = deadline - time.monotonic() - REPORT_RESERVE_S
     cap = stage.smoke_cap_s if args.smoke else stage.cap_s
+    cap = None if cap is None else cap * args.cap_scale
     limit = left if cap is None else min(cap, left)
     if limit < (stage.min_s if not args.smoke else min(stage.min_s, 5.0)):
         return {"status": "skipped", "note": f"time budget: {max(left, 0):.0f}s left, the stage needs {stage.min_s:.0f}s"}
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--budget-min", type=float, default=None,
                     help="hard wall-time budget in minutes (default 8; 2.8 with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="every stage at toy size on the CPU (not GPU numbers)")
+    ap.add_argument("--cap-scale", type=float, default=1.0, metavar="F",
+                    help="multiply every stage's time limit by F (a busy or slow machine; the budget still holds)")
     ap.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     ap.add_argument("--stages", nargs="+", choices=STAGE_NAMES, default=STAGE_NAMES, help="a subset of the stages")
     ap.add_argument("--data", help="a (packed) Market-layout data set for the real_data stage (benchmarks/pack_data.py)")
@@ -193,6 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit(run_stage_here(args))
     if args.out is None:
         ap.error("--out DIR is required")
+    if not (args.cap_scale > 0 and math.isfinite(args.cap_scale)):
+        ap.error(f"--cap-scale must be a positive number, got {args.cap_scale}")
     if args.data and not Path(args.data).is_dir():
         ap.error(f"--data {args.data} is not a folder (pack one with benchmarks/pack_data.py)")
     if args.weights and not Path(args.weights).is_file():
