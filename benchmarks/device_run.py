@@ -135,7 +135,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, deadline: float, log, work
     """Run one stage in a subprocess with its time limit; its (possibly partial) results and status."""
     left = deadline - time.monotonic() - REPORT_RESERVE_S
     cap = stage.smoke_cap_s if args.smoke else stage.cap_s
-    cap = None if cap is None else cap * args.cap_scale
+    cap = None if cap is None else cap * getattr(args, "cap_scale", 1.0)  # --cap-scale (callers may omit it)
     limit = left if cap is None else min(cap, left)
     if limit < (stage.min_s if not args.smoke else min(stage.min_s, 5.0)):
         return {"status": "skipped", "note": f"time budget: {max(left, 0):.0f}s left, the stage needs {stage.min_s:.0f}s"}

@@ -76,3 +76,16 @@ def test_full_smoke_run_finishes_in_three_minutes(device_run, tmp_path):
     assert report["stages"]["methods_amp"]["setup"]["autocast"] == "bfloat16"
     assert report["stages"]["pseudo_labels"]["largest_n"] > 1500
     assert len(report["stages"]["real_data"]["epochs"]["full ACFL"]) == 2
+
+
+def test_cap_scale_stretches_a_stage_limit_and_refuses_nonsense(device_run, tmp_path, capsys):
+    args = argparse.Namespace(smoke=True, device="cpu", seed=1, iters=1, threads=1, data=None, weights=None,
+                              cap_scale=0.0001)
+    stage = device_run.Stage("cuda_tests", None, 50.0, 0.0, "50 s, scaled to 5 ms")
+    with open(tmp_path / "log", "w") as log:
+        result = device_run.run_stage(stage, args, time.monotonic() + 100, log, tmp_path)
+    assert result["status"].startswith("stopped at its time limit") and result["limit_s"] == 0.0
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            device_run.main(["--smoke", "--cap-scale", bad, "--out", str(tmp_path / "out")])
+        assert "--cap-scale must be a positive number" in capsys.readouterr().err
