@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import distributed
 from ..data.types import Sample
+from ..models.batchnorm import buffer_snapshot
 from .features import calibrate_batchnorm, extract_features, extract_features_sharded
 
 __all__ = ["camera_statistics", "extract_features_camera_bn", "extract_model_features",
@@ -35,10 +36,6 @@ __all__ = ["camera_statistics", "extract_features_camera_bn", "extract_model_fea
 _LOG = logging.getLogger("hardreid")
 
 CameraStats = dict[int, dict[str, torch.Tensor]]
-
-
-def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: b.detach().clone() for name, b in model.named_buffers()}
 
 
 def _restore(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -60,7 +57,7 @@ def camera_statistics(model: nn.Module, samples: Sequence[Sample], transform, ba
     """Every camera's BatchNorm statistics (camera id >= 0 with at least 2 images): {camera: {buffer: tensor, on
     the CPU}}, each the average over up to ``max_images`` of that camera's images (evenly spaced in list order).
     The model's buffers and mode are restored."""
-    saved = _buffers(model)
+    saved = buffer_snapshot(model)
     was_training = model.training
     out: CameraStats = {}
     try:
@@ -103,7 +100,7 @@ def _run_jobs(model: nn.Module, samples: Sequence[Sample], statistics: CameraSta
               device: torch.device | str, flip: bool, desc: str) -> list[tuple[list[int], torch.Tensor]]:
     """(rows, their features) of each job: a camera's rows with its statistics in the model's buffers (restored
     afterwards), the rest with the model's own."""
-    saved = _buffers(model)
+    saved = buffer_snapshot(model)
     out = []
     try:
         for cam, rows in jobs:

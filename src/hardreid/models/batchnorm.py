@@ -40,8 +40,13 @@ def scratch_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     model's own buffers are neither changed nor bumped in version: a forward of the same step whose backward
     still holds them stays valid. The parameters are the model's own (gradients reach them and the inputs).
     """
-    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    buffers = buffer_snapshot(model)
     return lambda x: functional_call(model, buffers, (x,))
+
+
+def buffer_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of every buffer of ``model`` (running statistics, counters), by name."""
+    return {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
 
 
 UNIT_ROUNDOFF_64 = 2.0 ** -53
