@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: a quick check of this script)")
     p.add_argument("--smoke", action="store_true", help="toy sizes (batch 8 at 64x32): a check of this script")
     p.add_argument("--cache-dir", default=None, help="inductor cache folder (default: a new empty one)")
+    p.add_argument("--warm-cache", default=None, metavar="DIR",
+                   help="cache part: skip the cold run and start the compiled cc step from this already filled "
+                        "inductor cache (a folder a previous cache part left, e.g. /tmp/compile_bench_cache_*)")
     p.add_argument("--output", default=None, help="JSON result (default benchmarks/results/compile_<kernels>_t<threads>.json)")
     return p.parse_args(argv)
 
@@ -412,9 +415,13 @@ def _isolated_cc(compiled: bool, cache_dir: str, threads: int, mode: str, steps:
 
 
 def cache_part(args: argparse.Namespace, threads: int, save: Callable[[dict[str, Any]], None]) -> None:
-    cold = tempfile.mkdtemp(prefix="compile_bench_cache_")
-    out: dict[str, Any] = {"cache_dir": cold}
-    for name, compiled in (("eager", False), ("compiled cold cache", True), ("compiled warm cache", True)):
+    runs = (("eager", False), ("compiled cold cache", True), ("compiled warm cache", True))
+    if args.warm_cache:  # only the second-process start, from a cache a previous run filled
+        cold, runs = args.warm_cache, (runs[0], runs[2])
+    else:
+        cold = tempfile.mkdtemp(prefix="compile_bench_cache_")
+    out: dict[str, Any] = {"cache_dir": cold, "load_average_before": common.load_average()}
+    for name, compiled in runs:
         print(f"cache: {name} (own process) ...", flush=True)
         r = common.run_isolated(_isolated_cc, compiled, cold, threads, args.mode, 3, args.backend)
         res = r["result"]
@@ -455,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"--parts: unknown {unknown}; choose from {','.join(PARTS)}")
+    if args.warm_cache and not Path(args.warm_cache).is_dir():
+        raise SystemExit(f"--warm-cache: {args.warm_cache} is not a folder; give the inductor cache a previous "
+                         "--parts cache run left (its path is in that JSON's cache.cache_dir)")
     threads = args.threads or len(os.sched_getaffinity(0))
     if args.smoke:
         global BATCH, HEIGHT, WIDTH, EVAL_BATCH, IMAGES, CLUSTERS
