@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, write_json  # noqa: E402
+from common import result_header, write_json  # noqa: E402
 
 SIGNALS = {
     "single_camera_share": (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99),
@@ -157,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     table = calibrate(runs)
     print(render(runs, table))
     if args.output:
-        write_json(Path(args.output), {"benchmark": "warning_calibration", "machine": machine_description(),
-                                       "from_epoch": args.from_epoch, "runs": runs,
-                                       "table": table})
+        write_json(Path(args.output), {**result_header("warning_calibration", argv), "from_epoch": args.from_epoch,
+                                       "runs": runs, "table": table})
         print(f"wrote {args.output}")
     return 0
 

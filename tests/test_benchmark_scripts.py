@@ -31,7 +31,8 @@ BENCHMARKS = ROOT / "benchmarks"
 
 # every script of benchmarks/ and the test below that runs it (test_<name>); common.py is the scripts' library
 SCRIPTS = ("acfl_ablation", "compile", "device_run", "distributed", "evaluation", "golden_runs", "hard_sample_study", "hng_ablation",
-           "pack_data", "pseudo_label_robustness", "pseudo_labels", "search", "step_profile", "study_verdict")
+           "pack_data", "pseudo_label_robustness", "pseudo_labels", "search", "step_profile", "study_verdict",
+           "warning_calibration")
 LIBRARY = "common"
 
 # conftest.tiny_config's settings, as overrides of a packaged config (MobileNetV2 at 64x32, batch 8 = 2 x 4, CPU)
@@ -390,6 +391,16 @@ def test_golden_runs(tmp_path):
     again = script("golden_runs", "--data", data, "--output", tmp_path / "after.json", "--only", "cluster_contrast",
                    "--compare", first)
     assert "identical to" in again.stdout
+
+
+def test_warning_calibration(tmp_path):
+    """On the verdict study's committed runs (finished, all healthy): the one-camera clusters' share fires in each."""
+    out = tmp_path / "calibration.json"
+    script("warning_calibration", "--runs", BENCHMARKS / "studies" / "verdict_cuhk03" / "runs", "--output", out)
+    result = read_json(out, {"runs", "table", "from_epoch"})
+    assert len(result["runs"]) == 6 and not any(r["harmed"] or r["in_flight"] for r in result["runs"])
+    row = next(t for t in result["table"] if t["signal"] == "single_camera_share" and t["threshold"] == 0.9)
+    assert row["false_alarm"] == 6 and row["fired_harmed"] == row["missed"] == 0 and not row["separates"]
 
 
 def test_study_verdict(tmp_path):
