@@ -306,6 +306,52 @@ def test_compiled_run_trains_checkpoints_plain_keys_resumes_eager_and_extracts_c
         torch.testing.assert_close(features, C.compile_model(fm.model, False)(x))
 
 
+def test_extraction_compiles_on_request_and_off_overrides_the_checkpoint(tiny_root, tmp_path, counting):
+    """``load_feature_model(compile=...)`` and the commands' ``--compile [MODE]``: an eager-trained checkpoint (or a
+    plain backbone) extracts compiled when asked, with the eager features; ``off`` makes a compiled run's eager."""
+    from hardreid.cli.common import compile_arg
+    from hardreid.retrieval.model import load_feature_model
+
+    data = load_dataset("market", tiny_root)
+    run = tmp_path / "run"
+    train(_run_config(eval_every=0), data, run, log_to_stderr=False)
+    checkpoint = run / "checkpoints" / "last.pth"
+    assert C.compiled_embed(load_feature_model(checkpoint).model) is None  # trained eager: extracts eager
+    assert C.compiled_embed(load_feature_model(checkpoint, compile="max-autotune").model).mode == "max-autotune"
+    fm = load_feature_model(checkpoint, compile=True)
+    embed = C.compiled_embed(fm.model)
+    assert embed is not None and embed.mode == "default"
+    x = torch.randn(6, 3, 64, 32)
+    with torch.no_grad():
+        features = fm.model(x)
+        assert embed.calls == 1 and counting.graphs == 1
+        torch.testing.assert_close(features, load_feature_model(checkpoint, compile=False).model(x))
+    train(_run_config(epochs=2, eval_every=0, compile=True), data, run, resume=True, log_to_stderr=False)
+    assert C.compiled_embed(load_feature_model(checkpoint).model) is not None  # as trained ...
+    assert C.compiled_embed(load_feature_model(checkpoint, compile=False).model) is None  # ... unless off
+    plain = load_feature_model(backbone="mobilenet_v2", height=64, width=32, compile=True)
+    assert C.compiled_embed(plain.model) is not None
+    assert C.compiled_embed(load_feature_model(backbone="mobilenet_v2", height=64, width=32).model) is None
+    assert compile_arg("off") is False and compile_arg("default") == "default" and compile_arg("MAX-AUTOTUNE") == "max-autotune"
+    with pytest.raises(Exception, match="off, or a torch.compile mode"):
+        compile_arg("fast")
+
+
+def test_the_commands_take_compile_with_or_without_a_mode(capsys):
+    from hardreid.cli.app import build_parser
+
+    parser = build_parser()
+    for command in ("extract", "evaluate"):
+        base = [command, "--checkpoint", "x.pth"] + (["--images", "d", "--output", "o"] if command == "extract" else
+                                                     ["--data-root", "d"])
+        assert parser.parse_args(base).compile is None
+        assert parser.parse_args(base + ["--compile"]).compile == "default"
+        assert parser.parse_args(base + ["--compile", "off"]).compile is False
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + ["--compile", "fast"])
+        assert "off, or a torch.compile mode" in capsys.readouterr().err
+
+
 def test_a_compiled_run_whose_compiler_fails_trains_on_eager(tiny_root, tmp_path, monkeypatch):
     def broken(gm, example_inputs):
         raise RuntimeError("no kernels today")

@@ -21,6 +21,17 @@ def path_arg(text: str) -> str:
     return text
 
 
+def compile_arg(text: str) -> bool | str:
+    """--compile MODE: a torch.compile mode, or off / false (eager)."""
+    from ..config.fields import compile_mode
+
+    try:
+        return compile_mode(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: off, or a torch.compile mode (default, reduce-overhead, "
+                                         "max-autotune)") from err
+
+
 def count(low: int) -> Callable[[str], int]:
     """argparse type: an integer >= ``low``."""
     def parse(text: str) -> int:
@@ -60,6 +71,12 @@ def add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
         p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
         p.add_argument("--height", type=count(1), default=None, help="input height (default: the checkpoint's, else 256)")
         p.add_argument("--width", type=count(1), default=None, help="input width (default: the checkpoint's, else 128)")
+        p.add_argument("--compile", nargs="?", const="default", default=None, type=compile_arg, metavar="MODE",
+                       help="extract through torch.compile (inductor; MODE default | reduce-overhead | max-autotune; "
+                            "off: eager, also for a checkpoint trained with train.compile). The first batches "
+                            "compile (minutes on a CPU; seconds from the cache, train.compile_cache or "
+                            "~/.cache/hardreid/inductor), then extraction ran 1.45-1.7x faster on the CPU of "
+                            "benchmarks/README.md: worth it for large folders. Default: as the checkpoint was trained")
     p.add_argument("--workers", type=count(0), default=2, help="data loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default auto)")
 
@@ -134,6 +151,7 @@ def feature_model(args: argparse.Namespace, command: str = "evaluate"):
     if not (args.checkpoint or args.backbone):
         raise UserError(f"{command} needs --checkpoint FILE or --backbone NAME [--weights FILE]")
     fm = load_feature_model(args.checkpoint, args.backbone, args.weights, getattr(args, "pretrained", False),
-                            args.height, args.width, flip=True if args.flip else None)
+                            args.height, args.width, flip=True if args.flip else None,
+                            compile=getattr(args, "compile", None))
     fm.cfg.data.workers = args.workers
     return fm

@@ -67,15 +67,18 @@ def identity_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def load_feature_model(checkpoint: str | Path | None = None, backbone: str | None = None,
                        weights: str | Path | None = None, pretrained: bool = False, height: int | None = None,
-                       width: int | None = None, flip: bool | None = None) -> FeatureModel:
+                       width: int | None = None, flip: bool | None = None,
+                       compile: bool | str | None = None) -> FeatureModel:
     """The evaluated model of ``checkpoint``, or ``backbone`` (random init, ``weights`` or ``pretrained``).
 
     ``height`` / ``width`` / ``flip`` override the checkpoint's settings (defaults for a plain
-    backbone: the config defaults, 256x128, no flip).
+    backbone: the config defaults, 256x128, no flip). ``compile``: None = as the checkpoint was trained
+    (``train.compile``; a plain backbone eager), False = eager, True or a torch.compile mode = extraction compiled
+    (``models.compiled.compile_model``, the checkpoint's ``train.compile_cache``).
     """
     from ..config import config_from_dict
     from ..models import model_from_config
-    from ..models.compiled import compile_from_config
+    from ..models.compiled import compile_from_config, compile_model
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     if checkpoint:
@@ -88,7 +91,10 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
         cfg.model.weights, cfg.model.pretrained = "", False
         model = model_from_config(cfg)
         load_model_state(model, state, checkpoint, for_evaluation=True)
-        compile_from_config(model, cfg)  # a run trained with train.compile extracts compiled too
+        if compile is None:
+            compile_from_config(model, cfg)  # a run trained with train.compile extracts compiled too
+        else:
+            compile_model(model, compile, cfg.train.compile_cache)
         _set_input(cfg, height, width)  # after building: a ViT keeps the position grid it was trained with
         path = str(Path(checkpoint).resolve())
         source, used = "checkpoint", "eval_model" if "eval_model" in state else "model"
@@ -105,6 +111,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
         with torch.random.fork_rng():
             torch.manual_seed(0)  # random init is seeded, so that its features can be made again (e.g. for search)
             model = model_from_config(cfg)
+        compile_model(model, compile or False)
         path = str(Path(weights).expanduser().resolve()) if weights else None
         source, used = "backbone", "imagenet" if (weights or pretrained) else "random (seed 0)"
     if flip is not None:
