@@ -5,6 +5,7 @@ with a device-placement audit of its steps (tests/device_audit.py)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable
 
 import pytest
@@ -22,7 +23,7 @@ from hardreid.losses import distance_loss, relative_entropy_loss
 from hardreid.memory import CameraProxies, ClusterMemory, HybridMemory, InstanceMemory, QueueMemory
 from hardreid.memory.cluster_memory import cluster_centroids
 from hardreid.models.ema import ModelEMA
-from hardreid.precision import autocast_off, float32, training_precision
+from hardreid.precision import autocast_off, cpu_bf16_speed_note, float32, training_precision
 import hardreid.methods as M
 from hardreid.methods.bases.cluster_contrast import ClusterContrast
 from hardreid.methods.bases.ice import soft_instance_consistency
@@ -60,6 +61,31 @@ def test_training_precision_follows_the_config():
     assert not training_precision(False, "auto", True, cpu).enabled and not training_precision(False, "auto", True, cuda).enabled
     with pytest.raises(UserError, match="train.amp_dtype"):
         training_precision(True, "half", False, cuda)
+
+
+def test_cpu_bfloat16_warns_where_it_was_measured_slower(monkeypatch):
+    """A CPU with AMX: no note; AVX-512 BF16 without AMX: the 1.13-1.30x measured; AVX2: the ~9x; the run's
+    precision says it once, only for CPU bfloat16 autocast."""
+    assert cpu_bf16_speed_note(amx=True, avx512_bf16=True) is None
+    assert "1.13-1.30x" in cpu_bf16_speed_note(amx=False, avx512_bf16=True)
+    note = cpu_bf16_speed_note(amx=False, avx512_bf16=False)
+    assert "about 9x" in note and "train.amp_cpu=false" in note
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)  # on the logger itself: it stops propagating once a run logged
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("hardreid").addHandler(handler)
+    try:
+        training_precision(True, "auto", True, cpu)
+        training_precision(True, "auto", False, cpu)  # autocast off: nothing to say
+        training_precision(True, "float16", True, cpu)  # not measured: nothing said
+    finally:
+        logging.getLogger("hardreid").removeHandler(handler)
+    assert said == [note]
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_bf16_speed_note() is None
 
 
 def test_float32_switches_autocast_off_and_upcasts_half_arguments():

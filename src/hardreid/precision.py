@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -25,6 +26,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
 F = TypeVar("F", bound=Callable[..., Any])
+LOG = logging.getLogger("hardreid")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,26 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
+def cpu_bf16_speed_note(amx: bool | None = None, avx512_bf16: bool | None = None) -> str | None:
+    """What bfloat16 autocast costs on this CPU, when it costs: None on a CPU with AMX tiles (where it is the
+    fast path), else the measured slow-down (benchmarks/README.md, "Compiled training": on a Zen 4 with
+    AVX-512 BF16 and no AMX 1.13-1.30x the float32 CPU time, eager and compiled; with AVX2 kernels ~9x).
+    ``amx`` / ``avx512_bf16``: what the CPU has (default: torch's probes; ATEN_CPU_CAPABILITY=avx2 counts as no
+    AVX-512)."""
+    probe = getattr(torch, "cpu", None)
+    if amx is None:
+        amx = bool(getattr(probe, "_is_amx_tile_supported", lambda: False)())
+    if avx512_bf16 is None:
+        avx512_bf16 = (bool(getattr(probe, "_is_avx512_bf16_supported", lambda: False)())
+                       and "AVX512" in torch.backends.cpu.get_cpu_capability())
+    if amx:
+        return None
+    measured = ("1.13-1.30x the float32 time on a CPU with AVX-512 BF16 and no AMX" if avx512_bf16 else
+                "about 9x the float32 time on AVX2 kernels, where bfloat16 is emulated")
+    return (f"train.amp_cpu: bfloat16 autocast on this CPU (no AMX) is slower than float32 in our measurements "
+            f"({measured}; benchmarks/README.md): keep train.amp_cpu=false for speed")
+
+
 def training_precision(amp: bool, amp_dtype: str, amp_cpu: bool, device: torch.device) -> Precision:
     """``train.amp`` (CUDA), ``train.amp_cpu`` (CPU too) and ``train.amp_dtype`` -> the run's autocast.
 
@@ -59,6 +81,10 @@ def training_precision(amp: bool, amp_dtype: str, amp_cpu: bool, device: torch.d
         dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     else:
         dtype = AMP_DTYPES[amp_dtype]
+    if enabled and device.type == "cpu" and dtype == torch.bfloat16:
+        note = cpu_bf16_speed_note()
+        if note:
+            LOG.warning(note)
     return Precision(device.type, enabled, dtype)
 
 
