@@ -1,7 +1,7 @@
 """Does a label-free warning fire in the runs that went wrong, and only there? (issue 26, item 5)
 
 Reads finished and in-flight training runs (any folder holding ``metrics.json``, searched under every ``--runs``
-folder; the start scores from ``start_scores.json`` beside it or the history's epoch 0) and asks, for each
+folder, a copy of a run read once; the start scores from ``start_scores.json`` beside it or the history's epoch 0) and asks, for each
 threshold of each label-free signal, in which runs the warning would have fired (the signal above the threshold
 at any clustered epoch from ``--from-epoch`` on) against which runs were *harmed*:
 
@@ -22,6 +22,7 @@ silent-and-healthy. A threshold *separates* the runs when it has neither false a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -97,10 +98,10 @@ def find_runs(roots: list[str], epochs: int, from_epoch: int = 1) -> list[dict[s
     runs, seen = [], set()
     for root in roots:
         for metrics in sorted(Path(root).rglob("metrics.json")):
-            real = metrics.parent.resolve()
-            if real in seen:
+            content = hashlib.sha256(metrics.read_bytes()).hexdigest()
+            if content in seen:  # a copy of a run already read (a row standing for another, a link)
                 continue
-            seen.add(real)
+            seen.add(content)
             judged = judge_run(metrics.parent, epochs, from_epoch)
             if judged is not None:
                 runs.append(judged)
@@ -134,7 +135,7 @@ def render(runs: list[dict[str, Any]], table: list[dict[str, Any]]) -> str:
     def f(x, spec=".2f"):
         return "-" if x is None else format(x, spec)
     for r in runs:
-        name = "/".join(Path(r["run"]).parts[-3:])
+        name = "/".join(Path(r["run"]).parts[-4:])
         why = ", ".join(k for k in ("below_start", "ari_fell") if r[k]) or "no"
         lines.append(f"| {name} | {r['epochs']}{' (in flight)' if r['in_flight'] else ''} | {r['start_mAP']:.1f} | "
                      f"{r['last_mAP']:.1f} | {f(r['first_ari'], '.3f')} -> {f(r['last_ari'], '.3f')} | {why} | "

@@ -1,6 +1,7 @@
 """benchmarks/warning_calibration.py: harm, the signals' maxima and the confusion counts on hand-made runs."""
 
 import json
+import shutil
 
 import pytest
 from conftest import load_benchmark
@@ -33,6 +34,7 @@ def runs(tmp_path):
     write_run(tmp_path / "a/healthy", 3.0, [(None, 0.05, 0.99, 0.9), (5.0, 0.20, 0.98, 0.1), (None, 0.3, 0.98, 0.1)])
     write_run(tmp_path / "a/below", 3.0, [(None, 0.05, 0.95, 0.9), (2.0, 0.06, 0.96, 0.7), (None, 0.07, 0.5, 0.7)])
     write_run(tmp_path / "b/ari", 3.0, [(4.0, 0.10, 0.20, 0.9), (4.5, 0.08, 0.30, 0.6)], start_file=False)
+    shutil.copytree(tmp_path / "a/healthy", tmp_path / "b/copy_of_healthy")  # read once
     (tmp_path / "b/not_a_run").mkdir(parents=True)
     (tmp_path / "b/not_a_run/metrics.json").write_text("[]")
     return tmp_path
