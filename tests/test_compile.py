@@ -350,6 +350,8 @@ def test_the_commands_take_compile_with_or_without_a_mode(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(base + ["--compile", "fast"])
         assert "off, or a torch.compile mode" in capsys.readouterr().err
+    export = parser.parse_args(["export", "--checkpoint", "x.pth", "--output", "m.onnx"])
+    assert not hasattr(export, "compile")  # export traces the eager network: nothing to compile
 
 
 def test_a_compiled_run_whose_compiler_fails_trains_on_eager(tiny_root, tmp_path, monkeypatch):

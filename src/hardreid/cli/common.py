@@ -57,8 +57,9 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="folder format: regex whose first group is the camera id in a file name")
 
 
-def add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
-    """--checkpoint, or --backbone with --weights; input size, flip, workers, device."""
+def add_model_args(p: argparse.ArgumentParser, size: bool = True, extraction: bool = True) -> None:
+    """--checkpoint, or --backbone with --weights; input size, flip (and --compile where the command extracts
+    features: ``extraction``), workers, device."""
     p.add_argument("--checkpoint", default=None, metavar="FILE", type=path_arg,
                    help="a hardreid checkpoint (best.pth / last.pth); read safely, nothing in it is run")
     p.add_argument("--backbone", default=None, help="untrained model: resnet18, resnet34, resnet50, mobilenet_v2, vit_small, "
@@ -71,6 +72,7 @@ def add_model_args(p: argparse.ArgumentParser, size: bool = True) -> None:
         p.add_argument("--flip", action="store_true", help="average features with the mirrored image")
         p.add_argument("--height", type=count(1), default=None, help="input height (default: the checkpoint's, else 256)")
         p.add_argument("--width", type=count(1), default=None, help="input width (default: the checkpoint's, else 128)")
+    if size and extraction:
         p.add_argument("--compile", nargs="?", const="default", default=None, type=compile_arg, metavar="MODE",
                        help="extract through torch.compile (inductor; MODE default | reduce-overhead | max-autotune; "
                             "off: eager, also for a checkpoint trained with train.compile). The first batches "

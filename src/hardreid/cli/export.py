@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                               "  hardreid export --checkpoint best.pth --format onnx --output model.onnx --images ~/data/market/query\n"
                               "  hardreid export --checkpoint best.pth --format torchscript --output model.ts\n"
                               "  hardreid export --backbone resnet50 --format onnx --output r50.onnx --height 256 --width 128")
-    add_model_args(p)
+    add_model_args(p, extraction=False)
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default onnx")
     p.add_argument("--output", required=True, metavar="FILE", type=path_arg, help="the exported file")
     p.add_argument("--images", default=None, metavar="DIR", type=path_arg, help="real images for the parity check (default: random inputs)")
