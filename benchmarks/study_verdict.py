@@ -12,7 +12,9 @@ From ``results.json`` alone the script then writes, beside it, ``results.md`` (t
 table) and ``curves.png`` (mean mAP per row over the evaluated epochs, from the starting weights at epoch 0,
 with a band from the lowest to the highest seed), and replaces the block between ``<!-- study:NAME:begin -->``
 and ``<!-- study:NAME:end -->`` in every ``--readme`` file with the same tables (never edit them by hand).
-``--render-only`` skips the merge (no ``--runs`` needed).
+``--render-only`` skips the merge (no ``--runs`` needed). A study file's ``columns`` adds figures to the rows table
+(of start_mAP, start_top1, clusters, largest_cluster, seconds_per_epoch); a run merged before a figure existed gets it
+at its next merge from the same runs (added, never replaced).
 
 The verdict rule (written in the study file before the first run): for each generator row G against its base B
 and each metric (final mAP, final top-1, last-epoch pseudo-label ARI), over the seeds both have (3 needed):
@@ -41,6 +43,10 @@ METRICS = {  # key -> (label, format)
     "mAP": ("mAP", ".1f"), "best_mAP": ("best mAP", ".1f"), "top1": ("top-1", ".1f"), "top5": ("top-5", ".1f"),
     "label_ari": ("label ARI", ".3f"), "single_camera_share": ("one-camera clusters", ".2f"),
     "seconds_per_step": ("s / step", ".2f"),
+}
+EXTRA_COLUMNS = {  # a study file's ``columns``: more per-row figures after the standard ones
+    "start_mAP": ("start mAP", ".1f"), "start_top1": ("start top-1", ".1f"), "clusters": ("clusters", ".0f"),
+    "largest_cluster": ("largest cluster", ".0f"), "seconds_per_epoch": ("s / epoch", ".0f"),
 }
 VERDICT_METRICS = ("mAP", "top1", "label_ari")
 SEEDS_NEEDED = 3
@@ -88,10 +94,13 @@ def run_summary(run_dir: Path, epochs: int) -> dict[str, Any] | None:
     if "mAP" in start:
         curve = {0: start["mAP"], **curve}
     steps = [r["seconds_per_step"] for r in history if r.get("seconds_per_step")]
+    epoch_seconds = [r["seconds"] for r in history if r.get("seconds")]
     return {"mAP": final["mAP"], "top1": final["top1"], "top5": final["top5"], "evaluated_epoch": final["epoch"],
             "best_mAP": max(r["mAP"] for r in evaluated), "start_mAP": start.get("mAP"), "start_top1": start.get("top1"),
             "label_ari": last.get("label_ari"), "single_camera_share": last.get("single_camera_share"),
             "clusters": last.get("clusters"), "outliers": last.get("outliers"),
+            "largest_cluster": (last.get("cluster_sizes") or {}).get("size_max"),
+            "seconds_per_epoch": statistics.fmean(epoch_seconds) if epoch_seconds else None,
             "seconds_per_step": statistics.fmean(steps) if steps else None, "epochs": len(history),
             "curve": {str(k): v for k, v in sorted(curve.items())}}
 
@@ -115,6 +124,8 @@ def merge(results: dict[str, Any], study: dict[str, Any], runs: Path, commit: st
                 if old["commit"] != commit:
                     raise StudyError(f"{key} is in the results from commit {old['commit'][:10]}, and {run_dir} "
                                      f"says {commit[:10]}: a row's runs come from one commit; remove one of them")
+                for field, value in summary.items():  # figures a newer summary has: added, nothing replaced
+                    old.setdefault(field, value)
                 continue
             results["runs"][key] = {"row": row["name"], "seed": seed, "commit": commit, **summary}
             added.append(key)
@@ -160,7 +171,7 @@ def aggregate(results: dict[str, Any], study: dict[str, Any]) -> dict[str, Any]:
         runs = sorted((r for r in results["runs"].values() if r["row"] == row["name"]), key=lambda r: r["seed"])
         entry = {"row": row["name"], "set": row.get("set_name", ""), "runs": len(runs),
                  "commits": sorted({r["commit"] for r in runs})}
-        for metric in METRICS:
+        for metric in (*METRICS, *EXTRA_COLUMNS):
             entry[metric] = spread([r.get(metric) for r in runs])
         epochs = sorted({int(e) for r in runs for e in r["curve"]})
         entry["curve"] = {str(e): spread([r["curve"].get(str(e)) for r in runs]) for e in epochs}
@@ -196,17 +207,19 @@ def _verdict_cell(v: dict[str, Any], fmt: str) -> str:
     return f"**{v['verdict']}** ({format(v['difference'], '+' + fmt)}, margin {format(v['margin'], fmt)}, {v['wins']}/{len(v['seeds'])} seeds better)"
 
 
-def markdown(rows: dict[str, Any], results: dict[str, Any]) -> str:
+def markdown(rows: dict[str, Any], results: dict[str, Any], columns: list[str] | None = None) -> str:
+    """The verdict table and the rows table (the standard figures, then the study's ``columns``)."""
+    shown = {**METRICS, **{c: EXTRA_COLUMNS[c] for c in columns or []}}
     lines = ["| generator row | base | mAP | top-1 | pseudo-label ARI |", "|---|---|---|---|---|"]
     for name, row in rows.items():
         if "verdict" in row:
             v = row["verdict"]
             lines.append(f"| {name} | {v['base']} | {_verdict_cell(v['mAP'], '.1f')} | {_verdict_cell(v['top1'], '.1f')} "
                          f"| {_verdict_cell(v['label_ari'], '.3f')} |")
-    lines += ["", "| row | set | seeds | " + " | ".join(label for label, _ in METRICS.values()) + " |",
-              "|---|---|---|" + "---|" * len(METRICS)]
+    lines += ["", "| row | set | seeds | " + " | ".join(label for label, _ in shown.values()) + " |",
+              "|---|---|---|" + "---|" * len(shown)]
     for name, row in rows.items():
-        cells = [_cell(row[m], fmt, extremes=m in ("mAP", "best_mAP")) for m, (_, fmt) in METRICS.items()]
+        cells = [_cell(row.get(m) or spread([]), fmt, extremes=m in ("mAP", "best_mAP")) for m, (_, fmt) in shown.items()]
         lines.append(f"| {name} | {row['set'] or '-'} | {row['runs']} | " + " | ".join(cells) + " |")
     commits = sorted({c for row in rows.values() for c in row["commits"]})
     lines += ["", f"Final = the last evaluated epoch; best = the best evaluated epoch (not a model one could pick without "
@@ -273,10 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             if added:  # where and when they were merged (the runs' own logs say where they trained)
                 results.setdefault("machines", []).append({"merged": added, **machine_description()})
             print(f"merged {len(added)} finished run(s): {', '.join(added) or '-'}; in flight: {', '.join(in_flight) or '-'}")
+        columns = study.get("columns") or []
+        unknown = [c for c in columns if c not in EXTRA_COLUMNS]
+        if unknown:
+            raise StudyError(f"{study_path}: unknown columns {unknown}; choose from {', '.join(EXTRA_COLUMNS)}")
         rows = aggregate(results, study)
         results["rows"] = rows
         write_json(results_path, results)
-        table = markdown(rows, results)
+        table = markdown(rows, results, columns)
         (results_path.parent / "results.md").write_text(table)
         draw_curves(rows, results_path.parent / "curves.png")
         for readme in args.readme:

@@ -92,3 +92,37 @@ def test_merge_keeps_runs_refuses_another_commit_and_fills_the_readme_block(sv, 
                            capture_output=True, text=True)  # through the command line: one clean line
     assert clash.returncode == 2 and "from one commit" in clash.stderr and "Traceback" not in clash.stderr
     assert call("--render-only") == 0
+
+
+def test_a_study_may_show_more_columns_and_a_later_merge_fills_them_in(sv, tmp_path):
+    """``columns``: start mAP / top-1, clusters, largest cluster, s / epoch in the rows table; a run merged before
+    those figures existed gets them from the same run folder, its other figures untouched; unknown names refused."""
+    study = tmp_path / "cols" / "study.yaml"
+    study.parent.mkdir()
+    rows = "rows:\n  - {name: base, set_name: A, seeds: [1, 2]}\n"
+    study.write_text("budget: {epochs: 2, iters: 10}\ncolumns: [start_mAP, clusters, largest_cluster, seconds_per_epoch]\n"
+                     + rows)
+    runs = tmp_path / "runs"
+    for seed, (clusters, largest, seconds) in {1: (40, 9, 100.0), 2: (50, 13, 140.0)}.items():
+        folder = runs / "runs" / "base" / f"seed{seed}"
+        write_run(folder, 2, [0, 5.0 + seed], start=2.0 + seed)
+        history = json.loads((folder / "metrics.json").read_text())
+        for row in history:
+            row.update(clusters=clusters, cluster_sizes={"size_max": largest}, seconds=seconds)
+        (folder / "metrics.json").write_text(json.dumps(history))
+    # seed 1 as an older merge recorded it: without the new figures, and with an mAP the folder no longer says
+    old = sv.run_summary(runs / "runs" / "base" / "seed1", 2)
+    for field in ("largest_cluster", "seconds_per_epoch"):
+        del old[field]
+    old["mAP"] = 99.0
+    (study.parent / "results.json").write_text(json.dumps({"runs": {"base/seed1": {"row": "base", "seed": 1,
+                                                                                  "commit": "a" * 40, **old}}}))
+    assert sv.main(["--study", str(study), "--runs", str(runs), "--commit", "a" * 40]) == 0
+    merged = json.loads((study.parent / "results.json").read_text())["runs"]
+    assert merged["base/seed1"]["largest_cluster"] == 9 and merged["base/seed1"]["seconds_per_epoch"] == 100.0
+    assert merged["base/seed1"]["mAP"] == 99.0  # filled in, nothing replaced
+    table = (study.parent / "results.md").read_text()
+    assert "| start mAP | clusters | largest cluster | s / epoch |" in table
+    assert "| 3.5 ± 0.7 | 45 ± 7 | 11 ± 3 | 120 ± 28 |" in table
+    study.write_text("budget: {epochs: 2, iters: 10}\ncolumns: [clusters, speed]\n" + rows)
+    assert sv.main(["--study", str(study), "--render-only"]) == 2
