@@ -56,6 +56,12 @@ class StudyError(Exception):
     """A problem with the study's files: printed as one line."""
 
 
+def part_name(text: str) -> str:
+    if not text.replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits and _ only (it names files and a README block)")
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n"
@@ -67,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", metavar="DIR", help="hard_sample_study.py's --output folder (runs/<row>/seed<N>/)")
     p.add_argument("--commit", metavar="SHA", help="the commit whose code trained the runs in --runs")
     p.add_argument("--results", metavar="JSON", help="default: results.json beside the study file")
+    p.add_argument("--part", metavar="NAME", type=part_name, default=None,
+                   help="the study's rows on other data (e.g. k4, a few-shot subset): their own results_NAME.json, "
+                        "results_NAME.md and curves_NAME.png beside the study file, README block <study>_NAME")
     p.add_argument("--readme", nargs="*", default=[], metavar="MD", help="files whose study block is rewritten")
     p.add_argument("--render-only", action="store_true", help="no merge: tables and curves from results.json")
     args = p.parse_args(argv)
@@ -255,14 +264,16 @@ def draw_curves(rows: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def replace_block(path: Path, name: str, text: str) -> None:
+def replace_block(path: Path, name: str, text: str, source: str | None = None) -> None:
+    """Rewrite the block ``<!-- study:NAME:begin/end -->`` of ``path`` with ``text`` (``source``: the results
+    file it came from, default NAME/results.json)."""
     begin, end = f"<!-- study:{name}:begin -->", f"<!-- study:{name}:end -->"
     content = path.read_text()
     if begin not in content or end not in content:
         raise StudyError(f"{path} has no block {begin} ... {end} to fill; add the two lines where the tables go")
     head, rest = content.split(begin, 1)
     _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n<!-- written by benchmarks/study_verdict.py from {name}/results.json: "
+    path.write_text(f"{head}{begin}\n<!-- written by benchmarks/study_verdict.py from {source or name + '/results.json'}: "
                     f"do not edit by hand -->\n{text}{end}{tail}")
 
 
@@ -274,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             study = yaml.safe_load(study_path.read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise StudyError(f"cannot read the study file {study_path}: {exc}") from None
-        results_path = Path(args.results) if args.results else study_path.parent / "results.json"
+        suffix = f"_{args.part}" if args.part else ""
+        results_path = Path(args.results) if args.results else study_path.parent / f"results{suffix}.json"
         results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
         results.setdefault("study", str(study_path))
         results.setdefault("budget", study.get("budget"))
@@ -294,12 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"] = rows
         write_json(results_path, results)
         table = markdown(rows, results, columns)
-        (results_path.parent / "results.md").write_text(table)
-        draw_curves(rows, results_path.parent / "curves.png")
+        (results_path.parent / f"results{suffix}.md").write_text(table)
+        draw_curves(rows, results_path.parent / f"curves{suffix}.png")
         for readme in args.readme:
-            replace_block(Path(readme), study_path.parent.name, table)
+            replace_block(Path(readme), study_path.parent.name + suffix, table,
+                          f"{study_path.parent.name}/{results_path.name}")
         print(table)
-        print(f"wrote {results_path}, results.md and curves.png beside it" + (f"; updated {', '.join(args.readme)}" if args.readme else ""))
+        print(f"wrote {results_path}, results{suffix}.md and curves{suffix}.png beside it"
+              + (f"; updated {', '.join(args.readme)}" if args.readme else ""))
         return 0
     except StudyError as exc:
         print(f"study_verdict: error: {exc}", file=sys.stderr)

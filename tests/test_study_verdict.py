@@ -126,3 +126,26 @@ def test_a_study_may_show_more_columns_and_a_later_merge_fills_them_in(sv, tmp_p
     assert "| 3.5 ± 0.7 | 45 ± 7 | 11 ± 3 | 120 ± 28 |" in table
     study.write_text("budget: {epochs: 2, iters: 10}\ncolumns: [clusters, speed]\n" + rows)
     assert sv.main(["--study", str(study), "--render-only"]) == 2
+
+
+def test_a_part_on_other_data_has_its_own_results_tables_and_block(sv, tmp_path):
+    """``--part k4``: the same rows on another data set merge into results_k4.json (never into results.json, whose
+    keys are the same row/seed names), with results_k4.md, curves_k4.png and the README block <study>_k4."""
+    study = tmp_path / "toy" / "study.yaml"
+    study.parent.mkdir()
+    study.write_text("budget: {epochs: 2, iters: 10}\nrows:\n  - {name: base, set_name: A, seeds: [1]}\n")
+    full, k4 = tmp_path / "full", tmp_path / "k4"
+    write_run(full / "runs" / "base" / "seed1", 2, [0, 9.0])
+    write_run(k4 / "runs" / "base" / "seed1", 2, [0, 3.0])
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- study:toy:begin -->\n<!-- study:toy:end -->\n<!-- study:toy_k4:begin -->\n<!-- study:toy_k4:end -->\n")
+    assert sv.main(["--study", str(study), "--runs", str(full), "--commit", "a" * 40, "--readme", str(readme)]) == 0
+    assert sv.main(["--study", str(study), "--runs", str(k4), "--commit", "b" * 40, "--part", "k4",
+                    "--readme", str(readme)]) == 0
+    assert json.loads((study.parent / "results.json").read_text())["runs"]["base/seed1"]["mAP"] == 9.0
+    assert json.loads((study.parent / "results_k4.json").read_text())["runs"]["base/seed1"]["mAP"] == 3.0
+    assert (study.parent / "results_k4.md").is_file() and (study.parent / "curves_k4.png").stat().st_size > 0
+    full_block, k4_block = readme.read_text().split("<!-- study:toy_k4:begin -->")
+    assert "| 9.0 |" in full_block and "| 3.0 |" in k4_block and "from toy/results_k4.json" in k4_block
+    with pytest.raises(SystemExit):
+        sv.main(["--study", str(study), "--render-only", "--part", "../x"])
