@@ -417,13 +417,13 @@ def _isolated_cc(compiled: bool, cache_dir: str, threads: int, mode: str, steps:
 def cache_part(args: argparse.Namespace, threads: int, save: Callable[[dict[str, Any]], None]) -> None:
     runs = (("eager", False), ("compiled cold cache", True), ("compiled warm cache", True))
     if args.warm_cache:  # only the second-process start, from a cache a previous run filled
-        cold, runs = args.warm_cache, (runs[0], runs[2])
-    else:
-        cold = tempfile.mkdtemp(prefix="compile_bench_cache_")
-    out: dict[str, Any] = {"cache_dir": cold, "load_average_before": common.load_average()}
+        cache, runs = args.warm_cache, (runs[0], runs[2])
+    else:  # empty: the first compiled run fills it, the second starts from it
+        cache = tempfile.mkdtemp(prefix="compile_bench_cache_")
+    out: dict[str, Any] = {"cache_dir": cache, "load_average_before": common.load_average()}
     for name, compiled in runs:
         print(f"cache: {name} (own process) ...", flush=True)
-        r = common.run_isolated(_isolated_cc, compiled, cold, threads, args.mode, 3, args.backend)
+        r = common.run_isolated(_isolated_cc, compiled, cache, threads, args.mode, 3, args.backend)
         res = r["result"]
         res.update(peak_rss_mb=r["peak_rss_mb"], rss_start_mb=r["rss_start_mb"], wall_s=round(r["wall_s"], 1))
         res["first_call_minus_last_s"] = round(res["calls_s"][0] - res["calls_s"][-1], 1)

@@ -228,7 +228,7 @@ def markdown(rows: dict[str, Any], results: dict[str, Any], columns: list[str] |
     lines += ["", "| row | set | seeds | " + " | ".join(label for label, _ in shown.values()) + " |",
               "|---|---|---|" + "---|" * len(shown)]
     for name, row in rows.items():
-        cells = [_cell(row.get(m) or spread([]), fmt, extremes=m in ("mAP", "best_mAP")) for m, (_, fmt) in shown.items()]
+        cells = [_cell(row[m], fmt, extremes=m in ("mAP", "best_mAP")) for m, (_, fmt) in shown.items()]
         lines.append(f"| {name} | {row['set'] or '-'} | {row['runs']} | " + " | ".join(cells) + " |")
     commits = sorted({c for row in rows.values() for c in row["commits"]})
     lines += ["", f"Final = the last evaluated epoch; best = the best evaluated epoch (not a model one could pick without "

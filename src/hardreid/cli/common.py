@@ -23,13 +23,12 @@ def path_arg(text: str) -> str:
 
 def compile_arg(text: str) -> bool | str:
     """--compile MODE: a torch.compile mode, or off / false (eager)."""
-    from ..config.fields import compile_mode
+    from ..config.fields import COMPILE_MODES, compile_mode
 
     try:
         return compile_mode(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: off, or a torch.compile mode (default, reduce-overhead, "
-                                         "max-autotune)") from err
+        raise argparse.ArgumentTypeError(f"{text!r}: off, or a torch.compile mode ({', '.join(COMPILE_MODES)})") from err
 
 
 def count(low: int) -> Callable[[str], int]:

@@ -78,7 +78,7 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
     """
     from ..config import config_from_dict
     from ..models import model_from_config
-    from ..models.compiled import compile_from_config, compile_model
+    from ..models.compiled import compile_model
     from ..training.checkpoint import load_checkpoint, load_model_state
 
     if checkpoint:
@@ -91,10 +91,8 @@ def load_feature_model(checkpoint: str | Path | None = None, backbone: str | Non
         cfg.model.weights, cfg.model.pretrained = "", False
         model = model_from_config(cfg)
         load_model_state(model, state, checkpoint, for_evaluation=True)
-        if compile is None:
-            compile_from_config(model, cfg)  # a run trained with train.compile extracts compiled too
-        else:
-            compile_model(model, compile, cfg.train.compile_cache)
+        # a run trained with train.compile extracts compiled too, unless asked otherwise
+        compile_model(model, cfg.train.compile if compile is None else compile, cfg.train.compile_cache)
         _set_input(cfg, height, width)  # after building: a ViT keeps the position grid it was trained with
         path = str(Path(checkpoint).resolve())
         source, used = "checkpoint", "eval_model" if "eval_model" in state else "model"
