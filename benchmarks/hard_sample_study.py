@@ -132,6 +132,7 @@ def finished_history(run_dir: Path, cfg: Config) -> list[dict[str, Any]] | None:
 
 def run(entry: dict[str, Any], data_root: str, datasets: dict[str, Any], quiet: bool) -> list[dict[str, Any]]:
     """Train (or resume, or read back) one run; its per-epoch history."""
+    from hardreid.config.camera_keys import resolve_camera_keys
     from hardreid.runs import train
     from hardreid.training.checkpoint import load_checkpoint
 
@@ -140,11 +141,13 @@ def run(entry: dict[str, Any], data_root: str, datasets: dict[str, Any], quiet: 
     if done is not None:
         return done
     last = entry["run_dir"] / "checkpoints" / "last.pth"
-    if last.is_file() and load_checkpoint(last)["config"] != cfg.to_dict():
-        raise UserError(f"{entry['run_dir']} holds a run with another config; delete it or choose another --output")
     key = cfg.data.format + "|" + cfg.data.subset + "|" + cfg.data.camera_pattern
     if key not in datasets:
         datasets[key] = load_data(data_root, cfg)
+    # a checkpoint holds the config as the run decided it (model.camera_bn / cluster.jaccard auto: from the cameras)
+    decided = resolve_camera_keys(cfg, (s.camid for s in datasets[key].train))[0]
+    if last.is_file() and load_checkpoint(last)["config"] != decided.to_dict():
+        raise UserError(f"{entry['run_dir']} holds a run with another config; delete it or choose another --output")
     return train(cfg, datasets[key], entry["run_dir"], resume=last.is_file(), log_to_stderr=not quiet).history
 
 

@@ -65,7 +65,9 @@ def option_overrides(penalty: float) -> dict[str, list[str]]:
         "combined": ["cluster.camera_normalize=mean", "cluster.algorithm=hdbscan"],
         "camera_proxy": ["method.hard_samples=[camera_proxy]"],
         "min_samples2": ["cluster.min_samples=2"],
-        # = configs/cluster_contrast/cpu_mobilenet.yaml, the CPU config for a user's own data
+        # = configs/cluster_contrast/cpu_mobilenet.yaml, the CPU config for a user's own data, as it was before issue 26
+        # made it camera-aware (configs/camera_aware.yaml; today's: --option NAME=cluster.min_samples=2,...,model.camera_bn=auto,
+        # cluster.jaccard=auto)
         "cpu_mobilenet": ["cluster.min_samples=2", "method.hard_samples=[camera_proxy]"],
     }
 

@@ -12,7 +12,8 @@ From ``results.json`` alone the script then writes, beside it, ``results.md`` (t
 table) and ``curves.png`` (mean mAP per row over the evaluated epochs, from the starting weights at epoch 0,
 with a band from the lowest to the highest seed), and replaces the block between ``<!-- study:NAME:begin -->``
 and ``<!-- study:NAME:end -->`` in every ``--readme`` file with the same tables (never edit them by hand).
-``--render-only`` skips the merge (no ``--runs`` needed). A study file's ``columns`` adds figures to the rows table
+A run folder with a ``commit.txt`` (one 40-digit hash) was trained by that commit whatever ``--commit`` says (a
+run copied in from another study as a pre-registered stand-in). ``--render-only`` skips the merge (no ``--runs`` needed). A study file's ``columns`` adds figures to the rows table
 (of start_mAP, start_top1, clusters, largest_cluster, seconds_per_epoch); a run merged before a figure existed gets it
 at its next merge from the same runs (added, never replaced).
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -128,18 +130,31 @@ def merge(results: dict[str, Any], study: dict[str, Any], runs: Path, commit: st
                     done = len(json.loads((run_dir / "metrics.json").read_text()))
                     in_flight.append(f"{key} (epoch {done}/{epochs})")
                 continue
+            run_commit = own_commit(run_dir) or commit
             old = results["runs"].get(key)
             if old is not None:
-                if old["commit"] != commit:
+                if old["commit"] != run_commit:
                     raise StudyError(f"{key} is in the results from commit {old['commit'][:10]}, and {run_dir} "
-                                     f"says {commit[:10]}: a row's runs come from one commit; remove one of them")
+                                     f"says {run_commit[:10]}: a row's runs come from one commit; remove one of them")
                 for field, value in summary.items():  # figures a newer summary has: added, nothing replaced
                     old.setdefault(field, value)
                 continue
-            results["runs"][key] = {"row": row["name"], "seed": seed, "commit": commit, **summary}
+            results["runs"][key] = {"row": row["name"], "seed": seed, "commit": run_commit, **summary}
             added.append(key)
     results["in_flight"] = in_flight
     return added, in_flight
+
+
+def own_commit(run_dir: Path) -> str | None:
+    """The commit a run folder names in ``commit.txt`` (a run copied from another study as a pre-registered stand-in,
+    e.g. the camera study's m_ca_cbn for the verdict study's cam_base), or None: the ``--commit`` of the merge."""
+    path = run_dir / "commit.txt"
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{40}", text):
+        raise StudyError(f"{path} must hold one full 40-digit commit hash, got {text[:60]!r}")
+    return text
 
 
 # -- statistics and the verdict ------------------------------------------------------------------------------

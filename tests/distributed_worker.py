@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import sys
 from pathlib import Path
@@ -64,7 +65,11 @@ RUNS = {
     # pseudo identity twice. Every hard positive instance then starts from another image than its anchor (an
     # image is its own positive only in a cluster smaller than K), and the normalised image gradient of Eq. 4 is
     # far from zero, its direction not set by rounding; and a positive is always in its anchor's process's share.
-    "acfl_step": ("acfl", {**ONE_STEP, "cluster": {"min_samples": 4, "eps": 0.7, "k1": 10}}),
+    # Plain BatchNorm and the standard distance (the ACFL CPU config is camera-aware since issue 26): camera BN's
+    # same-camera pairs repeat an image when its camera holds one image of the identity, so an image can be its own
+    # positive and the margins above do not hold (cc_camera_bn_step checks camera BN across processes).
+    "acfl_step": ("acfl", {**ONE_STEP, "cluster": {"min_samples": 4, "eps": 0.7, "k1": 10, "jaccard": "standard"},
+                           "model": {"camera_bn": False}}),
     "ice_step": ("ice", ONE_STEP),
     # cc_step with train.compile (tests/test_compile.py: DDP around the compiled inner forward); the backend comes
     # from $HARDREID_TEST_COMPILE_BACKEND ("eager": dynamo's graph run as traced, no C++ compiler)
@@ -90,7 +95,8 @@ def _gather_floats_in_reverse(tensor: torch.Tensor, gather=distributed.all_gathe
 
 PLANTS = {
     # DistributedDataParallel left out: each process steps with its own share's gradient
-    "no_allreduce": ("data_parallel", lambda model, method="forward": getattr(model, method)),
+    "no_allreduce": ("data_parallel", lambda model, method="forward":
+                     functools.partial(method, model) if callable(method) else getattr(model, method)),
     # the memories updated from this process's share of the batch only
     "own_share": ("all_gather_rows", lambda tensor: tensor),
     # features and their labels gathered in different orders

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 
 # every script of benchmarks/ and the test below that runs it (test_<name>); common.py is the scripts' library
-SCRIPTS = ("acfl_ablation", "compile", "device_run", "distributed", "evaluation", "golden_runs", "hard_sample_study", "hng_ablation",
+SCRIPTS = ("acfl_ablation", "compile", "device_run", "distributed", "eps_sweep", "evaluation", "golden_runs",
+           "hard_sample_study", "hng_ablation",
            "pack_data", "pseudo_label_robustness", "pseudo_labels", "search", "step_profile", "study_verdict",
            "warning_calibration")
 LIBRARY = "common"
@@ -38,7 +39,10 @@ LIBRARY = "common"
 # conftest.tiny_config's settings, as overrides of a packaged config (MobileNetV2 at 64x32, batch 8 = 2 x 4, CPU)
 TINY = ["data.format=market", "data.height=64", "data.width=32", "data.workers=0", "data.batch_size=8",
         "data.num_instances=4", "model.backbone=mobilenet_v2", "model.last_stride=2", "cluster.k1=6", "cluster.k2=2",
-        "cluster.eps=0.6", "cluster.min_samples=2", "train.device=cpu", "train.seed=0", "eval.batch_size=32"]
+        "cluster.eps=0.6", "cluster.min_samples=2", "train.device=cpu", "train.seed=0", "eval.batch_size=32",
+        # CA-Jaccard's neighbour lists at the same tiny scale (the CPU configs are camera-aware; with its 5 + 20
+        # neighbours the tiny set's 60 images form one cluster)
+        "cluster.k1_intra=3", "cluster.k1_inter=6"]
 HEADER = {"benchmark", "command", "date", "machine"}  # common.result_header
 
 
@@ -414,3 +418,38 @@ def test_study_verdict(tmp_path):
     assert read_json(study.parent / "results.json", {"runs", "rows"})["rows"].keys() >= {"mom_base", "mom_hpf"}
     assert (study.parent / "results.md").read_text().startswith("| generator row | base |")
     assert (study.parent / "curves.png").stat().st_size > 0
+
+
+def test_eps_sweep(tmp_path, tiny_root, tiny_checkpoint):
+    """README: --checkpoint FILE --data-root DIR --eps ... --output JSON. Every row is what the trainer's clustering
+    gives for that distance and radius (cluster_epoch on the same features), with the trainer's label ARI."""
+    import numpy as np
+    import torch
+
+    from hardreid.data.datasets import load_dataset
+    from hardreid.data.transforms import eval_transform
+    from hardreid.evaluation.camera_bn import extract_model_features
+    from hardreid.pseudo_labels import cluster_epoch
+    from hardreid.retrieval.model import load_feature_model
+    from hardreid.training.trainer import label_agreement
+
+    out = tmp_path / "eps.json"
+    result = script("eps_sweep", "--checkpoint", tiny_checkpoint, "--data-root", tiny_root, "--eps", 0.5, 0.7,
+                    "--output", out)
+    data = read_json(out, HEADER | {"rows", "images", "cameras", "seconds"})
+    assert [(r["jaccard"], r["eps"]) for r in data["rows"]] == [("standard", 0.5), ("standard", 0.7),
+                                                                  ("camera_aware", 0.5), ("camera_aware", 0.7)]
+    assert "| camera_aware | 0.7 |" in result.stdout
+    fm = load_feature_model(tiny_checkpoint)
+    dataset = load_dataset("market", tiny_root)
+    features = extract_model_features(fm.model, dataset.train, eval_transform(fm.cfg.data), 128, 0, "cpu")
+    camids = np.array([s.camid for s in dataset.train])
+    for row in data["rows"]:
+        cfg = fm.cfg.cluster.model_copy(update={"eps": row["eps"], "jaccard": row["jaccard"]})
+        want = cluster_epoch(features, camids, cfg)
+        assert row["clusters"] == want.stats.num_clusters
+        assert row["outlier_fraction"] == float((want.labels < 0).mean())
+        assert row["label_ari"] == label_agreement(torch.from_numpy(np.asarray(want.labels)), dataset)["label_ari"]
+    bad = subprocess.run([sys.executable, "benchmarks/eps_sweep.py", "--checkpoint", str(tiny_checkpoint),
+                          "--data-root", str(tiny_root), "--eps", "1.5"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--eps must lie in (0, 1), got 1.5" in bad.stderr

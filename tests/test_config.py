@@ -200,17 +200,22 @@ def _flat(tree: dict, prefix: str = "") -> dict:
             for k, v in (_flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else [(prefix + key, value)])}
 
 
-def test_the_cpu_config_for_own_data_is_the_official_one_with_two_changes():
+def test_the_cpu_config_for_own_data_is_the_official_one_with_its_changes():
     """cluster_contrast/cpu_mobilenet.yaml (what a new user starts from) = cpu_official.yaml (Cluster Contrast as
-    published, at CPU size) + min_samples 2 + the camera_proxy loss; SHNG's CPU configs keep the official base."""
+    published, at CPU size) + min_samples 2 + the camera_proxy loss + the camera-aware pseudo labels of
+    camera_aware.yaml (auto); SHNG's CPU configs keep the official base with camera_aware.yaml."""
     official = _flat(load_config(CONFIGS / "cluster_contrast" / "cpu_official.yaml").to_dict())
     own = _flat(load_config(CONFIGS / "cluster_contrast" / "cpu_mobilenet.yaml").to_dict())
-    assert {k for k in own if own[k] != official[k]} == {"cluster.min_samples", "method.hard_samples"}
+    assert {k for k in own if own[k] != official[k]} == {"cluster.min_samples", "method.hard_samples",
+                                                         "model.camera_bn", "cluster.jaccard"}
     assert (official["cluster.min_samples"], official["cluster.eps"], official["method.hard_samples"]) == (4, 0.6, [])
     assert (own["cluster.min_samples"], own["method.hard_samples"]) == (2, ["camera_proxy"])
     for name in ("cpu_mobilenet.yaml", "cpu_20_epochs.yaml"):
-        hng = load_config(CONFIGS / "hng" / name)
-        assert (hng.cluster.min_samples, hng.method.hard_samples) == (4, ["hng"])
+        hng = _flat(load_config(CONFIGS / "hng" / name).to_dict())
+        assert (hng["cluster.min_samples"], hng["method.hard_samples"]) == (4, ["hng"])
+        assert (hng["model.camera_bn"], hng["cluster.jaccard"]) == ("auto", "auto")
+        assert all(hng[k] == official[k] for k in official if k.startswith(("cluster.", "model.", "memory.", "data."))
+                   and k not in ("model.camera_bn", "cluster.jaccard")), name
 
 
 def test_code_takes_the_names_of_a_choice_from_the_config():

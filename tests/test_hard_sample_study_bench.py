@@ -62,6 +62,39 @@ def test_seeds_are_aggregated_and_finished_runs_reused(bench, study, tiny_root, 
     assert "another config" in capsys.readouterr().err
 
 
+def test_an_interrupted_run_of_an_auto_config_resumes(bench, tmp_path, tiny_root, capsys, monkeypatch):
+    """A row whose config says model.camera_bn / cluster.jaccard auto (the CPU configs since issue 26): its
+    checkpoint holds the decided values, and the lane's next call resumes it rather than refusing "another config"."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(model={"camera_bn": "auto"}, cluster={
+        "jaccard": "auto", "k1_intra": 3, "k1_inter": 6}).to_dict()))
+    spec = {"budget": {"epochs": 2, "iters": 1}, "set": ["train.eval_every=0", "train.eval_at_start=false"],
+            "rows": [{"name": "cam", "memory": "momentum", "config": str(folder / "tiny.yaml"), "seeds": [1]}]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    args = ["--study", str(tmp_path / "study.yaml"), "--data-root", str(tiny_root), "--output", str(out), "--quiet"]
+    from hardreid.training.trainer import Trainer
+
+    run_epoch = Trainer.run_epoch
+
+    def stopped_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt  # the lane killed at the end of a session
+        return run_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", stopped_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(args)
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    run_dir = out / "runs" / "cam" / "seed1"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (saved["model"]["camera_bn"], saved["cluster"]["jaccard"]) == (True, "camera_aware")
+    assert len(json.loads((run_dir / "metrics.json").read_text())) == 1
+    assert bench.main(args) == 0, capsys.readouterr().err
+    assert [row["epoch"] for row in json.loads((run_dir / "metrics.json").read_text())] == [1, 2]
+
+
 def test_estimate_counts_steps_epochs_and_evaluations(bench):
     assert bench.spread([2.0, None]) == {"n": 1, "mean": 2.0, "sd": 0.0, "min": 2.0, "max": 2.0}
     row = {"seconds_per_step": {"mean": 0.5}, "overhead_seconds": 60.0, "evaluation_seconds": 30.0}

@@ -92,6 +92,22 @@ def test_merge_keeps_runs_refuses_another_commit_and_fills_the_readme_block(sv, 
                            capture_output=True, text=True)  # through the command line: one clean line
     assert clash.returncode == 2 and "from one commit" in clash.stderr and "Traceback" not in clash.stderr
     assert call("--render-only") == 0
+    # a stand-in copied from another study names its own commit; a malformed one is refused in one line
+    stand_in = tmp_path / "copied" / "runs" / "gen" / "seed3"
+    write_run(stand_in, 4, [0, 6.0, 0, 14.0])
+    (stand_in / "commit.txt").write_text("c" * 40 + "\n")
+    clash = subprocess.run([sys.executable, str(SCRIPT), "--study", str(study), "--runs", str(tmp_path / "copied"),
+                            "--commit", "a" * 40], capture_output=True, text=True)
+    assert clash.returncode == 2 and "says cccccccccc: a row's runs come from one commit" in clash.stderr
+    del_results = json.loads((study.parent / "results.json").read_text())
+    del del_results["runs"]["gen/seed3"]
+    (study.parent / "results.json").write_text(json.dumps(del_results))
+    assert call("--runs", str(tmp_path / "copied"), "--commit", "a" * 40) == 0
+    assert json.loads((study.parent / "results.json").read_text())["runs"]["gen/seed3"]["commit"] == "c" * 40
+    (stand_in / "commit.txt").write_text("not a hash")
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--study", str(study), "--runs", str(tmp_path / "copied"),
+                          "--commit", "a" * 40], capture_output=True, text=True)
+    assert bad.returncode == 2 and "must hold one full 40-digit commit hash" in bad.stderr
 
 
 def test_a_study_may_show_more_columns_and_a_later_merge_fills_them_in(sv, tmp_path):

@@ -32,7 +32,10 @@ def stage_real_data(ctx: StageContext) -> None:
         return
     height, width, iters, workers = (64, 32, 2, 0) if smoke else (256, 128, args.iters, _loader_workers())
     overrides = [f"data.height={height}", f"data.width={width}", f"data.workers={workers}", f"train.iters={iters}",
-                 f"train.device={ctx.device}", "train.eval_every=1", f"train.seed={args.seed}"]
+                 f"train.device={ctx.device}", "train.eval_every=1", f"train.seed={args.seed}",
+                 # both methods as published: plain BatchNorm and the standard Jaccard distance (the ACFL CPU config
+                 # is camera-aware since issue 26, configs/camera_aware.yaml; Cluster Contrast's official one is not)
+                 "model.camera_bn=false", "cluster.jaccard=standard"]
     if args.weights:
         overrides.append(f"model.weights={args.weights}")
     if smoke:

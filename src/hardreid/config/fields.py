@@ -5,6 +5,7 @@ Types are strict and nothing is truncated or guessed (YAML scalars and command-l
 * ``Int``: an int (not a bool), or text of digits (``"+3"``); ``1.9``, ``2.0`` and ``true`` are refused.
 * ``Float``: a finite int or float, or text of one (``"1e-4"``); ``nan`` / ``inf`` and bools are refused.
 * ``Bool``: true/false, or the text true/false, yes/no, on/off, 1/0.
+* ``BoolOrAuto``: a ``Bool`` or ``auto`` (decided from the training images when a run starts).
 * ``Str``: text (``null`` = ``""``); numbers and lists are refused.
 * ``List[T]``: a list of ``T``; text is read as YAML (``"[hpf, hpi]"``), ``null`` is ``[]``, one value a list of one.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Annotated, Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
@@ -88,7 +89,19 @@ def to_list(value: Any) -> list[Any]:
 
 Int = Annotated[int, BeforeValidator(to_int)]
 Float = Annotated[float, BeforeValidator(to_float)]
+def bool_or_auto(value: Any) -> bool | str:
+    """A ``Bool`` or the text ``auto`` (a key whose value a run decides from its data, e.g. model.camera_bn)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return to_bool(value)
+    except PydanticCustomError:
+        raise refuse(RULE_ERROR, "be true, false or auto", did_you_mean(value, ["auto", "true", "false"]),
+                     got=value) from None
+
+
 Bool = Annotated[bool, BeforeValidator(to_bool)]
+BoolOrAuto = Annotated[bool | Literal["auto"], BeforeValidator(bool_or_auto)]
 Str = Annotated[str, BeforeValidator(to_str)]
 ListOf = BeforeValidator(to_list)  # List[T] = Annotated[list[T], ListOf]
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic_core import PydanticCustomError
 
 from .base import Section
-from .fields import (Bool, Float, Int, ListOf, Str, camera_regex, compile_mode, eps_value, from_registry, increasing,
+from .fields import (Bool, BoolOrAuto, Float, Int, ListOf, Str, camera_regex, compile_mode, eps_value, from_registry, increasing,
                      pairs_ok, rule, to_int, to_str)
 from .messages import SOURCE, user_error
 from .method_sections import AcflConfig, HngConfig, IceConfig, SpclConfig, StrongBaselineConfig
@@ -77,8 +77,10 @@ class ModelConfig(Section):
     pretrained: Bool = False  # torchvision download (fails offline with a clear message)
     # camera-based BatchNorm (Zhuang et al., ECCV 2020; models/camera_bn.py): in training each camera's images of a
     # batch are normalised with that camera's statistics (images drawn in same-camera pairs), and before every
-    # extraction each camera's statistics are recalibrated from its own images; false = the papers' plain BatchNorm
-    camera_bn: Bool = False
+    # extraction each camera's statistics are recalibrated from its own images; false = the papers' plain BatchNorm;
+    # auto = true when every training image names its camera and there are 2 cameras or more, else false (decided
+    # when a run starts, training/camera_keys.py; the run's config.yaml holds the decision)
+    camera_bn: BoolOrAuto = False
     # camera_bn: images of a camera its test-time statistics are averaged over; the official 50 batches of 64
     # (batch_num_bn_estimatation x test_batch in its config.py); a camera with fewer uses all of its images
     camera_bn_images: Int = Field(3200, ge=2)
@@ -92,7 +94,8 @@ class ClusterConfig(Section):
     k1: Int = Field(30, ge=1)
     k2: Int = Field(6, ge=1)
     # standard (k-reciprocal, k1 / k2) | camera_aware: CA-Jaccard (Chen et al., CVPR 2024; pseudo_labels/ca_jaccard.py)
-    jaccard: Annotated[Literal["standard", "camera_aware"], TEXT] = "standard"
+    # | auto: camera_aware when every training image names its camera and there are 2 cameras or more, else standard
+    jaccard: Annotated[Literal["standard", "camera_aware", "auto"], TEXT] = "standard"
     # camera_aware: k-reciprocal neighbours on the intra-camera list (i + its k1_intra nearest same-camera images)
     # and on the inter-camera list (k1_inter + 1 nearest other-camera images); official train_caj.py: 5, 20
     k1_intra: Int = Field(5, ge=1)
@@ -257,12 +260,13 @@ class Config(BaseModel):
         need(c.k2 <= c.k1, f"cluster.k2 ({c.k2}) must not exceed cluster.k1 ({c.k1}): query expansion uses the k2 "
                            "nearest of the k1 neighbours")
         need(c.jaccard == "standard" or c.same_camera_penalty == 0,
-             f"cluster.same_camera_penalty ({c.same_camera_penalty}) and cluster.jaccard=camera_aware both act on the "
-             "cameras of the neighbours: choose one (cluster.same_camera_penalty=0 with camera_aware)")
+             f"cluster.same_camera_penalty ({c.same_camera_penalty}) and cluster.jaccard={c.jaccard} (camera_aware"
+             f"{' on data with cameras' if c.jaccard == 'auto' else ''}) both act on the cameras of the neighbours: "
+             "choose one (cluster.same_camera_penalty=0, or cluster.jaccard=standard)")
         need(not (t.sync_bn and t.bn_chunk > 0),
              f"train.sync_bn normalises over the global batch and train.bn_chunk={t.bn_chunk} over chunks of it: "
              "choose one (train.bn_chunk=0 with train.sync_bn=true)")
-        if self.model.camera_bn:  # each camera's images of every BatchNorm group come in same-camera pairs
+        if self.model.camera_bn:  # (true or auto) each camera's images of every BatchNorm group in same-camera pairs
             need(d.num_instances % 2 == 0,
                  f"model.camera_bn draws each identity's images in same-camera pairs (so that every camera has at least "
                  f"2 images in each BatchNorm group): data.num_instances must be even, got {d.num_instances}")
@@ -270,7 +274,8 @@ class Config(BaseModel):
                                       f"chunk, which must then hold whole same-camera pairs: use an even train.bn_chunk, "
                                       f"got {t.bn_chunk}")
             need(not t.sync_bn, "model.camera_bn normalises each camera's images of each process's share, which "
-                                "differ between processes; train.sync_bn cannot synchronise them: set train.sync_bn=false")
+                                "differ between processes; train.sync_bn cannot synchronise them: set train.sync_bn=false "
+                                f"(or model.camera_bn=false{', which auto would not be on data with cameras' if self.model.camera_bn == 'auto' else ''})")
         if self.method.base == "spcl" and c.eps != "auto":
             need(self.spcl.eps_gap < c.eps, f"spcl.eps_gap ({self.spcl.eps_gap}) must be smaller than cluster.eps "
                                             f"({c.eps}): SpCL clusters again with eps - eps_gap")

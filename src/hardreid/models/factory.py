@@ -16,5 +16,7 @@ def model_from_config(cfg: Config, initial_weights: bool = True) -> ReidModel:
                         pretrained=m.pretrained and initial_weights, last_stride=m.last_stride,
                         pooling=m.pooling, gem_p=m.gem_p, bn_chunk=cfg.train.bn_chunk,
                         img_size=(cfg.data.height, cfg.data.width), gem_learnable=m.gem_learnable)
-    model.camera_bn_images = m.camera_bn_images if m.camera_bn else None  # the test-time step (evaluation/camera_bn.py)
+    # the test-time step (evaluation/camera_bn.py); auto is decided when training starts (config/camera_keys.py):
+    # a model built before that has none
+    model.camera_bn_images = m.camera_bn_images if m.camera_bn is True else None
     return model.use_channels_last(cfg.train.channels_last)

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from hardreid.config.camera_keys import resolve_jaccard
 from hardreid.errors import UserError
 from hardreid.pseudo_labels.ca_jaccard import compute_camera_aware_jaccard_distance
 from hardreid.pseudo_labels.camera import camera_normalize
@@ -83,7 +84,7 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     check_cluster_config(cfg)
     camids = np.asarray(camids)
     feats = camera_normalize(features, camids, cfg.camera_normalize)
-    if cfg.jaccard == "camera_aware":
+    if resolve_jaccard(cfg.jaccard, camids) == "camera_aware":  # auto: camera-aware when the images name 2+ cameras
         distance = compute_camera_aware_jaccard_distance(feats, camids, k1_intra=cfg.k1_intra, k1_inter=cfg.k1_inter,
                                                          k2_intra=cfg.k2_intra, k2_inter=cfg.k2_inter, mode=cfg.search)
     else:

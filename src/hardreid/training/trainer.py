@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import Config, OptimConfig, dump_config, validate_config
+from ..config.camera_keys import resolve_camera_keys
 from ..data.loaders import InfiniteIdentityLoader, check_batch_split
 from ..data.sampler import sampler_class
 from ..data.transforms import eval_transform, train_transform
@@ -145,6 +146,7 @@ class Trainer:
     def __init__(self, cfg: Config, dataset: ReidDataset, run_dir: Path, model: ReidModel | None = None,
                  initial_weights: bool = True, hooks: RunHooks | None = None) -> None:
         require_training_images(dataset)
+        cfg = resolve_camera_keys(cfg, (s.camid for s in dataset.train))[0]  # auto keys (train() logs the decision)
         require_cameras(cfg, dataset)
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
         self.hooks = hooks or RunHooks()  # reports and pictures of the caller's choice (rank 0)
@@ -504,11 +506,17 @@ def train(cfg: Config, dataset: ReidDataset, output: str | Path, model: ReidMode
     ``hr.train`` use, hands in model_info.json and curves.png).
     """
     validate_config(cfg)
+    require_training_images(dataset)
+    # model.camera_bn / cluster.jaccard "auto": decided here from the training cameras, so config.yaml, checkpoints
+    # and resume hold the decision
+    cfg, decided = resolve_camera_keys(cfg, (s.camid for s in dataset.train))
     run_dir = Path(output)
     distributed.setup(cfg.train.device, cfg.train.dist_timeout)  # several processes (torchrun): rank 0 reads and writes
     previous = distributed.main_then_broadcast(
         lambda: prepare_run_dir(cfg, dataset, run_dir, resume, start_from, log_to_stderr))  # every process gets it
     setup_logging(run_dir / "train.log", verbose=log_to_stderr)  # rank 0 logs; the others report errors only
+    if decided:
+        LOG.info("%s", decided)
     trainer = Trainer(cfg, dataset, run_dir, model, initial_weights=previous is None, hooks=hooks)
     for hook in trainer.hooks.model_built:  # e.g. model_info.json: parameters, FLOPs (hardreid.runs)
         distributed.main_only(hook)(trainer.model, cfg, run_dir)
