@@ -398,9 +398,15 @@ def test_golden_runs(tmp_path):
 
 
 def test_warning_calibration(tmp_path):
-    """On the verdict study's committed runs (finished, all healthy): the one-camera clusters' share fires in each."""
+    """On the verdict study's committed set A runs (finished, all healthy): the one-camera clusters' share fires in
+    each. (A copy of set A alone: the folder gains runs as the study goes on.)"""
+    import shutil
+
+    runs = tmp_path / "runs"
+    for row in ("mom_base", "mom_hpf"):
+        shutil.copytree(BENCHMARKS / "studies" / "verdict_cuhk03" / "runs" / row, runs / row)
     out = tmp_path / "calibration.json"
-    script("warning_calibration", "--runs", BENCHMARKS / "studies" / "verdict_cuhk03" / "runs", "--output", out)
+    script("warning_calibration", "--runs", runs, "--output", out)
     result = read_json(out, {"runs", "table", "from_epoch"})
     assert len(result["runs"]) == 6 and not any(r["harmed"] or r["in_flight"] for r in result["runs"])
     row = next(t for t in result["table"] if t["signal"] == "single_camera_share" and t["threshold"] == 0.9)
