@@ -6,7 +6,7 @@ configs' eps 0.5, because CA-Jaccard's distances lie on a larger scale than the 
 CA-Jaccard code set eps per data set). This script asks whether the radius is what holds the ARI down: it extracts
 the training features of a checkpoint as the trainer does before clustering (camera BatchNorm's per-camera
 recalibration when the model was trained with it), computes each ``--jaccard`` distance once with the checkpoint's
-``cluster`` keys, and clusters it at every ``--eps`` (DBSCAN, the checkpoint's ``cluster.min_samples``). Per
+``cluster`` keys (``pseudo_labels.epoch.jaccard_distance``, as the trainer), and clusters it at every ``--eps`` (DBSCAN, the checkpoint's ``cluster.min_samples``). Per
 (distance, eps): clusters, outlier fraction, largest cluster, the share of one-camera clusters, and, when the data
 set has identities, ARI / NMI against them (each outlier its own cluster: the trainer's ``label_ari``).
 
@@ -64,10 +64,9 @@ def sweep(checkpoint: str, data_root: str, eps_values: list[float], jaccard: lis
     from hardreid.data.datasets import load_dataset
     from hardreid.data.transforms import eval_transform
     from hardreid.evaluation.camera_bn import extract_model_features
-    from hardreid.pseudo_labels.ca_jaccard import compute_camera_aware_jaccard_distance
     from hardreid.pseudo_labels.cluster import cluster_statistics, dbscan_labels
     from hardreid.pseudo_labels.diagnostics import cluster_diagnostics
-    from hardreid.pseudo_labels.jaccard import compute_jaccard_distance
+    from hardreid.pseudo_labels.epoch import jaccard_distance
     from hardreid.retrieval.model import load_feature_model
     from hardreid.training.trainer import label_agreement
 
@@ -82,20 +81,14 @@ def sweep(checkpoint: str, data_root: str, eps_values: list[float], jaccard: lis
     rows = []
     for mode in jaccard:
         start = time.perf_counter()
-        if mode == "camera_aware":
-            distance = compute_camera_aware_jaccard_distance(features, camids, k1_intra=c.k1_intra, k1_inter=c.k1_inter,
-                                                             k2_intra=c.k2_intra, k2_inter=c.k2_inter, mode=c.search)
-        else:
-            distance = compute_jaccard_distance(features, k1=c.k1, k2=c.k2, mode=c.search, camids=camids,
-                                                same_camera_penalty=c.same_camera_penalty)
+        distance = jaccard_distance(features, camids, c.model_copy(update={"jaccard": mode}))
         seconds[mode] = time.perf_counter() - start
         for eps in eps_values:
             labels = dbscan_labels(distance, eps=eps, min_samples=c.min_samples)
             stats = cluster_statistics(labels)
             diag = cluster_diagnostics(labels, camids, None, c.large_cluster_factor * c.min_samples)
-            sizes = np.bincount(labels[labels >= 0]) if stats.num_clusters else np.zeros(1, dtype=int)
             rows.append({"jaccard": mode, "eps": eps, "clusters": int(stats.num_clusters),
-                         "outlier_fraction": float((labels < 0).mean()), "largest_cluster": int(sizes.max()),
+                         "outlier_fraction": stats.outlier_fraction, "largest_cluster": int(stats.size_max),
                          "single_camera_share": diag.single_camera_share,
                          **label_agreement(torch.from_numpy(labels), dataset)})
     return {"checkpoint": str(Path(checkpoint).resolve()), "data_root": str(Path(data_root).resolve()),

@@ -22,7 +22,7 @@ __all__ = ["camera_aware_applies", "resolve_camera_keys", "resolve_jaccard"]
 
 def camera_aware_applies(camids: Iterable[int]) -> tuple[bool, str]:
     """Whether camera-aware options apply to images of these cameras, and why (the reason a log line gives)."""
-    cams = np.asarray(list(camids) if not isinstance(camids, (np.ndarray, list, tuple)) else camids, dtype=np.int64)
+    cams = np.fromiter(camids, dtype=np.int64)
     if cams.size == 0:
         return False, "there are no training images"
     unnamed = int((cams < 0).sum())

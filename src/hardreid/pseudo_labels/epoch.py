@@ -28,7 +28,7 @@ from hardreid.pseudo_labels.diagnostics import (
 )
 from hardreid.pseudo_labels.jaccard import compute_jaccard_distance
 
-__all__ = ["ALGORITHMS", "EpochClusters", "check_cluster_config", "cluster_epoch"]
+__all__ = ["ALGORITHMS", "EpochClusters", "check_cluster_config", "cluster_epoch", "jaccard_distance"]
 
 #: Values of ``cluster.algorithm``.
 ALGORITHMS: tuple[str, ...] = ("dbscan", "hdbscan")
@@ -72,6 +72,18 @@ def check_cluster_config(c: Any) -> None:
     check_section("cluster", c)
 
 
+def jaccard_distance(features: torch.Tensor, camids: np.ndarray, cfg: Any):
+    """The sparse Jaccard distance ``cluster_epoch`` clusters: ``cfg.camera_normalize`` applied to ``features``, then
+    the standard k-reciprocal distance or CA-Jaccard by ``cfg.jaccard`` (``auto``: camera-aware when ``camids`` name
+    2 cameras or more)."""
+    feats = camera_normalize(features, camids, cfg.camera_normalize)
+    if resolve_jaccard(cfg.jaccard, camids) == "camera_aware":
+        return compute_camera_aware_jaccard_distance(feats, camids, k1_intra=cfg.k1_intra, k1_inter=cfg.k1_inter,
+                                                     k2_intra=cfg.k2_intra, k2_inter=cfg.k2_inter, mode=cfg.search)
+    return compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, mode=cfg.search, camids=camids,
+                                    same_camera_penalty=cfg.same_camera_penalty)
+
+
 def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg: Any,
                   previous_labels: np.ndarray | None = None) -> EpochClusters:
     """Pseudo labels of ``features`` (N x D) with the ``cluster`` config ``cfg`` (a ``ClusterConfig``).
@@ -83,13 +95,7 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     """
     check_cluster_config(cfg)
     camids = np.asarray(camids)
-    feats = camera_normalize(features, camids, cfg.camera_normalize)
-    if resolve_jaccard(cfg.jaccard, camids) == "camera_aware":  # auto: camera-aware when the images name 2+ cameras
-        distance = compute_camera_aware_jaccard_distance(feats, camids, k1_intra=cfg.k1_intra, k1_inter=cfg.k1_inter,
-                                                         k2_intra=cfg.k2_intra, k2_inter=cfg.k2_inter, mode=cfg.search)
-    else:
-        distance = compute_jaccard_distance(feats, k1=cfg.k1, k2=cfg.k2, mode=cfg.search, camids=camids,
-                                            same_camera_penalty=cfg.same_camera_penalty)
+    distance = jaccard_distance(features, camids, cfg)
     if cfg.algorithm == "hdbscan":
         eps = None
         labels = hdbscan_labels(distance, cfg.min_samples, cfg.min_cluster_size or cfg.min_samples,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Config
+from ..config.camera_keys import camera_aware_applies
 from ..data.types import ReidDataset
 from ..errors import UserError
 from ..evaluation.pipeline import check_evaluable
@@ -26,12 +27,13 @@ def require_cameras(cfg: Config, dataset: ReidDataset) -> None:
     silently."""
     if not cfg.model.camera_bn:
         return
+    if camera_aware_applies(s.camid for s in dataset.train)[0]:  # the rule of model.camera_bn: auto
+        return
     cams = {s.camid for s in dataset.train}
-    if min(cams) < 0 or len(cams) < 2:
-        what = "some have no camera" if min(cams) < 0 else f"all come from {len(cams)} camera"
-        raise UserError(f"model.camera_bn normalises each camera's images apart, but the training images of "
-                        f"{dataset.root} do not say their cameras ({what}): set model.camera_bn=false, or name the "
-                        "cameras (a folder: data.camera_pattern)")
+    what = "some have no camera" if min(cams) < 0 else f"all come from {len(cams)} camera"
+    raise UserError(f"model.camera_bn normalises each camera's images apart, but the training images of "
+                    f"{dataset.root} do not say their cameras ({what}): set model.camera_bn=false, or name the "
+                    "cameras (a folder: data.camera_pattern)")
 
 
 def check_before_training(cfg: Config, dataset: ReidDataset, run_dir: Path) -> None:
