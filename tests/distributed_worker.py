@@ -65,11 +65,20 @@ RUNS = {
     # pseudo identity twice. Every hard positive instance then starts from another image than its anchor (an
     # image is its own positive only in a cluster smaller than K), and the normalised image gradient of Eq. 4 is
     # far from zero, its direction not set by rounding; and a positive is always in its anchor's process's share.
-    # Plain BatchNorm and the standard distance (the ACFL CPU config is camera-aware since issue 26): camera BN's
-    # same-camera pairs repeat an image when its camera holds one image of the identity, so an image can be its own
-    # positive and the margins above do not hold (cc_camera_bn_step checks camera BN across processes).
+    # The standard distance (the ACFL CPU config is camera-aware since issue 26): CA-Jaccard's neighbour counts
+    # (k1_intra 5, k1_inter 20) put the 60 tiny images into one cluster, and a batch with fewer pseudo identities
+    # than P holds one of them in both processes' shares, where each process searches the positives of its own
+    # share only (select_positives): then 2 processes cannot step as one, as designed (a real run has hundreds of
+    # clusters; the collapse warning fires).
     "acfl_step": ("acfl", {**ONE_STEP, "cluster": {"min_samples": 4, "eps": 0.7, "k1": 10, "jaccard": "standard"},
                            "model": {"camera_bn": False}}),
+    # full ACFL with camera-based BatchNorm. Camera BN's recalibrated features of the tiny set form 3 clusters (of
+    # 9-22 images) whatever the radius, so P = 2 identities x K = 4 here (global batch 8, shares and bn_chunk chunks
+    # of 4): the margins above. It caught extraction loaders that drew their seeds from torch's global generator,
+    # one per camera and process shard, which moved the random positives by the number of processes.
+    "acfl_camera_bn_step": ("acfl", {"train": {"epochs": 1, "iters": 1, "bn_chunk": 4}, "data": {"batch_size": 8},
+                                     "cluster": {"min_samples": 4, "eps": 0.7, "k1": 10, "jaccard": "standard"},
+                                     "model": {"camera_bn": True}}),
     "ice_step": ("ice", ONE_STEP),
     # cc_step with train.compile (tests/test_compile.py: DDP around the compiled inner forward); the backend comes
     # from $HARDREID_TEST_COMPILE_BACKEND ("eager": dynamo's graph run as traced, no C++ compiler)

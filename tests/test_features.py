@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import PIL.Image
 import torch
 
@@ -136,3 +138,34 @@ def test_calibrated_eval_mode_matches_train_mode_statistics(tiny_root):
     # Equal up to the unbiased (n / (n - 1)) variance that BatchNorm stores for the 24-image neck.
     assert (eval_out - train_out).abs().max() < 0.03 < before_gap
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_calibration_measures_whole_batches_whatever_bn_chunk_says(tiny_root):
+    """train.bn_chunk (per-GPU BatchNorm, emulated) does not reach calibration: chunked, only each batch's first
+    chunk would count and an 11-image batch in chunks of 5 would end in a 1-image chunk (BatchNorm1d refuses it).
+    The statistics equal those of the unchunked model bit for bit; bn_chunk is back afterwards."""
+    data = load_dataset("market", tiny_root)
+    transform = eval_transform(tiny_config().data)
+    samples = data.train[:24]
+    plain = build_model("resnet18", last_stride=2)
+    chunked = copy.deepcopy(plain)
+    chunked.bn_chunk = 5
+    for model in (plain, chunked):
+        calibrate_batchnorm(model, samples, transform, batch_size=11, workers=0)
+    assert chunked.bn_chunk == 5
+    buffers = dict(plain.named_buffers())
+    assert all(torch.equal(value, buffers[key]) for key, value in chunked.named_buffers())
+
+
+def test_extraction_leaves_the_global_random_stream_alone(tiny_root):
+    """Extraction and calibration loaders seed themselves privately: the draws training makes next (ACFL's random
+    positives) do not depend on how many loaders a run made (one per camera and process shard)."""
+    data = load_dataset("market", tiny_root)
+    transform = eval_transform(tiny_config().data)
+    model = build_model("resnet18", last_stride=2).eval()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    extract_features(model, data.train[:6], transform, batch_size=4, workers=0)
+    calibrate_batchnorm(model, data.train[:6], transform, batch_size=4, workers=0)
+    assert torch.equal(torch.rand(3), expected)

@@ -80,9 +80,14 @@ class ImageDataset(Dataset):
 
 
 def eval_loader(samples: Sequence[Sample], transform: Callable, batch_size: int, workers: int) -> DataLoader:
-    """Ordered loader for feature extraction."""
+    """Ordered loader for feature extraction.
+
+    Its iterators draw their base seed from a private generator, not torch's global one: how many extraction
+    loaders a run makes (per camera, per process shard) must not move the random stream that training draws from
+    (ACFL's random positives): otherwise N processes would not step as one (tests/test_distributed.py)."""
     return DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init)
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), worker_init_fn=_worker_init,
+                      generator=torch.Generator().manual_seed(0))
 
 
 def check_batch_split(batch_size: int, num_instances: int, parts: int = 1) -> None:

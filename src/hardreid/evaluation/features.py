@@ -12,6 +12,7 @@ from .. import distributed
 from ..data.loaders import eval_loader
 from ..data.types import Sample
 from ..models.compiled import eager
+from ..models.reid import whole_batch_batchnorm
 
 
 @torch.no_grad()
@@ -58,7 +59,9 @@ def calibrate_batchnorm(model: nn.Module, samples: Sequence[Sample], transform, 
     nothing, so its eval-mode features (used for clustering) differ wildly from
     its train-mode behaviour, and the first few training steps swing them.
     Calibrating once before training removes that mismatch; pretrained
-    weights do not need it. Weights are not changed.
+    weights do not need it. Weights are not changed. Each loader batch is one
+    BatchNorm group whatever ``train.bn_chunk`` says (``whole_batch_batchnorm``):
+    chunked, only each batch's first chunk would reach the running statistics.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m, m.momentum) for m in norms]
@@ -69,7 +72,7 @@ def calibrate_batchnorm(model: nn.Module, samples: Sequence[Sample], transform, 
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
-    with eager(model):  # train.compile: not for one pass (models/compiled.py, eager)
+    with eager(model), whole_batch_batchnorm(model):  # train.compile: not for one pass (models/compiled.py, eager)
         for images, *_ in tqdm(eval_loader(subset, transform, batch_size, workers), desc="BatchNorm calibration",
                                leave=False, disable=distributed.progress_disabled(), unit="batch"):
             if images.shape[0] > 1:  # BatchNorm1d needs two values per channel in train mode

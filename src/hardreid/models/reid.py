@@ -58,6 +58,22 @@ def running_statistics_kept(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
+@contextlib.contextmanager
+def whole_batch_batchnorm(module: nn.Module) -> Iterator[None]:
+    """Train-mode forwards inside the block normalise each batch as one BatchNorm group: ``bn_chunk`` (per-GPU
+    BatchNorm, emulated) is off for every ``ReidModel`` in ``module``. For passes that measure statistics (BatchNorm
+    calibration), where chunks would keep the first chunk's statistics only and fail on a 1-image last chunk."""
+    models = [m for m in module.modules() if isinstance(getattr(m, "bn_chunk", None), int)]
+    saved = [(m, m.bn_chunk) for m in models]
+    for m in models:
+        m.bn_chunk = 0
+    try:
+        yield
+    finally:
+        for m, chunk in saved:
+            m.bn_chunk = chunk
+
+
 def _resnet(name: str, last_stride: int) -> tuple[nn.Module, int]:
     net = getattr(torchvision.models, name)(weights=None)
     if last_stride == 1:  # layer4 keeps the 16x8 map at 256x128 input
