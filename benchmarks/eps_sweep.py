@@ -10,11 +10,15 @@ recalibration when the model was trained with it), computes each ``--jaccard`` d
 (distance, eps): clusters, outlier fraction, largest cluster, the share of one-camera clusters, and, when the data
 set has identities, ARI / NMI against them (each outlier its own cluster: the trainer's ``label_ari``).
 
+``--set cluster.KEY=VALUE ...`` changes the checkpoint's clustering keys for the whole sweep (CA-Jaccard's
+neighbour counts ``k1_intra`` / ``k1_inter``, ``min_samples``, ...): one invocation per setting.
+
 It measures the pseudo labels of one fixed model, not a training run: a radius that labels this model's features
 best is a hypothesis for a training run to test, not a result.
 
     python benchmarks/eps_sweep.py --checkpoint runs/m_ca_cbn/seed1/checkpoints/last.pth \\
         --data-root ../shared/data/cuhk03 --eps 0.4 0.5 0.6 0.7 0.8 --output benchmarks/results/eps_sweep.json
+    python benchmarks/eps_sweep.py ... --jaccard camera_aware --set cluster.k1_intra=3 cluster.k1_inter=10
 """
 
 from __future__ import annotations
@@ -43,9 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="DBSCAN radii in (0, 1) (default 0.4 0.5 0.6 0.7 0.8)")
     p.add_argument("--jaccard", nargs="+", choices=JACCARD, default=list(JACCARD),
                    help="distances to compute (default both)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="cluster.KEY=VALUE",
+                   help="clustering keys to change for the whole sweep (cluster.k1_intra=3 cluster.min_samples=2)")
     p.add_argument("--batch-size", type=int, default=128, help="extraction batch (default 128)")
     p.add_argument("--output", metavar="JSON", help="also write the table here (with the machine)")
     args = p.parse_args(argv)
+    others = [o for o in args.overrides if not o.startswith("cluster.")]
+    if others:
+        p.error(f"--set changes clustering keys only (cluster.KEY=VALUE), not {', '.join(others)}")
     bad = [e for e in args.eps if not 0 < e < 1]
     if bad:
         p.error(f"--eps must lie in (0, 1), got {', '.join(map(str, bad))}")
@@ -56,14 +65,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep(checkpoint: str, data_root: str, eps_values: list[float], jaccard: list[str],
-          batch_size: int = 128) -> dict[str, Any]:
-    """The table (rows of distance, eps and the pseudo labels' figures) and what it was made from."""
+          batch_size: int = 128, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The table (rows of distance, eps and the pseudo labels' figures) and what it was made from; ``overrides``:
+    ``cluster.KEY=VALUE`` items applied to the checkpoint's config (validated as a run's would be)."""
     import numpy as np
     import torch
 
     from hardreid.data.datasets import load_dataset
     from hardreid.data.transforms import eval_transform
     from hardreid.evaluation.camera_bn import extract_model_features
+    from hardreid.config import load_config
     from hardreid.pseudo_labels.cluster import cluster_statistics, dbscan_labels
     from hardreid.pseudo_labels.diagnostics import cluster_diagnostics
     from hardreid.pseudo_labels.epoch import jaccard_distance
@@ -71,7 +82,8 @@ def sweep(checkpoint: str, data_root: str, eps_values: list[float], jaccard: lis
     from hardreid.training.trainer import label_agreement
 
     fm = load_feature_model(checkpoint)
-    cfg, c = fm.cfg, fm.cfg.cluster
+    cfg = load_config(overrides=list(overrides or []), base=fm.cfg) if overrides else fm.cfg
+    c = cfg.cluster
     dataset = load_dataset(cfg.data.format, data_root)
     start = time.perf_counter()
     features = extract_model_features(fm.model, dataset.train, eval_transform(cfg.data), batch_size, 0, "cpu",
@@ -93,8 +105,8 @@ def sweep(checkpoint: str, data_root: str, eps_values: list[float], jaccard: lis
                          **label_agreement(torch.from_numpy(labels), dataset)})
     return {"checkpoint": str(Path(checkpoint).resolve()), "data_root": str(Path(data_root).resolve()),
             "images": len(dataset.train), "cameras": int(len(set(camids.tolist()))),
-            "camera_bn": fm.model.camera_bn_images is not None, "trained_jaccard": c.jaccard,
-            "min_samples": c.min_samples, "seconds": {k: round(v, 1) for k, v in seconds.items()}, "rows": rows}
+            "camera_bn": fm.model.camera_bn_images is not None, "trained_jaccard": fm.cfg.cluster.jaccard,
+            "min_samples": c.min_samples, "set": list(overrides or []), "seconds": {k: round(v, 1) for k, v in seconds.items()}, "rows": rows}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -113,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     from hardreid.errors import UserError
 
     try:
-        result = sweep(args.checkpoint, args.data_root, args.eps, args.jaccard, args.batch_size)
+        result = sweep(args.checkpoint, args.data_root, args.eps, args.jaccard, args.batch_size, args.overrides)
     except UserError as exc:
         print(f"eps_sweep: error: {exc}", file=sys.stderr)
         return 2
     print(f"{result['images']} training images, {result['cameras']} cameras, camera BN {result['camera_bn']}, "
-          f"trained with cluster.jaccard={result['trained_jaccard']}, min_samples {result['min_samples']}; "
+          f"trained with cluster.jaccard={result['trained_jaccard']}, min_samples {result['min_samples']}"
+          f"{', set ' + ' '.join(result['set']) if result['set'] else ''}; "
           f"seconds {result['seconds']}")
     print(table(result))
     if args.output:

@@ -456,6 +456,21 @@ def test_eps_sweep(tmp_path, tiny_root, tiny_checkpoint):
         assert row["clusters"] == want.stats.num_clusters
         assert row["outlier_fraction"] == float((want.labels < 0).mean())
         assert row["label_ari"] == label_agreement(torch.from_numpy(np.asarray(want.labels)), dataset)["label_ari"]
-    bad = subprocess.run([sys.executable, "benchmarks/eps_sweep.py", "--checkpoint", str(tiny_checkpoint),
-                          "--data-root", str(tiny_root), "--eps", "1.5"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and "--eps must lie in (0, 1), got 1.5" in bad.stderr
+    # --set: the clustering keys of the whole sweep, as cluster_epoch takes them
+    keys = {"k1_intra": 2, "k1_inter": 4, "min_samples": 3}
+    script("eps_sweep", "--checkpoint", tiny_checkpoint, "--data-root", tiny_root, "--eps", 0.6, "--jaccard",
+           "camera_aware", "--set", *[f"cluster.{k}={v}" for k, v in keys.items()], "--output", out)
+    data = read_json(out, HEADER | {"rows", "images", "cameras", "seconds"})
+    assert data["set"] == [f"cluster.{k}={v}" for k, v in keys.items()] and data["min_samples"] == 3
+    (row,) = data["rows"]
+    want = cluster_epoch(features, camids, fm.cfg.cluster.model_copy(update={**keys, "eps": 0.6,
+                                                                             "jaccard": "camera_aware"}))
+    default = cluster_epoch(features, camids, fm.cfg.cluster.model_copy(update={"eps": 0.6, "jaccard": "camera_aware"}))
+    assert not np.array_equal(want.labels, default.labels)  # the keys matter on this set
+    assert (row["clusters"], row["outlier_fraction"]) == (want.stats.num_clusters, float((want.labels < 0).mean()))
+    for args, message in ((["--eps", "1.5"], "--eps must lie in (0, 1), got 1.5"),
+                          (["--set", "train.epochs=3"], "--set changes clustering keys only"),
+                          (["--set", "cluster.k1_intra=many"], "k1_intra")):
+        bad = subprocess.run([sys.executable, "benchmarks/eps_sweep.py", "--checkpoint", str(tiny_checkpoint),
+                              "--data-root", str(tiny_root), *args], cwd=ROOT, capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
