@@ -95,6 +95,7 @@ def test_cluster_epoch_with_auto_is_the_decided_distance():
         auto = cluster_epoch(feats, camids, tiny_config(cluster={**base, "jaccard": "auto"}).cluster)
         want = cluster_epoch(feats, camids, tiny_config(cluster={**base, "jaccard": decided}).cluster)
         np.testing.assert_array_equal(auto.labels, want.labels)
+        assert auto.jaccard == want.jaccard == decided  # the collapse warning's advice reads it
         np.testing.assert_array_equal(auto.distance.toarray() if hasattr(auto.distance, "toarray") else auto.distance,
                                       want.distance.toarray() if hasattr(want.distance, "toarray") else want.distance)
 

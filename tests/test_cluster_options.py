@@ -98,11 +98,16 @@ def test_collapse_reasons_and_warning():
     line = collapse_warning(reasons, eps=0.55, min_samples=4)
     assert "\n" not in line and "cluster.eps (now 0.55)" in line and "cluster.algorithm=hdbscan" in line
     assert "cluster.camera_normalize=mean" in line and "method.hard_samples=[camera_proxy]" in line
-    assert "try a lower cluster.eps (now 0.55), cluster.algorithm=hdbscan, a camera-aware loss" in line
+    assert ("try a lower cluster.eps (now 0.55), cluster.algorithm=hdbscan, camera-aware pseudo labels "
+            "(cluster.jaccard=camera_aware model.camera_bn=true, or both auto as in the CPU configs), a camera-aware "
+            "loss") in line
     assert "cluster.min_samples=2 if each person has few images" in line
-    camera_only = collapse_warning({"one_camera": "x"}, min_samples=2)  # already 2: not suggested again
-    assert "camera_normalize" in camera_only and "cluster.eps" not in camera_only
+    # labels that already come from the camera-aware distance: the advice does not name it again
+    camera_only = collapse_warning({"one_camera": "x"}, min_samples=2, jaccard="camera_aware")  # min_samples too
+    assert "camera_normalize" in camera_only and "cluster.eps" not in camera_only and "cluster.jaccard" not in camera_only
     assert "try a camera-aware loss (method.hard_samples=[camera_proxy]), cluster.camera_normalize=mean (" in camera_only
+    assert "try camera-aware pseudo labels (cluster.jaccard=camera_aware" in collapse_warning({"one_camera": "x"},
+                                                                                              jaccard="standard")
     # one camera in the data: never a one-camera warning
     single = cluster_diagnostics(LABELS, np.zeros_like(CAMS), size_limit=100)
     assert collapse_reasons(single, 0.2, 0.0) == {}

@@ -45,11 +45,12 @@ class EpochClusters:
     diagnostics: ClusterDiagnostics
     reasons: dict[str, str] = field(default_factory=dict)  # why the partition looks collapsed (empty: it does not)
     min_samples: int | None = None  # cluster.min_samples (the warning's advice depends on it)
+    jaccard: str | None = None  # the distance the labels came from: standard or camera_aware (so does the advice)
 
     @property
     def warning(self) -> str | None:
         """The collapse warning's log line, or None."""
-        return collapse_warning(self.reasons, self.eps, self.min_samples) if self.reasons else None
+        return collapse_warning(self.reasons, self.eps, self.min_samples, self.jaccard) if self.reasons else None
 
     def text(self) -> str:
         """Statistics and diagnostics for the epoch's log line."""
@@ -120,4 +121,5 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     if stats.num_clusters == 1:  # one identity: a contrastive loss over one class is 0, nothing is learned
         reasons = {"one_cluster": f"all {int((np.asarray(labels) >= 0).sum())} clustered images form one cluster, so "
                                   "the contrastive loss is 0 and nothing is learned", **reasons}
-    return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples)
+    return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples,
+                         resolve_jaccard(cfg.jaccard, camids))
