@@ -63,7 +63,7 @@ def whole_batch_batchnorm(module: nn.Module) -> Iterator[None]:
     """Train-mode forwards inside the block normalise each batch as one BatchNorm group: ``bn_chunk`` (per-GPU
     BatchNorm, emulated) is off for every ``ReidModel`` in ``module``. For passes that measure statistics (BatchNorm
     calibration), where chunks would keep the first chunk's statistics only and fail on a 1-image last chunk."""
-    models = [m for m in module.modules() if isinstance(getattr(m, "bn_chunk", None), int)]
+    models = [m for m in module.modules() if isinstance(m, ReidModel)]
     saved = [(m, m.bn_chunk) for m in models]
     for m in models:
         m.bn_chunk = 0

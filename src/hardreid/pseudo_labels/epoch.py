@@ -96,7 +96,8 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     """
     check_cluster_config(cfg)
     camids = np.asarray(camids)
-    distance = jaccard_distance(features, camids, cfg)
+    jaccard = resolve_jaccard(cfg.jaccard, camids)  # auto decided once: for the distance and the warning's advice
+    distance = jaccard_distance(features, camids, cfg.model_copy(update={"jaccard": jaccard}))
     if cfg.algorithm == "hdbscan":
         eps = None
         labels = hdbscan_labels(distance, cfg.min_samples, cfg.min_cluster_size or cfg.min_samples,
@@ -121,5 +122,4 @@ def cluster_epoch(features: torch.Tensor, camids: torch.Tensor | np.ndarray, cfg
     if stats.num_clusters == 1:  # one identity: a contrastive loss over one class is 0, nothing is learned
         reasons = {"one_cluster": f"all {int((np.asarray(labels) >= 0).sum())} clustered images form one cluster, so "
                                   "the contrastive loss is 0 and nothing is learned", **reasons}
-    return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples,
-                         resolve_jaccard(cfg.jaccard, camids))
+    return EpochClusters(labels, stats, distance, eps, diagnostics, reasons, cfg.min_samples, jaccard)
